@@ -1,0 +1,107 @@
+"""Command line: `python -m medcore <command>`; each command is a thin shell over the library."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_data(args) -> None:
+    from medcore.data import data_summary_text, load_medmcqa
+
+    ds = load_medmcqa(args.source, split=args.split, on_invalid=args.on_invalid)
+    print(f"source={args.source} split={args.split} records={len(ds)}")
+    print(data_summary_text(ds))
+
+
+def _cmd_evaluate(args) -> None:
+    from medcore.workflows import evaluate_model
+
+    evaluate_model(model_spec=args.model, source=args.source, split=args.split, limit=args.limit,
+                   precision=args.precision, adapter=args.adapter, batch_size=args.batch_size,
+                   results_dir=args.results_dir, run_id=args.run_id)
+
+
+def _cmd_train(args) -> None:
+    from medcore.config import load_profile
+    from medcore.workflows import finetune
+
+    cfg = load_profile(args.profile, args.set)
+    finetune(cfg, output_dir=args.output_dir, resume=args.resume)
+
+
+def _cmd_run(args) -> None:
+    from medcore.pipeline import run_pipeline
+
+    run_pipeline(args.profile, args.set, run_dir=args.run_dir, resume=args.resume)
+
+
+def _cmd_book(args) -> None:
+    from medcore.pipeline import build_book
+
+    build_book(run_dir=args.run_dir)
+
+
+def _cmd_bench(args) -> None:
+    from medcore.bench import main as bench_main
+
+    bench_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medcore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="load a MedMCQA split and print counts by subject and tier")
+    p.add_argument("--source", default="mirror", help="hub | hub:<repo> | local:<path> | mirror")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--on-invalid", default="raise", choices=["raise", "skip"])
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("evaluate", help="score a model on MedMCQA and write a run record")
+    p.add_argument("--model", default="embedded:gemma-3-270m")
+    p.add_argument("--source", default="mirror")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--precision", default="bf16", help="bf16 | int8 | nf4 | fp4 (4-bit with double quant)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter folder to apply")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--run-id", default=None)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="QLoRA fine-tuning for a profile")
+    p.add_argument("--profile", default="demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("run", help="execute notebooks 01-05 with papermill for a profile")
+    p.add_argument("--profile", default="demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--run-dir", default=None)
+    p.add_argument("--resume", action="store_true", help="skip notebooks that already finished")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("book", help="build the Jupyter Book from the last pipeline run")
+    p.add_argument("--run-dir", default=None)
+    p.set_defaults(func=_cmd_book)
+
+    p = sub.add_parser("bench", help="training and scoring throughput against baseline recipes")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:  # our errors name the field or record: show them plainly
+        print(f"medcore {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

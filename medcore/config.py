@@ -1,0 +1,241 @@
+"""One typed run configuration that travels through data, model, training and evaluation.
+
+A profile is a YAML file of `RunConfig` values (``medcore/profiles/<name>.yaml`` or any path);
+``--set section.field=value`` and papermill parameters override single fields. Everything is
+validated here, before any model or data set is loaded, so a typo costs seconds, not a download.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+PRECISIONS = ("bf16", "int8", "nf4", "fp4")
+PEFT_METHODS = ("lora", "dora", "rslora", "none")
+LORA_TARGETS = ("attention", "mlp", "all-linear")
+OPTIMIZERS = ("auto", "adamw_torch", "paged_adamw_8bit", "adamw_8bit", "paged_adamw_32bit")
+SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
+ON_INVALID = ("raise", "skip")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names the field, the value and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "mirror"  # hub | hub:<repo> | local:<path> | mirror
+    train_source: str | None = None  # None: split `source` by subject (train_size questions)
+    train_split: str = "train"
+    eval_split: str = "validation"
+    train_size: int | None = 400  # questions used for training when training on a split of eval data
+    eval_limit: int | None = None  # None: every remaining question
+    max_length: int = 512
+    on_invalid: str = "raise"
+    train_on_explanation: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    source: str = "embedded:gemma-3-270m"  # hub:<id> | local:<path> | embedded:<name> | random:<shape>
+
+
+@dataclass
+class QuantConfig:
+    precision: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+
+
+@dataclass
+class LoraConfig:
+    method: str = "lora"
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: str = "all-linear"
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1
+    token_budget: int = 4096  # tokens per batch, padding included ("dynamic batch sizing")
+    max_batch_size: int = 64
+    warmup_ratio: float = 0.05
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    gradient_checkpointing: bool = True
+    optimizer: str = "auto"  # auto: paged 8-bit AdamW on GPU, AdamW on CPU
+    eval_steps: int = 50
+    save_steps: int = 50
+    logging_steps: int = 5
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    latency_batches: int = 20  # batch-1 timings taken for the latency figure
+    generation: bool = False
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    results_dir: str = "results"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        cfg = cls()
+        for key, value in (values or {}).items():
+            _assign(cfg, key, value)
+        return cfg
+
+    def validate(self) -> "RunConfig":
+        validate(self)
+        return self
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: f.default_factory for f in fields(RunConfig) if f.default_factory is not dataclasses.MISSING}
+
+
+def _assign(cfg: RunConfig, key: str, value: Any) -> None:
+    """Set `key` (a top-level field or a whole section) from plain YAML values."""
+    sections = _section_types()
+    if key in sections:
+        if not isinstance(value, dict):
+            raise ConfigError(f"section {key!r} must be a mapping, got {value!r}")
+        for sub, subvalue in value.items():
+            set_field(cfg, f"{key}.{sub}", subvalue)
+    else:
+        set_field(cfg, key, value)
+
+
+def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
+    """Set one field by its dotted name, converting strings (from --set) to the field's type."""
+    parts = dotted.split(".")
+    target: Any = cfg
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or part not in {f.name for f in fields(target)}:
+            raise ConfigError(f"unknown setting {dotted!r}; sections: {', '.join(_section_types())}")
+        target = getattr(target, part)
+    names = {f.name: f for f in fields(target)} if dataclasses.is_dataclass(target) else {}
+    if parts[-1] not in names or dataclasses.is_dataclass(getattr(target, parts[-1])):
+        allowed = ", ".join(n for n in names if not dataclasses.is_dataclass(getattr(target, n)))
+        raise ConfigError(f"unknown setting {dotted!r}; allowed here: {allowed}")
+    setattr(target, parts[-1], _coerce(dotted, value, getattr(target, parts[-1]), names[parts[-1]].type))
+
+
+def _coerce(name: str, value: Any, current: Any, annotation: Any) -> Any:
+    text = str(annotation)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("none", "null", "~") and "None" in text:
+            return None
+        try:
+            if text.startswith("bool"):
+                if low in ("true", "1", "yes", "on"):
+                    return True
+                if low in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if text.startswith("int"):
+                return int(value)
+            if text.startswith("float"):
+                return float(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not a valid {text}") from None
+        return value
+    if value is None and "None" not in text:
+        raise ConfigError(f"{name} may not be empty (type {text})")
+    if text.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def load_profile(profile: str | Path = "demo", overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Read a profile by name (from medcore/profiles) or path, apply overrides, validate."""
+    path = Path(profile)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{profile}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+        raise ConfigError(f"profile {str(profile)!r} not found; known profiles: {', '.join(names)}")
+    values = yaml.safe_load(path.read_text()) or {}
+    cfg = RunConfig.from_dict(values)
+    if cfg.name == "run":
+        cfg.name = path.stem
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    for key, value in items:
+        set_field(cfg, key, value)
+    return cfg.validate()
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+
+
+def _range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ConfigError(f"{name}={value!r} is out of range [{low}, {high}]")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Refuse bad settings before anything heavy happens. Raises ConfigError naming the field."""
+    _choice("quant.precision", cfg.quant.precision, PRECISIONS)
+    _choice("quant.compute_dtype", cfg.quant.compute_dtype, ("bfloat16", "float32"))
+    _choice("lora.method", cfg.lora.method, PEFT_METHODS)
+    _choice("lora.targets", cfg.lora.targets, LORA_TARGETS)
+    _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
+    _choice("train.scheduler", cfg.train.scheduler, SCHEDULERS)
+    _choice("data.on_invalid", cfg.data.on_invalid, ON_INVALID)
+    _range("lora.r", cfg.lora.r, 1, 1024)
+    _range("lora.alpha", cfg.lora.alpha, 1, 4096)
+    _range("lora.dropout", cfg.lora.dropout, 0.0, 0.9)
+    _range("train.learning_rate", cfg.train.learning_rate, 1e-7, 1e-1)
+    _range("train.warmup_ratio", cfg.train.warmup_ratio, 0.0, 0.5)
+    _range("train.token_budget", cfg.train.token_budget, 16, 10_000_000)
+    _range("train.max_batch_size", cfg.train.max_batch_size, 1, 100_000)
+    _range("data.max_length", cfg.data.max_length, 16, 131_072)
+    _range("eval.batch_size", cfg.eval.batch_size, 1, 100_000)
+    if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
+        raise ConfigError("train.epochs or train.max_steps must be positive")
+    if cfg.train.token_budget < cfg.data.max_length:
+        raise ConfigError(
+            f"train.token_budget={cfg.train.token_budget} is smaller than data.max_length={cfg.data.max_length}: "
+            "the longest example would not fit in a batch"
+        )
+    if cfg.data.train_size is not None and cfg.data.train_size < 1:
+        raise ConfigError(f"data.train_size={cfg.data.train_size} must be at least 1 or None")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg.name):
+        raise ConfigError(f"name={cfg.name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder)")
+    from medcore.models import check_model_source
+
+    check_model_source(cfg.model.source)
