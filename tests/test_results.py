@@ -1,0 +1,130 @@
+"""Run records: atomic writes, no secrets, and a round trip through load_runs."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from medcore import results
+from medcore.results import (load_loss_history, load_predictions, load_run, load_runs, write_run_record)
+
+FAKE_TOKEN = "hf_" + "abcdefghijklmnopqrstuvwxyz1234"
+
+
+def _record(tmp_path, run_id="r1", **kw):
+    config = {"name": run_id, "model": {"source": "random:tiny-gemma"}, "train": {"token_budget": 4096}}
+    metrics = {"accuracy": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n": 100, "cost": {"qps": 12.5},
+               "by_tier": pd.DataFrame({"tier": ["clinical"], "accuracy": [0.4]})}
+    preds = pd.DataFrame({"id": ["a", "b"], "answer": [0, 1], "pred": [0, 2], "correct": [True, False],
+                          "prob": [0.5, 0.3]})
+    loss = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0, "eval_loss": 2.2}]
+    kw.setdefault("extra", {"real_weights": False})
+    return write_run_record(tmp_path, run_id, config, metrics, loss_history=loss, predictions=preds, **kw)
+
+
+def test_round_trip(tmp_path):
+    path = _record(tmp_path, "r1")
+    _record(tmp_path, "r2", extra={"real_weights": True, "note": "second"})
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "environment.json", "loss_history.json",
+                                                       "metrics.json", "predictions.parquet"]
+    runs = load_runs(tmp_path)
+    assert list(runs["run_id"]) == ["r1", "r2"]
+    assert list(runs["accuracy"]) == [0.4, 0.4]
+    assert list(runs["cost.qps"]) == [12.5, 12.5]
+    assert list(runs["config.model.source"]) == ["random:tiny-gemma"] * 2
+    assert list(runs["env.real_weights"]) == [False, True]
+    assert runs["by_tier"][0] == [{"tier": "clinical", "accuracy": 0.4}]
+    preds = load_predictions(path)
+    assert list(preds["pred"]) == [0, 2] and preds["correct"].dtype == bool
+    assert list(load_loss_history(path)["loss"]) == [2.5, 2.0]
+    env = load_run(path)["environment"]
+    assert env["packages"]["torch"] and env["python"] and "device" in env
+    assert load_runs(tmp_path / "missing").empty
+
+
+def test_existing_record_needs_overwrite(tmp_path):
+    _record(tmp_path, "r1")
+    with pytest.raises(FileExistsError):
+        _record(tmp_path, "r1")
+    _record(tmp_path, "r1", overwrite=True, extra={"real_weights": True})
+    assert load_runs(tmp_path)["env.real_weights"].tolist() == [True]
+    assert [p.name for p in tmp_path.iterdir()] == ["r1"]
+    with pytest.raises(ValueError):
+        _record(tmp_path, "../escape")
+
+
+def test_failure_mid_write_leaves_no_record(tmp_path, monkeypatch):
+    calls = []
+    real = results._write_json
+
+    def failing(path, value):
+        calls.append(path.name)
+        if path.name == "metrics.json":
+            raise OSError("disk full (simulated)")
+        real(path, value)
+
+    monkeypatch.setattr(results, "_write_json", failing)
+    with pytest.raises(OSError, match="simulated"):
+        _record(tmp_path, "r1")
+    assert calls[-1] == "metrics.json"
+    assert list(tmp_path.iterdir()) == []  # neither the record nor the temporary folder
+
+
+def test_overwrite_failure_keeps_old_record(tmp_path, monkeypatch):
+    _record(tmp_path, "r1")
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
+    with pytest.raises(OSError):
+        _record(tmp_path, "r1", overwrite=True, extra={"real_weights": True})
+    assert load_runs(tmp_path)["env.real_weights"].tolist() == [False]
+
+
+def test_killed_process_leaves_no_half_record(tmp_path):
+    """A process killed (os._exit, no cleanup) mid-write leaves only a hidden temp folder the loaders skip."""
+    script = textwrap.dedent(f"""
+        import os
+        from medcore import results
+        real = results._write_json
+        def dying(path, value):
+            if path.name == "metrics.json":
+                os._exit(9)
+            real(path, value)
+        results._write_json = dying
+        results.write_run_record({str(tmp_path)!r}, "killed", {{"a": 1}}, {{"accuracy": 0.5}})
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    names = [p.name for p in tmp_path.iterdir()]
+    assert "killed" not in names and all(n.startswith(".tmp-killed-") for n in names)
+    assert load_runs(tmp_path).empty
+
+
+def test_no_secrets_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-xyz")
+    config = {"HF_TOKEN": FAKE_TOKEN, "token": "abc", "model": {"source": "hub:google/gemma-2b",
+              "use_auth_token": True, "note": f"login with {FAKE_TOKEN}"}, "path": "/x/s3cr3t-value-xyz/y",
+              "token_budget": 4096}
+    preds = pd.DataFrame({"id": ["q1"], "text": [FAKE_TOKEN], "HF_TOKEN": ["x"]})
+    path = write_run_record(tmp_path, "s", config, {"accuracy": 0.5, "prompt_tokens": 12},
+                            predictions=preds, extra={"HUGGING_FACE_HUB_TOKEN": "y", "real_weights": True})
+    text = "".join(p.read_text(errors="ignore") for p in path.glob("*.json"))
+    text += path.joinpath("predictions.parquet").read_bytes().decode("latin-1")
+    assert FAKE_TOKEN not in text and "s3cr3t-value-xyz" not in text
+    assert "HF_TOKEN" not in text and "HUGGING_FACE_HUB_TOKEN" not in text and "use_auth_token" not in text
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["token_budget"] == 4096 and cfg["model"]["note"] == results.REDACTED and "token" not in cfg
+    assert json.loads((path / "metrics.json").read_text())["prompt_tokens"] == 12
+    assert load_predictions(path)["text"].tolist() == [results.REDACTED]
+    assert json.loads((path / "environment.json").read_text())["real_weights"] is True
+
+
+def test_json_is_strict(tmp_path):
+    import numpy as np
+    path = write_run_record(tmp_path, "n", {"seed": np.int64(3)}, {"accuracy": float("nan"), "ok": np.bool_(True)})
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics == {"accuracy": None, "ok": True}
+    assert json.loads((path / "loss_history.json").read_text()) == []
+    assert not os.path.exists(path / "predictions.parquet")
