@@ -47,6 +47,12 @@ def _cmd_bench(args) -> None:
     bench_main(args.rest)
 
 
+def _cmd_study(args) -> None:
+    from medcore.study import main as study_main
+
+    study_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medcore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,13 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None)
     p.set_defaults(func=_cmd_book)
 
+    p = sub.add_parser("study", help="the study: zero-shot, QLoRA, k-fold, ablations, scale figures")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_study)
+
     p = sub.add_parser("bench", help="training and scoring throughput against baseline recipes")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)
     return parser
 
 
+PASS_THROUGH = {"study": "medcore.study", "bench": "medcore.bench"}  # commands with their own argument parser
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASS_THROUGH:
+        import importlib
+
+        importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -16,7 +16,8 @@ Figures:
 * :func:`reliability_diagram` - calibration of the chosen letter's probability;
 * :func:`position_bias` - how often each letter is predicted, against how often it is the answer;
 * :func:`ablation_plot` - accuracy with intervals for each ablation setting;
-* :func:`length_hist` and :func:`count_bars` - prompt lengths and counts for the data notebook.
+* :func:`length_hist` and :func:`count_bars` - prompt lengths and counts for the data notebook;
+* :func:`results_overview` - size, accuracy and latency of every evaluated run (the results table as a figure).
 """
 from __future__ import annotations
 
@@ -130,13 +131,20 @@ def accuracy_by_group(df: pd.DataFrame, group: str = "group", hue: str = "model"
     return _finish(fig, title)
 
 
-def footprint_bars(df: pd.DataFrame, title: str | None = None, unit: str = "GB") -> Figure:
+def _unit(nbytes: float) -> str:
+    return "GB" if nbytes >= 1e9 else "MB" if nbytes >= 1e6 else "KB"
+
+
+def footprint_bars(df: pd.DataFrame, title: str | None = None, unit: str = "auto") -> Figure:
     """Memory by precision, stacked by module kind, with the total on top of each bar.
 
     Columns: ``precision`` (e.g. "bf16", "int8", "nf4", "nf4+dq"), ``kind`` (e.g. "embedding", "attention",
-    "mlp", "quant constants", "other"), ``bytes``. ``unit`` is "GB", "MB" or "KB" (powers of 10).
+    "mlp", "quant constants", "other"), ``bytes``. ``unit`` is "GB", "MB", "KB" (powers of 10) or "auto"
+    (the largest that keeps the biggest bar at least 1).
     """
     _require(df, ["precision", "kind", "bytes"], "footprint_bars")
+    if unit == "auto":
+        unit = _unit(df.groupby("precision")["bytes"].sum().max())
     scale = {"GB": 1e9, "MB": 1e6, "KB": 1e3}[unit]
     table = df.pivot_table(index="precision", columns="kind", values="bytes", aggfunc="sum", sort=False).fillna(0)
     table = table.loc[_order(df["precision"]), _order(df["kind"])] / scale
@@ -318,4 +326,35 @@ def count_bars(df: pd.DataFrame, category: str, hue: str | None = None, title: s
                 order=order, orient="h", errorbar=None, ax=ax)
     ax.set_xlabel("questions")
     ax.set_ylabel(category)
+    return _finish(fig, title)
+
+
+def results_overview(table: pd.DataFrame, title: str | None = None) -> Figure:
+    """Size, accuracy (with interval) and batch-1 latency of every evaluated run, side by side.
+
+    Columns (``pipeline.results_table``): ``run``, ``weights``, ``size_gb``, ``accuracy``, ``ci_low``,
+    ``ci_high``, ``latency_ms``. Runs whose ``weights`` is not "real" are labelled in the run names.
+    """
+    _require(table, ["run", "weights", "size_gb", "accuracy", "ci_low", "ci_high", "latency_ms"], "results_overview")
+    labels = [r if w == "real" else f"{r}\n({w})" for r, w in zip(table["run"], table["weights"])]
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, (size, acc, lat) = plt.subplots(1, 3, figsize=(12, 0.6 * len(table) + 2), sharey=True)
+    y = np.arange(len(table))
+    colors = sns.color_palette(n_colors=len(table))
+    unit = _unit(np.nanmax(table["size_gb"].to_numpy(float) * 1e9)) if table["size_gb"].notna().any() else "GB"
+    scale = {"GB": 1, "MB": 1e3, "KB": 1e6}[unit]
+    size.barh(y, table["size_gb"].to_numpy(float) * scale, color=colors)
+    size.set_xlabel(f"weights in memory ({unit})")
+    a = table["accuracy"].to_numpy(float)
+    acc.barh(y, a, color=colors)
+    acc.errorbar(a, y, xerr=[a - table["ci_low"].to_numpy(float), table["ci_high"].to_numpy(float) - a],
+                 fmt="none", ecolor="black", capsize=3)
+    acc.axvline(CHANCE, color="grey", linestyle="--", linewidth=1, label="chance")
+    acc.set_xlim(0, 1)
+    acc.set_xlabel("accuracy (95% interval)")
+    acc.legend(fontsize="small", loc="lower right")
+    lat.barh(y, table["latency_ms"].to_numpy(float), color=colors)
+    lat.set_xlabel("latency per question, batch 1 (ms)")
+    size.set_yticks(y, labels)
+    size.invert_yaxis()
     return _finish(fig, title)

@@ -6,6 +6,7 @@ Small, dependency-light functions that the tests check against statsmodels, scip
 * :func:`bootstrap_interval` - a percentile bootstrap for any statistic, e.g. a paired accuracy difference;
 * :func:`mcnemar_exact` - the exact (binomial) McNemar test for two models scored on the same questions;
 * :func:`relative_improvement` - (after - before) / before;
+* :func:`grouped_accuracy` - accuracy with Wilson intervals per subject, tier or question type;
 * :func:`expected_calibration_error` and :func:`reliability_curve` - calibration of the model's confidence
   (its probability of the letter it chose, normalized over the four letters).
 """
@@ -32,7 +33,9 @@ def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    low = 0.0 if k == 0 else max(0.0, centre - half)  # exact ends: no 1e-17 rounding residue
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return float(low), float(high)
 
 
 def bootstrap_interval(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarray], float] = np.mean,
@@ -74,6 +77,19 @@ def relative_improvement(before: float, after: float) -> float:
     if before == 0:
         return float("nan")
     return float((after - before) / before)
+
+
+def grouped_accuracy(df, by: str, correct: str = "correct"):
+    """Accuracy per value of column ``by`` (missing -> "unknown"): DataFrame [by, n, correct, accuracy, ci_low,
+    ci_high] with 95 % Wilson intervals, sorted by ``by``."""
+    import pandas as pd
+
+    rows = []
+    for key, part in df.groupby(df[by].fillna("unknown").astype(str), sort=True):
+        k, n = int(part[correct].sum()), len(part)
+        rows.append({by: key, "n": n, "correct": k, "accuracy": k / n, **dict(zip(("ci_low", "ci_high"),
+                                                                                   wilson_interval(k, n)))})
+    return pd.DataFrame(rows, columns=[by, "n", "correct", "accuracy", "ci_low", "ci_high"])
 
 
 def _bin_ids(confidence: np.ndarray, n_bins: int) -> np.ndarray:

@@ -134,3 +134,15 @@ def test_length_hist_and_count_bars():
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="ci_low"):
         plots.accuracy_by_group(pd.DataFrame({"group": ["a"], "accuracy": [0.5]}))
+
+
+def test_results_overview_labels_random_runs():
+    table = pd.DataFrame({"run": ["base", "tuned"], "weights": ["real", "random weights (accuracy meaningless)"],
+                          "size_gb": [0.5, 0.52], "accuracy": [0.3, 0.4], "ci_low": [0.25, 0.35],
+                          "ci_high": [0.35, 0.45], "latency_ms": [20.0, 22.0]})
+    fig = plots.results_overview(table)
+    assert len(fig.axes) == 3
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[0] == "base" and "random weights" in labels[1]
+    assert fig.axes[0].get_xlabel() == "weights in memory (MB)"
+    assert [round(b.get_width(), 2) for b in fig.axes[1].patches] == [0.3, 0.4]

@@ -94,3 +94,14 @@ def test_reliability_curve_matches_sklearn_bins_and_ece():
     assert expected_calibration_error(conf, correct, n_bins=10) == pytest.approx(ece)
     all_right = reliability_curve([0.5, 0.9], [True, True], n_bins=5)
     assert list(all_right["accuracy"]) == [1.0, 1.0]
+
+
+def test_grouped_accuracy():
+    import pandas as pd
+    from medcore.stats import grouped_accuracy
+
+    df = pd.DataFrame({"tier": ["a", "a", "b", None], "correct": [True, False, True, True]})
+    table = grouped_accuracy(df, "tier")
+    assert list(table["tier"]) == ["a", "b", "unknown"] and list(table["n"]) == [2, 1, 1]
+    assert table.loc[0, "accuracy"] == 0.5
+    assert (table.loc[0, "ci_low"], table.loc[0, "ci_high"]) == wilson_interval(1, 2)

@@ -1,0 +1,373 @@
+"""Multiple-choice scoring in one forward pass per question, accuracy with intervals, latency and memory.
+
+:func:`score_choices` reads, at the last prompt position (the prompt ends in ``Answer:``), the log-softmax over
+the full vocabulary and takes the entries of the single tokens `` A`` .. `` D``. The lm-evaluation-harness asks
+four log-likelihood requests instead (context = prompt, continuation = `` A`` .. `` D``); for a one-token
+continuation the harness's log-likelihood *is* that entry, so both pick the same letter with a quarter of the
+forward passes. :func:`harness_loglikelihood_choices` is that four-pass reference, kept for the test that proves
+the equivalence. The language-model head (262k columns for Gemma 3) runs only on the last position of each row.
+
+Supported: any Hugging Face causal LM, PEFT-wrapped (LoRA/DoRA, which live inside the modules), bitsandbytes
+quantized, on CPU or CUDA. Scoring puts the model in eval mode and restores its previous mode afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import resource
+import statistics
+import time
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats as _st
+from tqdm.auto import tqdm
+
+from medcore.prompts import LETTERS, Collator, answer_token_ids, encode_for_scoring, format_prompt
+from medcore.stats import expected_calibration_error, grouped_accuracy, reliability_curve, wilson_interval
+
+# model types whose *ForCausalLM forward is "decoder body -> lm_head -> optional final_logit_softcapping";
+# for others, scoring falls back to the model's own forward (correct, but the head runs on every position)
+_HEAD_ONLY_TYPES = {"gemma", "gemma2", "gemma3", "gemma3_text", "llama", "mistral", "qwen2", "qwen3", "phi3"}
+
+
+# ---- inputs ----------------------------------------------------------------------------------------------------
+
+def _keyed_records(records: Any, purpose: str = "scoring") -> list[dict]:
+    """Records as a list of dicts; refuses a split without answer keys (MedMCQA test) with a clear message."""
+    if hasattr(records, "features") and "answer" in getattr(records, "column_names", ()):
+        from medcore.data import require_answers
+
+        require_answers(records, purpose)
+    if isinstance(records, pd.DataFrame):
+        records = records.to_dict(orient="records")
+    records = list(records)
+    missing = sum(r.get("answer") is None for r in records)
+    if missing:
+        raise ValueError(f"{missing} of {len(records)} records have no answer key (a keyless split such as "
+                         f"MedMCQA test?); {purpose} needs one")
+    return records
+
+
+def _tier(subject: str | None) -> str:
+    from medcore.data import SUBJECT_TIERS
+
+    return SUBJECT_TIERS.get(subject or "Unknown", "unknown")
+
+
+def _input_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def _pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    return 0
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Fixed-size batches of length-sorted indices: little padding, same work for every run."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# ---- the forward pass --------------------------------------------------------------------------------------------
+
+def _causal_lm(model):
+    """The transformers *ForCausalLM inside a PEFT wrapper (LoRA layers stay in place inside its modules)."""
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
+def last_position_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary log-softmax (float32, shape batch x vocab) at each row's last real token.
+
+    Rows are right-padded. The decoder body runs on all positions, the head only on the gathered last
+    hidden state of each row; Gemma-2's ``final_logit_softcapping`` is applied as the model's own forward does.
+    """
+    causal = _causal_lm(model)
+    config = causal.config.get_text_config() if hasattr(causal.config, "get_text_config") else causal.config
+    last = attention_mask.sum(dim=1) - 1
+    head = causal.get_output_embeddings()
+    body = getattr(causal, "base_model", causal)
+    if getattr(causal.config, "model_type", None) in _HEAD_ONLY_TYPES and head is not None and body is not causal:
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        logits = head(hidden[rows, last.to(hidden.device)])
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = logits[torch.arange(logits.shape[0], device=logits.device), last.to(logits.device)]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _letter_logprobs(model, features: list[dict], letter_ids: list[int], pad_id: int) -> np.ndarray:
+    batch = Collator(pad_id)(features)
+    device = _input_device(model)
+    logp = last_position_logprobs(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    return logp[:, letter_ids].cpu().numpy().astype(np.float64)
+
+
+def _frame(records: list[dict], encoded: list[dict], logp: np.ndarray) -> pd.DataFrame:
+    norm = np.exp(logp - logp.max(axis=1, keepdims=True))
+    norm /= norm.sum(axis=1, keepdims=True)
+    pred = logp.argmax(axis=1)
+    df = pd.DataFrame({
+        "id": [r.get("id") for r in records],
+        "subject": [r.get("subject") for r in records],
+        "tier": [_tier(r.get("subject")) for r in records],
+        "choice_type": [r.get("choice_type") for r in records],
+        "answer": np.array([r["answer"] for r in records], dtype=np.int64),
+        "pred": pred.astype(np.int64),
+    })
+    df["correct"] = df["answer"].to_numpy() == df["pred"].to_numpy()
+    for j, letter in enumerate(LETTERS):
+        df[f"logprob_{letter}"] = logp[:, j]
+    df["prob"] = norm[np.arange(len(pred)), pred]
+    df["tied"] = (logp == logp.max(axis=1, keepdims=True)).sum(axis=1) > 1  # bf16 logits tie; argmax takes the first
+    df["letter_mass"] = np.exp(logp).sum(axis=1)  # how much of the vocabulary's mass the four letters get
+    df["prompt_tokens"] = [e["length"] for e in encoded]
+    df["truncated"] = [bool(e["truncated"]) for e in encoded]
+    return df
+
+
+def score_choices(model, tokenizer, records: Iterable[dict], batch_size: int = 16, max_length: int = 512,
+                  progress: bool = True) -> pd.DataFrame:
+    """Score every question in one forward pass; one row per question, in the input order.
+
+    Columns: id, subject, tier, choice_type, answer, pred (0-3), correct, logprob_A..D (full-vocabulary
+    log-probabilities), prob (of the chosen letter, normalized over A-D), tied (the top letters' log-probs are
+    equal, common with bf16 logits; argmax then takes the first letter, as the harness does), letter_mass (the
+    four letters' share of the vocabulary's probability), prompt_tokens, truncated.
+    Long prompts lose the end of the question, never the choices (``prompts.encode_prompt``).
+    """
+    records = _keyed_records(records)
+    letter_ids = answer_token_ids(tokenizer)
+    encoded = [encode_for_scoring(r, tokenizer, max_length) for r in records]
+    logp = np.zeros((len(records), 4))
+    pad_id = _pad_id(tokenizer)
+    with _eval_mode(model), tqdm(total=len(records), disable=not progress, desc="scoring", unit="q") as bar:
+        for batch in _sorted_batches([e["length"] for e in encoded], batch_size):
+            logp[batch] = _letter_logprobs(model, [encoded[i] for i in batch], letter_ids, pad_id)
+            bar.update(len(batch))
+    return _frame(records, encoded, logp)
+
+
+# ---- the harness's four log-likelihood requests (reference) -----------------------------------------------------
+
+def harness_encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness ``HFLM._encode_pair``: trailing spaces of the context move to the continuation,
+    context + continuation are encoded together and split after the context's own encoding. ``tok_encode``
+    adds BOS, as the harness does for Gemma (``add_bos_token=True``)."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+
+    def tok_encode(text: str) -> list[int]:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+
+    whole, ctx = tok_encode(context + continuation), tok_encode(context)
+    return ctx, whole[len(ctx):]
+
+
+def harness_loglikelihood_choices(model, tokenizer, records: Iterable[dict], progress: bool = False) -> pd.DataFrame:
+    """The slow reference: per question, four log-likelihood requests, context + continuation (`` A`` .. `` D``),
+    each an unpadded forward of the model's own (head on every position) summing the continuation's token
+    log-probabilities. Requests whose inputs are identical (one-token continuations) share one forward.
+
+    Columns: id, answer, pred, correct, loglik_A..D, context_tokens, single_token (every continuation encoded
+    to exactly the token :func:`score_choices` reads). No truncation (the harness cuts from the left instead).
+    """
+    records = _keyed_records(records)
+    letter_ids = answer_token_ids(tokenizer)
+    device = _input_device(model)
+    rows = []
+    with _eval_mode(model):
+        for rec in tqdm(records, disable=not progress, desc="harness reference", unit="q"):
+            context = format_prompt(rec["question"], rec["options"])
+            lls, single, forwards = [], True, {}
+            for letter, letter_id in zip(LETTERS, letter_ids):
+                ctx, cont = harness_encode_pair(tokenizer, context, " " + letter)
+                single &= cont == [letter_id]
+                key = tuple((ctx + cont)[:-1])  # one-token continuations share it; the harness also runs it once
+                if key not in forwards:
+                    logits = model(input_ids=torch.tensor([key], device=device), use_cache=False).logits[0]
+                    forwards[key] = torch.log_softmax(logits.float(), dim=-1)
+                logp = forwards[key]
+                positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont), device=logp.device)
+                lls.append(float(logp[positions, torch.tensor(cont, device=logp.device)].sum()))
+            row = {"id": rec.get("id"), "answer": rec["answer"], "pred": int(np.argmax(lls))}
+            row.update({f"loglik_{letter}": ll for letter, ll in zip(LETTERS, lls)})
+            row.update(context_tokens=len(ctx), single_token=single)
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df.insert(3, "correct", df["answer"] == df["pred"])
+    return df
+
+
+# ---- generation (optional) ---------------------------------------------------------------------------------------
+
+_LETTER = re.compile(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])")
+
+
+def parse_letter(text: str) -> int | None:
+    """Index of the first standalone A-D in generated text (" B", "B.", "(C)"), or None."""
+    m = _LETTER.search(text)
+    return None if m is None else LETTERS.index(m.group(1))
+
+
+def generate_choices(model, tokenizer, records: Iterable[dict], max_new_tokens: int = 4, max_length: int = 512,
+                     progress: bool = True) -> pd.DataFrame:
+    """Greedy generation after ``Answer:``, parsing the first A-D letter; pred = -1 where none parses.
+
+    One question at a time (no padding). ``df.attrs["unparseable"]`` counts answers without a letter.
+    """
+    records = _keyed_records(records)
+    device, pad_id = _input_device(model), _pad_id(tokenizer)
+    texts, preds, encoded = [], [], []
+    with _eval_mode(model):
+        for rec in tqdm(records, disable=not progress, desc="generating", unit="q"):
+            enc = encode_for_scoring(rec, tokenizer, max_length - max_new_tokens)
+            ids = torch.tensor([enc["input_ids"]], device=device)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad_id)
+            text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            letter = parse_letter(text)
+            texts.append(text)
+            preds.append(-1 if letter is None else letter)
+            encoded.append(enc)
+    df = _frame(records, encoded, np.zeros((len(records), 4)))
+    df = df.drop(columns=[c for c in df.columns if c.startswith("logprob_")] + ["prob", "letter_mass", "tied"])
+    df["pred"] = np.array(preds, dtype=np.int64)
+    df["correct"] = df["pred"] == df["answer"]
+    df["generated"] = texts
+    df["parsed"] = df["pred"] >= 0
+    df.attrs["unparseable"] = int((~df["parsed"]).sum())
+    return df
+
+
+# ---- metrics ---------------------------------------------------------------------------------------------------
+
+def letter_distribution(df: pd.DataFrame) -> pd.DataFrame:
+    """Predicted vs true letter counts and shares: a model that favours one position shows it here."""
+    pred = np.bincount(df["pred"][df["pred"] >= 0].astype(int), minlength=4)[:4]
+    ans = np.bincount(df["answer"].astype(int), minlength=4)[:4]
+    return pd.DataFrame({"letter": list(LETTERS), "predicted": pred, "answer": ans,
+                         "predicted_share": pred / max(pred.sum(), 1), "answer_share": ans / max(ans.sum(), 1)})
+
+
+def accuracy_summary(preds: pd.DataFrame, n_bins: int = 10) -> dict[str, Any]:
+    """Accuracy with a 95 % Wilson interval, breakdowns, position bias and calibration of a predictions frame.
+
+    Keys: n, correct, accuracy, ci_low, ci_high, truncated, by_subject / by_tier / by_choice_type (DataFrames:
+    n, correct, accuracy, ci_low, ci_high), letters (:func:`letter_distribution`), position_bias_pvalue
+    (chi-square of predicted letters against the answer-key shares), and where ``prob`` exists: mean_confidence,
+    ece (equal-width bins over the chosen letter's normalized probability) and reliability (plot data).
+    """
+    k, n = int(preds["correct"].sum()), len(preds)
+    low, high = wilson_interval(k, n)
+    out: dict[str, Any] = {"n": n, "correct": k, "accuracy": k / n if n else float("nan"), "ci_low": low,
+                           "ci_high": high, "truncated": int(preds.get("truncated", pd.Series(dtype=bool)).sum())}
+    for col in ("subject", "tier", "choice_type"):
+        if col in preds:
+            out[f"by_{col}"] = grouped_accuracy(preds, col)
+    letters = letter_distribution(preds)
+    out["letters"] = letters
+    expected = letters["answer_share"].to_numpy() * letters["predicted"].sum()
+    ok = expected.sum() > 0 and (expected > 0).all()
+    out["position_bias_pvalue"] = float(_st.chisquare(letters["predicted"], expected).pvalue) if ok else float("nan")
+    if "parsed" in preds:
+        out["unparseable"] = int((~preds["parsed"]).sum())
+    if "tied" in preds:
+        out["ties"] = int(preds["tied"].sum())
+    if "prob" in preds:
+        out["mean_confidence"] = float(preds["prob"].mean())
+        out["ece"] = expected_calibration_error(preds["prob"], preds["correct"], n_bins)
+        out["reliability"] = reliability_curve(preds["prob"], preds["correct"], n_bins)
+    return out
+
+
+# ---- cost ------------------------------------------------------------------------------------------------------
+
+def _conditions(model, encoded: list[dict]) -> dict[str, Any]:
+    import psutil
+    import transformers
+
+    from medcore.models import describe_model
+
+    device = _input_device(model)
+    dtypes = pd.Series([str(p.dtype).removeprefix("torch.") for p in model.parameters()]).value_counts()
+    info = describe_model(_causal_lm(model))
+    return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else "cpu", "dtype": str(model.get_input_embeddings().weight.dtype).removeprefix("torch."),
+            "param_dtypes": dtypes.to_dict(), "quantization": info.get("quantization"),
+            "model_source": info.get("source"), "real_weights": info.get("real_weights"),
+            "n_questions": len(encoded), "mean_prompt_tokens": float(np.mean([e["length"] for e in encoded])),
+            "torch_threads": torch.get_num_threads(), "rss_bytes_after": psutil.Process().memory_info().rss,
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def measure_cost(model, tokenizer, records: Iterable[dict], batch_sizes: Sequence[int] = (1, 16),
+                 n_latency: int = 20, warmup: int = 2, max_length: int = 512) -> dict[str, Any]:
+    """Batch-1 latency, throughput per batch size and peak memory of :func:`score_choices`'s forward pass.
+
+    Latency: ``n_latency`` questions one at a time after ``warmup`` untimed ones (median and p90, ms).
+    Throughput: all ``records`` in length-sorted batches of each size after one untimed batch (questions/s).
+    Timings synchronize CUDA. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU (reset first), else the
+    process's peak resident set size (since the process started: it includes loading). Answer keys not needed.
+    """
+    records = list(records)
+    letter_ids, pad_id = answer_token_ids(tokenizer), _pad_id(tokenizer)
+    encoded = [encode_for_scoring(r, tokenizer, max_length) for r in records]
+    device = _input_device(model)
+    cuda = device.type == "cuda"
+
+    def run(idx: list[int]) -> float:
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        _letter_logprobs(model, [encoded[i] for i in idx], letter_ids, pad_id)
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    with _eval_mode(model):
+        for i in range(min(warmup, len(encoded))):
+            run([i])
+        latency = [run([i]) * 1000 for i in range(min(n_latency, len(encoded)))]
+        throughput = []
+        for bs in batch_sizes:
+            batches = _sorted_batches([e["length"] for e in encoded], bs)
+            run(batches[len(batches) // 2])
+            seconds = sum(run(b) for b in batches)
+            throughput.append({"batch_size": bs, "qps": len(encoded) / seconds, "seconds": seconds})
+    best = max(throughput, key=lambda t: t["qps"])
+    if cuda:
+        peak, kind = torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
+    return {"latency_ms_median": statistics.median(latency), "latency_ms_p90": float(np.percentile(latency, 90)),
+            "latency_n": len(latency), "throughput": throughput, "best_batch_size": best["batch_size"],
+            "best_qps": best["qps"], "peak_memory_bytes": int(peak), "peak_memory_kind": kind,
+            "conditions": _conditions(model, encoded)}

@@ -1,0 +1,184 @@
+"""The study the book reports, as one resumable driver (issue: "The study on the H200").
+
+`python -m medcore study --parts zero-shot,main,kfold,ablations,scale --results results/study` runs, on
+whatever device is there (made for one H200; every part also runs on a CPU with `--set` overrides):
+
+- zero-shot: the real-weight model on the whole evaluation split in bf16 and in NF4 + double quantization;
+- main: QLoRA (NF4 + DQ + LoRA) trained on `data.train_source`, scored on the whole evaluation split;
+- kfold: k-fold over the evaluation split: train on k-1 folds, score the held-out fold, so every question
+  is scored exactly once by a model that never saw it; one record with all predictions;
+- ablations: precision (bf16 LoRA, int8, nf4, fp4, double quant off), LoRA rank, targets and PEFT method,
+  each a record with accuracy, interval, wall time and peak memory;
+- scale: the Gemma-2B shape with RANDOM weights: footprint, training memory/speed, scoring speed per precision.
+
+A part whose record exists is skipped (so a rerun continues), and a `--deadline` (seconds) stops before
+starting a part that would not finish, leaving every finished record complete.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medcore import data, results, workflows
+from medcore.config import RunConfig, load_profile
+
+ABLATIONS = {  # run name -> overrides on the study profile
+    "abl-bf16-lora": {"quant.precision": "bf16"},
+    "abl-int8": {"quant.precision": "int8"},
+    "abl-nf4-nodq": {"quant.double_quant": False},
+    "abl-fp4-dq": {"quant.precision": "fp4"},
+    "abl-r4": {"lora.r": 4, "lora.alpha": 8},
+    "abl-r64": {"lora.r": 64, "lora.alpha": 128},
+    "abl-attention": {"lora.targets": "attention"},
+    "abl-dora": {"lora.method": "dora"},
+}
+
+
+def _variant(cfg: RunConfig, name: str, overrides: dict) -> RunConfig:
+    out = copy.deepcopy(cfg)
+    out.name = name
+    for key, value in overrides.items():
+        from medcore.config import set_field
+
+        set_field(out, key, value)
+    return out.validate()
+
+
+def _done(cfg: RunConfig, run_id: str) -> bool:
+    return (Path(cfg.results_dir) / run_id / "metrics.json").is_file()
+
+
+def _free() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def zero_shot(cfg: RunConfig, eval_ds) -> None:
+    for label in ("bf16", "nf4+dq"):
+        run = _variant(cfg, f"{cfg.name}-{label.replace('+', '-')}", {})
+        run.quant = copy.deepcopy(workflows.PRECISION_PRESETS[label])
+        if _done(run, f"{run.name}-zero-shot"):
+            continue
+        model, tok = workflows.load(run)
+        workflows.score_and_record(run, model, tok, eval_ds, f"{run.name}-zero-shot", "zero-shot")
+        del model
+        _free()
+
+
+def train_and_score(cfg: RunConfig, train_ds, eval_ds, role: str = "fine-tuned") -> Path | None:
+    """Train cfg on train_ds, score eval_ds with the adapter; records `<name>-train` and `<name>-<role>`."""
+    if _done(cfg, f"{cfg.name}-{role}"):
+        return None
+    start = time.perf_counter()
+    _, result = workflows.finetune(cfg, datasets_=(train_ds, eval_ds))
+    _free()
+    model, tok = workflows.load(cfg, adapter=result.adapter_dir)
+    record = workflows.score_and_record(cfg, model, tok, eval_ds, f"{cfg.name}-{role}", role, cost=False,
+                                        extra={"adapter_dir": result.adapter_dir, "train_metrics": result.metrics,
+                                               "wall_seconds_train_and_score": time.perf_counter() - start})
+    del model
+    _free()
+    return record
+
+
+def kfold(cfg: RunConfig, eval_ds, k: int) -> None:
+    run_id = f"{cfg.name}-kfold{k}"
+    if _done(cfg, run_id):
+        return
+    frames, fold_metrics = [], []
+    for fold, (train_idx, test_idx) in enumerate(data.kfold_splits(eval_ds, k, seed=cfg.data.seed)):
+        fcfg = _variant(cfg, f"{cfg.name}-kfold{k}-fold{fold}", {})
+        train_and_score(fcfg, eval_ds.select(train_idx), eval_ds.select(test_idx), role="fold")
+        preds = results.load_predictions(Path(cfg.results_dir) / f"{fcfg.name}-fold").assign(fold=fold)
+        frames.append(preds)
+        fold_metrics.append(results.load_run(Path(cfg.results_dir) / f"{fcfg.name}-train")["metrics"])
+    preds = pd.concat(frames, ignore_index=True)
+    if sorted(preds["id"]) != sorted(eval_ds["id"]):
+        raise RuntimeError("k-fold predictions do not cover every question exactly once")
+    from medcore.evaluate import accuracy_summary
+
+    metrics = {"role": "fine-tuned-kfold", "k": k, "precision": workflows.precision_label(cfg.quant),
+               "real_weights": True, **workflows._tables(accuracy_summary(preds)),
+               "folds": [{"fold": i, "examples_per_s": m.get("examples_per_s"), "peak_memory_bytes":
+                          m.get("peak_memory_bytes"), "wall_seconds": m.get("wall_seconds")}
+                         for i, m in enumerate(fold_metrics)]}
+    results.write_run_record(cfg.results_dir, run_id, cfg.to_dict(), metrics, predictions=preds,
+                             extra={"real_weights": True, "protocol": f"{k}-fold over the evaluation split"},
+                             overwrite=True)
+
+
+def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024) -> None:
+    """RANDOM-weight Gemma-2B shape: footprint per precision, scoring cost per precision."""
+    big = _variant(cfg, "scale-gemma-2b-random", {"model.source": "random:gemma-2b"})
+    if not _done(big, f"{big.name}-footprint"):
+        workflows.footprints(big, presets=["bf16", "int8", "nf4", "nf4+dq"], error_vs_bf16=False)
+        _free()
+    sample = data.stratified_subset(eval_ds, min(n_questions, len(eval_ds)), seed=0)
+    for label in ("bf16", "int8", "nf4", "nf4+dq"):
+        run = _variant(big, f"scale-gemma-2b-random-{label.replace('+', '-')}", {})
+        run.quant = copy.deepcopy(workflows.PRECISION_PRESETS[label])
+        if _done(run, f"{run.name}-cost"):
+            continue
+        model, tok = workflows.load(run)
+        from medcore.evaluate import measure_cost
+
+        cost = measure_cost(model, tok, sample, batch_sizes=(1, 64, 256), n_latency=run.eval.latency_batches,
+                            max_length=run.data.max_length)
+        results.write_run_record(run.results_dir, f"{run.name}-cost", run.to_dict(),
+                                 {"role": "cost", "precision": label, "real_weights": False, "cost": cost},
+                                 extra={"real_weights": False, "note": "random weights: size/speed only"},
+                                 overwrite=True)
+        del model
+        _free()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="medcore study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="study")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--parts", default="zero-shot,main,kfold,ablations")
+    p.add_argument("--ablations", default=",".join(ABLATIONS))
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--deadline", type=float, default=None, help="seconds; start no part after this")
+    args = p.parse_args(argv)
+    cfg = load_profile(args.profile, args.set)
+    t0 = time.perf_counter()
+    train_ds, eval_ds = workflows.study_data(cfg)
+    print(f"study {cfg.name}: train {len(train_ds)}, eval {len(eval_ds)} questions, results in {cfg.results_dir}")
+    steps = []
+    for part in args.parts.split(","):
+        if part == "zero-shot":
+            steps.append(("zero-shot", lambda: zero_shot(cfg, eval_ds)))
+        elif part == "main":
+            steps.append(("main", lambda: train_and_score(cfg, train_ds, eval_ds)))
+        elif part == "kfold":
+            steps.append(("kfold", lambda: kfold(cfg, eval_ds, args.k)))
+        elif part == "ablations":
+            for name in args.ablations.split(","):
+                run = _variant(cfg, name, ABLATIONS[name])
+                steps.append((name, lambda run=run: train_and_score(run, train_ds, eval_ds)))
+        elif part == "scale":
+            steps.append(("scale", lambda: scale(cfg, eval_ds)))
+        else:
+            raise SystemExit(f"unknown part {part!r}")
+    for name, step in steps:
+        if args.deadline and time.perf_counter() - t0 > args.deadline:
+            print(f"deadline reached: not starting {name}")
+            continue
+        start = time.perf_counter()
+        step()
+        print(f"[{time.perf_counter() - t0:7.1f}s] {name} done in {time.perf_counter() - start:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

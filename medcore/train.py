@@ -1,0 +1,226 @@
+"""Fine-tuning on the Hugging Face Trainer with an answer-only loss that computes the LM head where it is needed.
+
+The step (:func:`answer_only_loss`): run the decoder body, keep the hidden states at positions whose next token is
+labelled (the answer letter; with ``data.train_on_explanation`` also the explanation), apply the LM head (and
+Gemma-2/3's final logit soft-capping) to those rows only, cross-entropy. With Gemma's 256k-262k vocabulary the
+full-sequence head would dominate time and memory; the result equals the full-logits Hugging Face loss.
+
+Supported (``RunConfig.train``): cosine / linear / constant schedule with linear warm-up (``warmup_ratio`` of the
+total steps); gradient checkpointing (``use_reentrant=False``); optimizer ``auto`` = ``paged_adamw_8bit`` on CUDA,
+``adamw_torch`` on CPU, or any named one; token-budget batches (``token_budget`` tokens per batch padding included,
+at most ``max_batch_size`` rows, length-sorted, batch order shuffled with ``seed`` and the epoch); evaluation loss
+every ``eval_steps`` (always on the answer letter only, so runs with and without explanations compare); checkpoints
+every ``save_steps`` and resume from the last one; the adapter saved in PEFT format under ``<output_dir>/adapter``.
+bf16 autocast on CUDA; on CPU the model computes in the dtypes it was loaded with.
+
+:func:`train` returns a :class:`TrainResult` and writes it to ``<output_dir>/train_result.json``: the loss history
+(train loss, learning rate, eval loss per logged step), throughput (real, non-padding tokens/s and examples/s over
+the training steps, evaluation and saving excluded) and peak memory (CUDA allocator peak, or the process's peak RSS).
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from medcore.config import RunConfig
+from medcore.quantize import disable_cpu_repack
+from medcore.prompts import IGNORE_INDEX, Collator, answer_token_ids, encode_example, token_budget_batches
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: str
+    loss_history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+def encode_dataset(ds: datasets.Dataset, tokenizer, max_length: int, with_explanation: bool = False) -> datasets.Dataset:
+    """MedMCQA records -> input_ids, labels (answer letter, optionally the explanation), length."""
+    letters = answer_token_ids(tokenizer)
+    return ds.map(lambda r: encode_example(r, tokenizer, max_length, letters, with_explanation),
+                  remove_columns=ds.column_names, desc="encode")
+
+
+def answer_only_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions, with the LM head applied to those positions only."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's causal LM
+    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX  # position t predicts token t+1
+    logits = lm.lm_head(hidden[:, :-1][keep])
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+class TokenBudgetBatchSampler:
+    """Batches of indices from prompts.token_budget_batches; the batch order is reshuffled per epoch."""
+
+    def __init__(self, lengths: list[int], token_budget: int, max_batch_size: int, shuffle: bool, seed: int = 0):
+        self.batches = token_budget_batches(lengths, token_budget, max_batch_size)
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = list(range(len(self.batches)))
+        if self.shuffle:
+            order = torch.randperm(len(order), generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        return (self.batches[i] for i in order)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class AnswerOnlyTrainer(Trainer):
+    """Trainer with the answer-only loss and token-budget batches; counts real tokens for throughput."""
+
+    def __init__(self, *args, token_budget: int, max_batch_size: int, pad_token_id: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.token_budget, self.max_batch_size = token_budget, max_batch_size
+        self.collate = Collator(pad_token_id)
+        self.seen = {"tokens": 0, "examples": 0}
+
+    def _loader(self, ds: datasets.Dataset, shuffle: bool) -> DataLoader:
+        sampler = TokenBudgetBatchSampler(ds["length"], self.token_budget, self.max_batch_size, shuffle, self.args.seed)
+        loader = DataLoader(ds, batch_sampler=sampler, collate_fn=self.collate, pin_memory=False)
+        return self.accelerator.prepare(loader)
+
+    def get_train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        return self._loader(eval_dataset if eval_dataset is not None else self.eval_dataset, shuffle=False)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.seen["tokens"] += int(inputs["attention_mask"].sum())
+            self.seen["examples"] += inputs["input_ids"].shape[0]
+        loss = answer_only_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+class ThroughputCallback(TrainerCallback):
+    """Times the training steps only (evaluation and checkpointing fall outside on_step_begin/on_step_end)."""
+
+    def __init__(self):
+        self.step_seconds, self._start = 0.0, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is not None:
+            self.step_seconds += time.perf_counter() - self._start
+
+
+def resolve_optimizer(name: str, on_cuda: bool) -> str:
+    if name == "auto":
+        return "paged_adamw_8bit" if on_cuda else "adamw_torch"
+    return name
+
+
+def training_arguments(cfg: RunConfig, output_dir: str | Path, total_steps: int, on_cuda: bool,
+                       has_eval: bool) -> TrainingArguments:
+    t = cfg.train
+    # transformers 5.24 renamed gradient_checkpointing; the lent GPU runs 5.17
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+        else "gradient_checkpointing"
+    return TrainingArguments(
+        output_dir=str(output_dir), learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps,
+        lr_scheduler_type=t.scheduler, warmup_steps=math.ceil(t.warmup_ratio * total_steps),
+        weight_decay=t.weight_decay, optim=resolve_optimizer(t.optimizer, on_cuda), gradient_accumulation_steps=1,
+        **{ckpt: t.gradient_checkpointing, f"{ckpt}_kwargs": {"use_reentrant": False}},
+        eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps, save_strategy="steps",
+        save_steps=t.save_steps, logging_steps=t.logging_steps, seed=t.seed, data_seed=t.seed,
+        bf16=on_cuda, use_cpu=not on_cuda, report_to="none", remove_unused_columns=False,
+        dataloader_pin_memory=on_cuda, label_names=["labels"], save_only_model=False,
+    )
+
+
+def loss_history(log_history: list[dict]) -> list[dict]:
+    """Trainer logs -> one row per logged step: step, epoch, loss, learning_rate, grad_norm, eval_loss."""
+    rows: dict[int, dict] = {}
+    for entry in log_history:
+        if "loss" not in entry and "eval_loss" not in entry:
+            continue
+        row = rows.setdefault(entry["step"], {"step": entry["step"], "epoch": entry.get("epoch")})
+        for key in ("loss", "learning_rate", "grad_norm", "eval_loss"):
+            if key in entry:
+                row[key] = entry[key]
+    return [rows[s] for s in sorted(rows)]
+
+
+def _peak_memory(on_cuda: bool) -> dict[str, Any]:
+    if on_cuda:
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(), "peak_memory_kind": "cuda_allocator"}
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "process_rss"}
+
+
+def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.Dataset,
+          eval_ds: datasets.Dataset | None, output_dir: str | Path, resume: bool = False,
+          callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Fine-tune `model` (with its adapter attached) on `train_ds`; evaluate on `eval_ds` (None: no evaluation).
+
+    Datasets may be MedMCQA records (encoded here with ``data.max_length`` / ``data.train_on_explanation``) or
+    already encoded (input_ids, labels, length). ``resume=True`` continues from the last checkpoint in
+    `output_dir` if there is one (else starts fresh). Extra `callbacks` go to the Trainer.
+    """
+    output_dir = Path(output_dir)
+    disable_cpu_repack(model)  # evaluation passes must not repack 4-bit weights on an AVX512-BF16 CPU
+    on_cuda = torch.cuda.is_available() and next(model.parameters()).is_cuda
+    if "input_ids" not in train_ds.column_names:
+        train_ds = encode_dataset(train_ds, tokenizer, cfg.data.max_length, cfg.data.train_on_explanation)
+    if eval_ds is not None and "input_ids" not in eval_ds.column_names:
+        eval_ds = encode_dataset(eval_ds, tokenizer, cfg.data.max_length, with_explanation=False)
+    n_batches = len(token_budget_batches(train_ds["length"], cfg.train.token_budget, cfg.train.max_batch_size))
+    total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * n_batches)
+    args = training_arguments(cfg, output_dir, total_steps, on_cuda, eval_ds is not None)
+    clock = ThroughputCallback()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = AnswerOnlyTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, callbacks=[clock, *(callbacks or [])],
+        token_budget=cfg.train.token_budget, max_batch_size=cfg.train.max_batch_size, pad_token_id=pad,
+    )
+    checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.perf_counter() - start
+    adapter_dir = output_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    steps = max(clock.step_seconds, 1e-9)
+    metrics = {
+        "global_step": trainer.state.global_step, "resumed_from": checkpoint, "train_loss": output.training_loss,
+        "wall_seconds": wall, "step_seconds": clock.step_seconds,
+        "real_tokens": trainer.seen["tokens"], "examples": trainer.seen["examples"],
+        "real_tokens_per_s": trainer.seen["tokens"] / steps, "examples_per_s": trainer.seen["examples"] / steps,
+        "optimizer": getattr(args.optim, "value", args.optim), "device": str(args.device),
+        **_peak_memory(on_cuda),
+    }
+    result = TrainResult(str(adapter_dir), loss_history(trainer.state.log_history), metrics)
+    (output_dir / "train_result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    return result

@@ -1,0 +1,188 @@
+"""The book builds offline from executed notebooks without executing them, and a headless browser shows it.
+
+A fake project (this repository's _config.yml, _toc.yml and book/ pages) and a fake pipeline run (five executed
+notebooks with a stored figure and table, two run records of a random-weight model) are built with
+``build_book``; Chromium then opens the index and the analysis page. The screenshots are kept under the pytest
+tmp dir, and copied to ``_build/screenshots/`` when the project has a ``_build`` folder.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import unquote
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from medcore.pipeline import NOTEBOOKS, RANDOM_LABEL, _write_status, build_book, read_status
+from medcore.results import write_run_record
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,1800", "--virtual-time-budget=4000"]
+
+
+def _png() -> str:
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1, 2], [2.0, 1.5, 1.2])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _fake_project(tmp: Path, finished: list[str]) -> tuple[Path, Path, Path]:
+    """A project copy with book sources, and a run folder whose notebooks in `finished` were 'executed'."""
+    root = tmp / "project"
+    root.mkdir()
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(ROOT / name, root / name)
+    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
+    (root / "notebooks").mkdir()
+    run = root / "runs" / "ci"
+    run.mkdir(parents=True)
+    marker = tmp / "executed-by-the-book"
+    table = pd.DataFrame({"run": ["ci-base", "ci-finetuned"], "accuracy": [0.25, 0.3]}).to_html()
+    png = _png()
+    for name in finished:
+        nb = new_notebook(cells=[
+            new_markdown_cell(f"# {name.removesuffix('.ipynb')}"),
+            # if the book ever executed a notebook, this cell would leave a file behind
+            new_code_cell(f"open({str(marker)!r}, 'w').write('executed')\nfigure_and_table()", execution_count=1,
+                          outputs=[new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
+                                   new_output("execute_result", data={"text/html": table, "text/plain": "table"},
+                                              execution_count=1)]),
+        ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+        nbformat.write(nb, run / name)
+    common = {"model_source": "random:tiny-gemma", "precision": "nf4", "n": 48, "footprint_bytes": 2_000_000,
+              "peak_memory_bytes": 600_000_000}
+    write_run_record(run / "results", "ci-base", {"name": "ci"}, {**common, "accuracy": 0.25, "ci_low": 0.15,
+                     "ci_high": 0.39, "role": "base", "latency_ms_median": 4.0}, extra={"real_weights": False})
+    write_run_record(run / "results", "ci-finetuned", {"name": "ci"},
+                     {**common, "accuracy": 0.3, "ci_low": 0.19, "ci_high": 0.44, "role": "finetuned",
+                      "baseline_run": "ci-base", "adapter": "lora r=4", "latency_ms_median": 5.0},
+                     extra={"real_weights": False})
+    _write_status(run, {"profile": "ci", "overrides": ["train.max_steps=4"], "notebooks": list(NOTEBOOKS),
+                        "finished": finished, "seconds": {n: 1.0 for n in finished}, "failed": None})
+    return root, run, marker
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("book")
+    root, run, marker = _fake_project(tmp, list(NOTEBOOKS))
+    html = build_book(run_dir=run, root=root)
+    return html, root, run, marker, tmp
+
+
+def test_config_builds_offline_without_execution():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"
+    assert config["bibtex_bibfiles"] == ["book/references.bib"]
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    assert [f"book/notebooks/{n.removesuffix('.ipynb')}" for n in NOTEBOOKS] == [f for f in files if "notebooks" in f]
+    for page in ("methods", "results", "performance", "reproducibility", "references"):
+        assert f"book/{page}" in files and (ROOT / "book" / f"{page}.md").is_file()
+    bib = (ROOT / "book" / "references.bib").read_text()
+    for key in ("pal2022medmcqa", "dettmers2023qlora", "hu2021lora", "gemmateam2024gemma", "gao2024harness"):
+        assert key in bib
+
+
+def test_prose_pages_state_no_numbers_of_their_own():
+    """Measured figures come from run records (generated includes) or notebooks, never from the prose."""
+    for page in ("intro", "methods", "results", "performance", "reproducibility"):
+        text = (ROOT / "book" / f"{page}.md").read_text()
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks and directives
+        prose = re.sub(r"\{cite:p\}`[^`]*`|`[^`]*`", "", prose)
+        names = r"Gemma-\d+[BM]?|Gemma-3-270M|Gemma 3|4-bit|8-bit|bf16|fp16|fp4|int8|nf4|NF4|FP4|01\.\.05|MedMCQA"
+        leftover = re.findall(r"\d+(?:[.,]\d+)?\s*(?:%|GB|MB|ms|s\b|x\b)?", re.sub(names, "", prose))
+        assert not leftover, f"book/{page}.md states numbers in prose: {leftover}"
+
+
+def test_build_copies_executed_notebooks_and_never_executes(built_book):
+    html, root, run, marker, _ = built_book
+    assert (html / "index.html").is_file()
+    for name in NOTEBOOKS:
+        assert (root / "book" / "notebooks" / name).read_bytes() == (run / name).read_bytes()
+        assert (html / "book" / "notebooks" / name.replace(".ipynb", ".html")).is_file()
+    assert not marker.exists(), "the book executed a notebook"
+    results = (root / "book" / "_generated" / "results.md").read_text()
+    assert "ci-finetuned" in results and RANDOM_LABEL in results and "+20.0 %" in results
+    assert (root / "book" / "_generated" / "accuracy.png").stat().st_size > 0
+    assert "No benchmark record yet" in (root / "book" / "_generated" / "performance.md").read_text()
+    reproduce = (root / "book" / "_generated" / "run.md").read_text()
+    assert "python -m medcore run --profile ci --set train.max_steps=4" in reproduce
+    refs = (html / "book" / "references.html").read_text().lower()
+    assert "medmcqa" in refs and "qlora" in refs and "low-rank adaptation" in refs
+
+
+def test_missing_notebook_becomes_a_placeholder_page(tmp_path):
+    root, run, _ = _fake_project(tmp_path, list(NOTEBOOKS[:2]))
+    status = read_status(run)
+    _write_status(run, {**status, "failed": {"notebook": NOTEBOOKS[2], "ename": "ValueError", "evalue": "boom"}})
+    html = build_book(run_dir=run, root=root, out=tmp_path / "site")
+    assert html == tmp_path / "site" / "html"
+    page = (html / "book" / "notebooks" / "04_evaluate.html").read_text()
+    assert "Not executed" in page and "ValueError" in page
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        pytest.fail("headless Chromium is needed for the browser test: apt-get install -y chromium")
+    return exe
+
+
+def _browse(page: Path, shot: Path, profile: Path) -> str:
+    exe = _chromium()
+    base = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    subprocess.run([*base, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True)
+    return dom.stdout
+
+
+def _images(dom: str, page_dir: Path) -> list[Path]:
+    srcs = re.findall(r'<img[^>]*\bsrc="([^"]*)"', dom)
+    assert srcs and all(srcs), f"no img with a src in the page: {srcs}"
+    return [(page_dir / unquote(s)).resolve() for s in srcs if not s.startswith(("data:", "http"))]
+
+
+def test_browser_shows_results_table_and_figures(built_book):
+    html, _, _, _, tmp = built_book
+    shots = tmp / "screenshots"
+    shots.mkdir(exist_ok=True)
+    index_dom = _browse(html / "index.html", shots / "index.png", tmp / "chromium-profile")
+    # index.html redirects to the intro page, which shows the results table and the accuracy figure
+    assert "At a glance" in index_dom
+    tables = re.findall(r"<table.*?</table>", index_dom, flags=re.S)
+    assert any("accuracy" in t and "ci-finetuned" in t and "random weights" in t for t in tables)
+    for img in _images(index_dom, html / "book"):
+        assert img.is_file() and img.stat().st_size > 0, img
+
+    page = html / "book" / "notebooks" / "05_analysis.html"
+    analysis_dom = _browse(page, shots / "analysis.png", tmp / "chromium-profile")
+    assert "<table" in analysis_dom
+    for img in _images(analysis_dom, page.parent):
+        assert img.is_file() and img.stat().st_size > 0, img
+    for shot in ("index.png", "analysis.png"):
+        data = (shots / shot).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    if (ROOT / "_build").is_dir():
+        keep = ROOT / "_build" / "screenshots"
+        keep.mkdir(exist_ok=True)
+        for shot in shots.iterdir():
+            shutil.copy(shot, keep / f"test_book-{shot.name}")
