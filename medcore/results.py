@@ -115,8 +115,8 @@ def _git_commit() -> dict[str, Any]:
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
-    if head.returncode:
-        return {"git_commit": None, "git_dirty": None}
+    if head.returncode:  # a copy without .git (e.g. on a lent GPU machine): the caller may say which commit
+        return {"git_commit": os.environ.get("MEDCORE_GIT_COMMIT"), "git_dirty": None}
     return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
 
 
