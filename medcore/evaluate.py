@@ -22,7 +22,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats as _st
 from tqdm.auto import tqdm
 
 from medcore.prompts import LETTERS, Collator, answer_token_ids, encode_for_scoring, format_prompt
@@ -51,10 +50,12 @@ def _keyed_records(records: Any, purpose: str = "scoring") -> list[dict]:
     return records
 
 
-def _tier(subject: str | None) -> str:
+def _tier(record: dict) -> str:
+    if record.get("tier"):  # data.add_tier was applied
+        return record["tier"]
     from medcore.data import SUBJECT_TIERS
 
-    return SUBJECT_TIERS.get(subject or "Unknown", "unknown")
+    return SUBJECT_TIERS.get(record.get("subject") or "Unknown", "unknown")
 
 
 def _input_device(model) -> torch.device:
@@ -133,7 +134,7 @@ def _frame(records: list[dict], encoded: list[dict], logp: np.ndarray) -> pd.Dat
     df = pd.DataFrame({
         "id": [r.get("id") for r in records],
         "subject": [r.get("subject") for r in records],
-        "tier": [_tier(r.get("subject")) for r in records],
+        "tier": [_tier(r) for r in records],
         "choice_type": [r.get("choice_type") for r in records],
         "answer": np.array([r["answer"] for r in records], dtype=np.int64),
         "pred": pred.astype(np.int64),
@@ -294,7 +295,12 @@ def accuracy_summary(preds: pd.DataFrame, n_bins: int = 10) -> dict[str, Any]:
     out["letters"] = letters
     expected = letters["answer_share"].to_numpy() * letters["predicted"].sum()
     ok = expected.sum() > 0 and (expected > 0).all()
-    out["position_bias_pvalue"] = float(_st.chisquare(letters["predicted"], expected).pvalue) if ok else float("nan")
+    if ok:
+        from scipy.stats import chisquare
+
+        out["position_bias_pvalue"] = float(chisquare(letters["predicted"], expected).pvalue)
+    else:
+        out["position_bias_pvalue"] = float("nan")
     if "parsed" in preds:
         out["unparseable"] = int((~preds["parsed"]).sum())
     if "tied" in preds:
@@ -308,8 +314,15 @@ def accuracy_summary(preds: pd.DataFrame, n_bins: int = 10) -> dict[str, Any]:
 
 # ---- cost ------------------------------------------------------------------------------------------------------
 
+def _rss() -> int | None:
+    try:
+        import psutil
+    except ImportError:  # not on every machine (the lent GPU)
+        return None
+    return psutil.Process().memory_info().rss
+
+
 def _conditions(model, encoded: list[dict]) -> dict[str, Any]:
-    import psutil
     import transformers
 
     from medcore.models import describe_model
@@ -322,7 +335,7 @@ def _conditions(model, encoded: list[dict]) -> dict[str, Any]:
             "param_dtypes": dtypes.to_dict(), "quantization": info.get("quantization"),
             "model_source": info.get("source"), "real_weights": info.get("real_weights"),
             "n_questions": len(encoded), "mean_prompt_tokens": float(np.mean([e["length"] for e in encoded])),
-            "torch_threads": torch.get_num_threads(), "rss_bytes_after": psutil.Process().memory_info().rss,
+            "torch_threads": torch.get_num_threads(), "rss_bytes_after": _rss(),
             "torch": torch.__version__, "transformers": transformers.__version__}
 
 

@@ -355,7 +355,7 @@ def write_generated_pages(run_dir: Path, book_dir: Path, root: Path) -> None:
 
 
 def build_book(run_dir: str | Path | None = None, out: str | Path = "_build", *, root: str | Path | None = None,
-               quiet: bool = True) -> Path:
+               quiet: bool = True, progress: bool = True) -> Path:
     """Build the Jupyter Book from the executed notebooks of a pipeline run; return the HTML folder.
 
     ``run_dir`` defaults to :func:`last_run_dir`. Its executed notebooks are copied into ``book/notebooks/``
@@ -363,7 +363,8 @@ def build_book(run_dir: str | Path | None = None, out: str | Path = "_build", *,
     ``jupyter-book build <root>`` runs in a subprocess with notebook execution off (``_config.yml``), so the
     book shows exactly what the pipeline computed. ``out`` is the build folder (relative paths are taken
     from the project root); the HTML lands in ``<out>/html``, the start page is ``<out>/html/index.html``.
-    Raises :class:`PipelineError` with the build log's tail if Sphinx fails.
+    Raises :class:`PipelineError` with the build log's tail if Sphinx fails. ``quiet=False`` prints Sphinx's
+    full log (warnings included) after the build; ``progress`` prints where the book is.
     """
     root = Path(root).resolve() if root else project_root()
     run_dir = Path(run_dir).resolve() if run_dir else last_run_dir(root)
@@ -375,7 +376,10 @@ def build_book(run_dir: str | Path | None = None, out: str | Path = "_build", *,
 
     out = Path(out) if Path(out).is_absolute() else root / out
     # jupyter-book writes to <path-output>/_build/html; build into a scratch parent when `out` is not "_build"
-    scratch = None if out.name == "_build" else Path(tempfile.mkdtemp(prefix="medcore-book-", dir=out.parent if out.parent.exists() else None))
+    scratch = None
+    if out.name != "_build":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".medcore-book-", dir=out.parent))
     path_output = out.parent if scratch is None else scratch
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(root),
            "--path-output", str(path_output), "--all"]
@@ -395,6 +399,8 @@ def build_book(run_dir: str | Path | None = None, out: str | Path = "_build", *,
     html = out / "html"
     if not (html / "index.html").is_file():
         raise PipelineError(f"jupyter-book finished but {html / 'index.html'} is missing:\n{proc.stdout[-3000:]}")
+    _say(not quiet, proc.stdout + proc.stderr)
+    _say(progress, f"book of {run_dir} built: {html / 'index.html'}")
     return html
 
 
@@ -409,6 +415,32 @@ def _get(row: Any, *keys: str, default: Any = None) -> Any:
         if value is not None and not (isinstance(value, float) and value != value):
             return value
     return default
+
+
+TUNED_ROLES = ("fine-tuned", "finetuned")  # this module writes the first; accept both
+BASE_ROLES = ("zero-shot", "base")
+_STAGE_OF_ROLE = {"train": "finetune", "footprint": "quantize", "zero-shot": "evaluate", "zero-shot-bf16": "evaluate",
+                  "fine-tuned": "evaluate", "finetuned": "evaluate", "base": "evaluate"}
+
+
+def stage_of(row: Any) -> str:
+    """A record's stage: its ``stage`` metric, else inferred from ``role`` (records of ``medcore.workflows``)."""
+    return _get(row, "stage") or _STAGE_OF_ROLE.get(str(_get(row, "role", default="")), "?")
+
+
+def _baseline(row: Any, evals) -> str | None:
+    """The zero-shot record a fine-tuned record is compared with: its ``baseline_run``, else the zero-shot record
+    of the same config name and precision (records of ``medcore.workflows`` name no baseline)."""
+    if _get(row, "baseline_run"):
+        return _get(row, "baseline_run")
+    if str(_get(row, "role", default="")) not in TUNED_ROLES:
+        return None
+    for _, other in evals.iterrows():
+        if (str(_get(other, "role", default="")) in BASE_ROLES
+                and _get(other, "config.name") == _get(row, "config.name")
+                and _get(other, "precision") == _get(row, "precision")):
+            return other["run_id"]
+    return None
 
 
 def weights_label(row: Any) -> str:
@@ -427,7 +459,9 @@ def results_table(runs) -> "pd.DataFrame":
     row each: run, model, weights (random-weight runs say so), precision, adapter, size_gb (weights + quantization
     constants in memory, ``footprint_bytes``), accuracy with ci_low / ci_high and n, peak_memory_gb, latency_ms
     (median, batch 1), and improvement_pct: (accuracy - base accuracy) / base accuracy x 100 against the record
-    named by ``baseline_run`` (recomputed here from the two accuracies, not copied from the record).
+    named by ``baseline_run`` (recomputed here from the two accuracies, not copied from the record). Records of
+    ``medcore.workflows`` (cost nested under ``cost.``, no ``baseline_run``) are read too: a fine-tuned record is
+    then compared with the zero-shot record of the same config name and precision.
     """
     import pandas as pd
 
@@ -439,10 +473,10 @@ def results_table(runs) -> "pd.DataFrame":
     accuracy = dict(zip(evals["run_id"], evals["accuracy"]))
     rows = []
     for _, r in evals.iterrows():
-        base = _get(r, "baseline_run")
+        base = _baseline(r, evals)
         before = accuracy.get(base) if base else None
         improvement = (r["accuracy"] - before) / before * 100 if before else float("nan")
-        size, peak = _get(r, "footprint_bytes"), _get(r, "peak_memory_bytes")
+        size, peak = _get(r, "footprint_bytes"), _get(r, "peak_memory_bytes", "cost.peak_memory_bytes")
         rows.append({
             "run": r["run_id"], "model": _get(r, "model_source", "config.model.source", default="?"),
             "weights": weights_label(r), "precision": _get(r, "precision", "config.quant.precision", default="?"),
@@ -451,7 +485,7 @@ def results_table(runs) -> "pd.DataFrame":
             "accuracy": float(r["accuracy"]), "ci_low": _get(r, "ci_low", default=float("nan")),
             "ci_high": _get(r, "ci_high", default=float("nan")), "n": _get(r, "n", default=float("nan")),
             "peak_memory_gb": peak / 1e9 if peak is not None else float("nan"),
-            "latency_ms": _get(r, "latency_ms_median", "latency_ms", default=float("nan")),
+            "latency_ms": _get(r, "latency_ms_median", "cost.latency_ms_median", "latency_ms", default=float("nan")),
             "improvement_pct": improvement, "baseline_run": base,
         })
     return pd.DataFrame(rows, columns=columns)
@@ -466,7 +500,8 @@ def ablation_table(runs) -> "pd.DataFrame":
     columns = ["run", "setting", "ablation", "accuracy", "ci_low", "ci_high", "n", "weights"]
     if runs is None or len(runs) == 0 or "accuracy" not in runs.columns:
         return pd.DataFrame(columns=columns)
-    tuned = runs[runs["accuracy"].notna() & (runs.get("role", pd.Series(index=runs.index, dtype=object)) == "finetuned")]
+    roles = runs["role"] if "role" in runs.columns else pd.Series("", index=runs.index)
+    tuned = runs[runs["accuracy"].notna() & roles.isin(TUNED_ROLES)]
     if len(tuned) < 2:
         return pd.DataFrame(columns=columns)
     config_cols = [c for c in tuned.columns if c.startswith("config.") and c != "config.name"
@@ -532,11 +567,9 @@ def results_markdown(results_dir: str | Path, figure_dir: Path | None = None) ->
         from medcore import plots
 
         figure_dir.mkdir(parents=True, exist_ok=True)
-        data = table.assign(label=table["run"] + " (" + table["weights"] + ")")
-        fig = plots.accuracy_by_group(data.assign(model=data["precision"].astype(str)), group="label", hue="model",
-                                      title="Accuracy by run (95% Wilson interval)")
+        fig = plots.results_overview(table, title="Size, accuracy (95% Wilson interval) and latency per run")
         fig.savefig(figure_dir / "accuracy.png", dpi=110, bbox_inches="tight")
-        text += "\n![Accuracy of every evaluated run with its 95% interval](accuracy.png)\n"
+        text += "\n![Size, accuracy with its 95% interval and latency of every evaluated run](accuracy.png)\n"
     return text
 
 
@@ -635,7 +668,7 @@ BASE_SECTIONS = ("data", "model", "quant", "eval")  # what a base-model evaluati
 
 def run_id(cfg: RunConfig, stage: str) -> str:
     """``<name>-<stage>-<digest>``; base-model stages hash only the sections they depend on."""
-    base = stage.startswith(("data", "quantize", "base"))
+    base = stage.startswith(("data", "quantize", "zero-shot"))
     return f"{cfg.name}-{stage}-{config_digest(cfg, BASE_SECTIONS if base else None)}"
 
 
@@ -958,9 +991,9 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, with_bf16_base: bool = Tru
                  data: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
     """Score the base model and the fine-tuned one on the evaluation questions and record both (notebook 04).
 
-    Models: the base at ``cfg.quant`` ("base"), optionally the base in bf16 ("base-bf16"; for the embedded model
+    Models: the base at ``cfg.quant`` ("zero-shot"), optionally the base in bf16 ("zero-shot-bf16"; for the embedded model
     that is dequantized from 4 bits), and the base at ``cfg.quant`` with the adapter from :func:`train_dir`
-    ("finetuned"; missing adapter: an error naming notebook 03). Each gets ``evaluate.score_choices``,
+    ("fine-tuned"; missing adapter: an error naming notebook 03). Each gets ``evaluate.score_choices``,
     ``evaluate.accuracy_summary``, ``evaluate.measure_cost`` on ``cost_questions`` questions and
     ``quantize.footprint``, and a run record with its predictions. The fine-tuned record names the base record
     (``baseline_run``) and holds the exact McNemar test and a paired bootstrap interval of the difference.
@@ -983,14 +1016,14 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, with_bf16_base: bool = Tru
     records = list(data["eval"])
     cost_records = records[:cost_questions]
     base_label = precision_label(cfg.quant.precision, cfg.quant.double_quant)
-    plan = [("base-bf16", "bf16")] if with_bf16_base and cfg.quant.precision != "bf16" else []
-    plan += [("base", base_label)]
+    plan = [("zero-shot-bf16", "bf16")] if with_bf16_base and cfg.quant.precision != "bf16" else []
+    plan += [("zero-shot", base_label)]
     if cfg.lora.method != "none":
-        plan += [("finetuned", base_label)]
+        plan += [("fine-tuned", base_label)]
     preds, summaries, paths, costs = {}, {}, {}, []
     model = None
     for role, label in plan:
-        if role == "finetuned":
+        if role == "fine-tuned":
             model = PeftModel.from_pretrained(model, str(adapter_dir))  # onto the base model scored just before
             quantize.disable_cpu_repack(model)
         else:
@@ -1003,18 +1036,18 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, with_bf16_base: bool = Tru
         cost = evaluate.measure_cost(model, tokenizer, cost_records, batch_sizes=(1, cfg.eval.batch_size),
                                      n_latency=cfg.eval.latency_batches, max_length=cfg.data.max_length)
         fp = quantize.footprint(model, disk=False)
-        metrics = _evaluation_metrics(cfg, role, label, adapter_label(cfg) if role == "finetuned" else "none",
+        metrics = _evaluation_metrics(cfg, role, label, adapter_label(cfg) if role == "fine-tuned" else "none",
                                       summary, cost, fp)
-        if role == "finetuned":
-            base = preds["base"]
-            metrics["baseline_run"] = run_id(cfg, "base")
+        if role == "fine-tuned":
+            base = preds["zero-shot"]
+            metrics["baseline_run"] = run_id(cfg, "zero-shot")
             metrics["mcnemar"] = stats.mcnemar_exact(base["correct"], df["correct"])
             diff = df["correct"].to_numpy(float) - base["correct"].to_numpy(float)
             metrics["difference"] = float(diff.mean())
             metrics["difference_ci"] = list(stats.bootstrap_interval(diff, seed=cfg.data.seed))
-            metrics["improvement_rel"] = stats.relative_improvement(summaries["base"]["accuracy"], summary["accuracy"])
+            metrics["improvement_rel"] = stats.relative_improvement(summaries["zero-shot"]["accuracy"], summary["accuracy"])
         config = cfg.to_dict()
-        if role != "finetuned":
+        if role != "fine-tuned":
             config["lora"] = {"method": "none"}
         paths[role] = write_run_record(cfg.results_dir, run_id(cfg, role), config, metrics, predictions=df,
                                        extra={"real_weights": is_real(cfg)}, overwrite=True)
@@ -1026,15 +1059,15 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, with_bf16_base: bool = Tru
     if model is not None:
         _free(model)
     comparison = None
-    if "finetuned" in preds:
-        base, tuned = preds["base"], preds["finetuned"]
+    if "fine-tuned" in preds:
+        base, tuned = preds["zero-shot"], preds["fine-tuned"]
         mc = stats.mcnemar_exact(base["correct"], tuned["correct"])
         diff = tuned["correct"].to_numpy(float) - base["correct"].to_numpy(float)
         low, high = stats.bootstrap_interval(diff, seed=cfg.data.seed)
-        comparison = {"base accuracy": summaries["base"]["accuracy"], "fine-tuned accuracy": summaries["finetuned"]["accuracy"],
+        comparison = {"base accuracy": summaries["zero-shot"]["accuracy"], "fine-tuned accuracy": summaries["fine-tuned"]["accuracy"],
                       "difference": float(np.mean(diff)), "difference 95% CI": (low, high),
-                      "relative improvement": stats.relative_improvement(summaries["base"]["accuracy"],
-                                                                         summaries["finetuned"]["accuracy"]),
+                      "relative improvement": stats.relative_improvement(summaries["zero-shot"]["accuracy"],
+                                                                         summaries["fine-tuned"]["accuracy"]),
                       "only base right (b)": mc["b"], "only fine-tuned right (c)": mc["c"],
                       "McNemar exact p": mc["pvalue"], "questions": mc["n"]}
     import pandas as pd
@@ -1083,7 +1116,7 @@ def records_overview(runs) -> "pd.DataFrame":
     """Every record of a results folder: run, stage, role, weights, model, precision, adapter, git commit."""
     import pandas as pd
 
-    rows = [{"run": r["run_id"], "stage": _get(r, "stage", default="?"), "role": _get(r, "role", default=""),
+    rows = [{"run": r["run_id"], "stage": stage_of(r), "role": _get(r, "role", default=""),
              "weights": weights_label(r), "model": _get(r, "model_source", "config.model.source", default="?"),
              "precision": _get(r, "precision", default=""), "adapter": _get(r, "adapter", default=""),
              "device": _get(r, "env.device", default=""), "git commit": str(_get(r, "env.git_commit", default=""))[:10]}
@@ -1100,7 +1133,7 @@ def stage_table(runs, stage: str, key: str) -> "pd.DataFrame":
     parts = []
     for _, r in runs.iterrows():
         value = r.get(key)
-        if _get(r, "stage") == stage and isinstance(value, list) and value:
+        if stage_of(r) == stage and isinstance(value, list) and value:
             parts.append(pd.DataFrame(value).assign(run=r["run_id"], weights=weights_label(r)))
     if not parts:
         return pd.DataFrame()

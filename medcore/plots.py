@@ -127,7 +127,7 @@ def accuracy_by_group(df: pd.DataFrame, group: str = "group", hue: str = "model"
     ax.set_xlim(0, 1)
     ax.set_xlabel("accuracy (95% interval)")
     ax.set_ylabel(group)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
     return _finish(fig, title)
 
 

@@ -9,13 +9,16 @@ Small, dependency-light functions that the tests check against statsmodels, scip
 * :func:`grouped_accuracy` - accuracy with Wilson intervals per subject, tier or question type;
 * :func:`expected_calibration_error` and :func:`reliability_curve` - calibration of the model's confidence
   (its probability of the letter it chose, normalized over the four letters).
+
+scipy and scikit-learn are imported only inside the functions that need them, so scoring and Wilson intervals
+work on a machine that lacks them (the lent GPU).
 """
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import stats as _st
 
 
 def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -28,7 +31,7 @@ def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
         return float("nan"), float("nan")
     if not 0 <= k <= n:
         raise ValueError(f"k={k} must be between 0 and n={n}")
-    z = _st.norm.ppf(1 - alpha / 2)
+    z = NormalDist().inv_cdf(1 - alpha / 2)
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -68,7 +71,9 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
         raise ValueError(f"paired results must have the same length, got {a.shape} and {b_.shape}")
     b = int(np.sum(a & ~b_))
     c = int(np.sum(~a & b_))
-    pvalue = 1.0 if b + c == 0 else float(min(1.0, _st.binomtest(b, b + c, 0.5).pvalue))
+    from scipy.stats import binomtest
+
+    pvalue = 1.0 if b + c == 0 else float(min(1.0, binomtest(b, b + c, 0.5).pvalue))
     return {"b": b, "c": c, "n": int(a.size), "pvalue": pvalue}
 
 

@@ -15,7 +15,8 @@ bf16 autocast on CUDA; on CPU the model computes in the dtypes it was loaded wit
 
 :func:`train` returns a :class:`TrainResult` and writes it to ``<output_dir>/train_result.json``: the loss history
 (train loss, learning rate, eval loss per logged step), throughput (real, non-padding tokens/s and examples/s over
-the training steps, evaluation and saving excluded) and peak memory (CUDA allocator peak, or the process's peak RSS).
+the training steps, evaluation and saving excluded) and peak memory during training (CUDA allocator peak, or the
+process's peak RSS, reset at the start of training where Linux allows it: ``process_rss``, else ``process_rss_lifetime``).
 """
 from __future__ import annotations
 
@@ -95,17 +96,23 @@ class AnswerOnlyTrainer(Trainer):
         self.token_budget, self.max_batch_size = token_budget, max_batch_size
         self.collate = Collator(pad_token_id)
         self.seen = {"tokens": 0, "examples": 0}
+        self.train_sampler: TokenBudgetBatchSampler | None = None
+        self.add_callback(EpochCallback(self))
 
-    def _loader(self, ds: datasets.Dataset, shuffle: bool) -> DataLoader:
-        sampler = TokenBudgetBatchSampler(ds["length"], self.token_budget, self.max_batch_size, shuffle, self.args.seed)
+    def _loader(self, ds: datasets.Dataset, sampler: TokenBudgetBatchSampler) -> DataLoader:
         loader = DataLoader(ds, batch_sampler=sampler, collate_fn=self.collate, pin_memory=False)
         return self.accelerator.prepare(loader)
 
+    def _sampler(self, ds: datasets.Dataset, shuffle: bool) -> TokenBudgetBatchSampler:
+        return TokenBudgetBatchSampler(ds["length"], self.token_budget, self.max_batch_size, shuffle, self.args.seed)
+
     def get_train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
+        self.train_sampler = self._sampler(self.train_dataset, shuffle=True)
+        return self._loader(self.train_dataset, self.train_sampler)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
-        return self._loader(eval_dataset if eval_dataset is not None else self.eval_dataset, shuffle=False)
+        ds = eval_dataset if eval_dataset is not None else self.eval_dataset
+        return self._loader(ds, self._sampler(ds, shuffle=False))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
@@ -119,6 +126,20 @@ class AnswerOnlyTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the batch sampler its epoch before each epoch's iterator is made, also when resuming mid-epoch.
+
+    Some transformers versions cannot reach a batch sampler through accelerate's wrappers; this does not depend on it.
+    """
+
+    def __init__(self, trainer: AnswerOnlyTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.trainer.train_sampler is not None:
+            self.trainer.train_sampler.set_epoch(int((state.epoch or 0) + 1e-6))  # state.epoch: 1.25 resumes epoch 1
 
 
 class ThroughputCallback(TrainerCallback):
@@ -153,9 +174,9 @@ def training_arguments(cfg: RunConfig, output_dir: str | Path, total_steps: int,
         weight_decay=t.weight_decay, optim=resolve_optimizer(t.optimizer, on_cuda), gradient_accumulation_steps=1,
         **{ckpt: t.gradient_checkpointing, f"{ckpt}_kwargs": {"use_reentrant": False}},
         eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps, save_strategy="steps",
-        save_steps=t.save_steps, logging_steps=t.logging_steps, seed=t.seed, data_seed=t.seed,
+        save_steps=t.save_steps, logging_steps=t.logging_steps, seed=t.seed,
         bf16=on_cuda, use_cpu=not on_cuda, report_to="none", remove_unused_columns=False,
-        dataloader_pin_memory=on_cuda, label_names=["labels"], save_only_model=False,
+        dataloader_pin_memory=on_cuda, label_names=["labels"],
     )
 
 
@@ -172,11 +193,27 @@ def loss_history(log_history: list[dict]) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
-def _peak_memory(on_cuda: bool) -> dict[str, Any]:
+def _reset_peak_memory(on_cuda: bool) -> bool:
+    """Start the peak-memory count at zero; on Linux, writing 5 to clear_refs resets the process's peak RSS."""
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_memory(on_cuda: bool, was_reset: bool) -> dict[str, Any]:
     if on_cuda:
         return {"peak_memory_bytes": torch.cuda.max_memory_allocated(), "peak_memory_kind": "cuda_allocator"}
+    if was_reset:  # VmHWM: peak RSS since the reset at the start of training
+        status = Path("/proc/self/status").read_text()
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+        return {"peak_memory_bytes": kib * 1024, "peak_memory_kind": "process_rss"}
     return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_memory_kind": "process_rss"}
+            "peak_memory_kind": "process_rss_lifetime"}
 
 
 def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.Dataset,
@@ -205,8 +242,7 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
         token_budget=cfg.train.token_budget, max_batch_size=cfg.train.max_batch_size, pad_token_id=pad,
     )
     checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats()
+    was_reset = _reset_peak_memory(on_cuda)
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
@@ -219,7 +255,7 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
         "real_tokens": trainer.seen["tokens"], "examples": trainer.seen["examples"],
         "real_tokens_per_s": trainer.seen["tokens"] / steps, "examples_per_s": trainer.seen["examples"] / steps,
         "optimizer": getattr(args.optim, "value", args.optim), "device": str(args.device),
-        **_peak_memory(on_cuda),
+        **_peak_memory(on_cuda, was_reset),
     }
     result = TrainResult(str(adapter_dir), loss_history(trainer.state.log_history), metrics)
     (output_dir / "train_result.json").write_text(json.dumps(asdict(result), indent=2, default=str))

@@ -55,7 +55,7 @@ def _fake_project(tmp: Path, finished: list[str]) -> tuple[Path, Path, Path]:
     run = root / "runs" / "ci"
     run.mkdir(parents=True)
     marker = tmp / "executed-by-the-book"
-    table = pd.DataFrame({"run": ["ci-base", "ci-finetuned"], "accuracy": [0.25, 0.3]}).to_html()
+    table = pd.DataFrame({"run": ["ci-zero-shot", "ci-fine-tuned"], "accuracy": [0.25, 0.3]}).to_html()
     png = _png()
     for name in finished:
         nb = new_notebook(cells=[
@@ -69,11 +69,11 @@ def _fake_project(tmp: Path, finished: list[str]) -> tuple[Path, Path, Path]:
         nbformat.write(nb, run / name)
     common = {"model_source": "random:tiny-gemma", "precision": "nf4", "n": 48, "footprint_bytes": 2_000_000,
               "peak_memory_bytes": 600_000_000}
-    write_run_record(run / "results", "ci-base", {"name": "ci"}, {**common, "accuracy": 0.25, "ci_low": 0.15,
-                     "ci_high": 0.39, "role": "base", "latency_ms_median": 4.0}, extra={"real_weights": False})
-    write_run_record(run / "results", "ci-finetuned", {"name": "ci"},
-                     {**common, "accuracy": 0.3, "ci_low": 0.19, "ci_high": 0.44, "role": "finetuned",
-                      "baseline_run": "ci-base", "adapter": "lora r=4", "latency_ms_median": 5.0},
+    write_run_record(run / "results", "ci-zero-shot", {"name": "ci"}, {**common, "accuracy": 0.25, "ci_low": 0.15,
+                     "ci_high": 0.39, "role": "zero-shot", "latency_ms_median": 4.0}, extra={"real_weights": False})
+    write_run_record(run / "results", "ci-fine-tuned", {"name": "ci"},
+                     {**common, "accuracy": 0.3, "ci_low": 0.19, "ci_high": 0.44, "role": "fine-tuned",
+                      "baseline_run": "ci-zero-shot", "adapter": "lora r=4", "latency_ms_median": 5.0},
                      extra={"real_weights": False})
     _write_status(run, {"profile": "ci", "overrides": ["train.max_steps=4"], "notebooks": list(NOTEBOOKS),
                         "finished": finished, "seconds": {n: 1.0 for n in finished}, "failed": None})
@@ -121,7 +121,7 @@ def test_build_copies_executed_notebooks_and_never_executes(built_book):
         assert (html / "book" / "notebooks" / name.replace(".ipynb", ".html")).is_file()
     assert not marker.exists(), "the book executed a notebook"
     results = (root / "book" / "_generated" / "results.md").read_text()
-    assert "ci-finetuned" in results and RANDOM_LABEL in results and "+20.0 %" in results
+    assert "ci-fine-tuned" in results and RANDOM_LABEL in results and "+20.0 %" in results
     assert (root / "book" / "_generated" / "accuracy.png").stat().st_size > 0
     assert "No benchmark record yet" in (root / "book" / "_generated" / "performance.md").read_text()
     reproduce = (root / "book" / "_generated" / "run.md").read_text()
@@ -169,7 +169,7 @@ def test_browser_shows_results_table_and_figures(built_book):
     # index.html redirects to the intro page, which shows the results table and the accuracy figure
     assert "At a glance" in index_dom
     tables = re.findall(r"<table.*?</table>", index_dom, flags=re.S)
-    assert any("accuracy" in t and "ci-finetuned" in t and "random weights" in t for t in tables)
+    assert any("accuracy" in t and "ci-fine-tuned" in t and "random weights" in t for t in tables)
     for img in _images(index_dom, html / "book"):
         assert img.is_file() and img.stat().st_size > 0, img
 

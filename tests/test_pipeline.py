@@ -55,8 +55,8 @@ def test_ci_pipeline_executes_every_notebook_and_writes_records(ci_run):
     assert (runs["env.real_weights"] == False).all()  # noqa: E712 - the records say the weights are random
     table = mp.results_table(runs)
     assert set(table["weights"]) == {mp.RANDOM_LABEL}
-    tuned = table.set_index("run").loc[mp.run_id(mp.load_profile("ci"), "finetuned")]
-    assert tuned["baseline_run"] == mp.run_id(mp.load_profile("ci"), "base") and pd.notna(tuned["improvement_pct"])
+    tuned = table.set_index("run").loc[mp.run_id(mp.load_profile("ci"), "fine-tuned")]
+    assert tuned["baseline_run"] == mp.run_id(mp.load_profile("ci"), "zero-shot") and pd.notna(tuned["improvement_pct"])
     assert (ci_run / "train" / "adapter" / "adapter_config.json").is_file()
     # the analysis notebook shows the results table, labelled
     analysis = json.dumps(nbformat.read(ci_run / "05_analysis.ipynb", as_version=4).cells)
@@ -81,7 +81,7 @@ def test_ci_run_builds_the_book(ci_run, tmp_path):
     html = mp.build_book(run_dir=ci_run, root=root)
     page = (html / "book" / "notebooks" / "05_analysis.html").read_text()
     assert "random weights" in page and "<img" in page
-    assert "ci-finetuned" in (html / "book" / "results.html").read_text()
+    assert "ci-fine-tuned" in (html / "book" / "results.html").read_text()
 
 
 # ---- failure, resume and validation with one-cell notebooks -------------------------------------------------
@@ -165,12 +165,12 @@ def test_shipped_notebooks_have_parameters_cells():
 def test_results_table_recomputes_improvement_and_labels_weights(tmp_path):
     common = {"stage": "evaluate", "n": 100, "precision": "nf4+dq", "footprint_bytes": 2e9,
               "peak_memory_bytes": 3e9, "latency_ms_median": 30.0}
-    write_run_record(tmp_path, "real-base", {}, {**common, "role": "base", "accuracy": 0.40, "ci_low": 0.3,
+    write_run_record(tmp_path, "real-base", {}, {**common, "role": "zero-shot", "accuracy": 0.40, "ci_low": 0.3,
                      "ci_high": 0.5, "model_source": "hub:google/gemma-2b"}, extra={"real_weights": True})
-    write_run_record(tmp_path, "real-tuned", {}, {**common, "role": "finetuned", "accuracy": 0.50, "ci_low": 0.4,
+    write_run_record(tmp_path, "real-tuned", {}, {**common, "role": "fine-tuned", "accuracy": 0.50, "ci_low": 0.4,
                      "ci_high": 0.6, "model_source": "hub:google/gemma-2b", "baseline_run": "real-base",
                      "improvement_rel": 99.0}, extra={"real_weights": True})
-    write_run_record(tmp_path, "rand-base", {}, {**common, "role": "base", "accuracy": 0.25, "ci_low": 0.2,
+    write_run_record(tmp_path, "rand-base", {}, {**common, "role": "zero-shot", "accuracy": 0.25, "ci_low": 0.2,
                      "ci_high": 0.3, "model_source": "random:gemma-2b"}, extra={"real_weights": False})
     write_run_record(tmp_path, "data", {}, {"stage": "data"})
     table = mp.results_table(load_runs(tmp_path)).set_index("run")
@@ -184,10 +184,28 @@ def test_results_table_recomputes_improvement_and_labels_weights(tmp_path):
     assert md.count("\n|") >= 4 and mp.RANDOM_LABEL in md
 
 
+def test_results_table_reads_workflows_records(tmp_path):
+    """medcore.workflows writes roles zero-shot / fine-tuned, cost under `cost`, and names no baseline."""
+    cfg = mp.load_profile("ci").to_dict()
+    cost = {"latency_ms_median": 12.0, "peak_memory_bytes": 4e9}
+    write_run_record(tmp_path, "ci-zero-shot", cfg, {"role": "zero-shot", "precision": "nf4+dq", "accuracy": 0.2,
+                     "ci_low": 0.1, "ci_high": 0.3, "n": 48, "cost": cost, "real_weights": False})
+    write_run_record(tmp_path, "ci-fine-tuned", cfg, {"role": "fine-tuned", "precision": "nf4+dq", "accuracy": 0.3,
+                     "ci_low": 0.2, "ci_high": 0.4, "n": 48, "cost": cost, "real_weights": False})
+    write_run_record(tmp_path, "ci-train", cfg, {"role": "train", "real_weights": False})
+    runs = load_runs(tmp_path)
+    table = mp.results_table(runs).set_index("run")
+    assert table.loc["ci-fine-tuned", "baseline_run"] == "ci-zero-shot"
+    assert table.loc["ci-fine-tuned", "improvement_pct"] == pytest.approx(50.0)
+    assert table.loc["ci-zero-shot", "latency_ms"] == 12.0 and table.loc["ci-zero-shot", "peak_memory_gb"] == 4.0
+    assert set(table["weights"]) == {mp.RANDOM_LABEL}
+    assert dict(zip(mp.records_overview(runs)["run"], mp.records_overview(runs)["stage"]))["ci-train"] == "finetune"
+
+
 def test_ablation_table_names_the_settings_that_differ(tmp_path):
     for r, acc in ((4, 0.3), (16, 0.35)):
         cfg = mp.load_profile("ci", [f"lora.r={r}"])
-        write_run_record(tmp_path, f"tuned-r{r}", cfg.to_dict(), {"stage": "evaluate", "role": "finetuned",
+        write_run_record(tmp_path, f"tuned-r{r}", cfg.to_dict(), {"stage": "evaluate", "role": "fine-tuned",
                          "accuracy": acc, "ci_low": acc - 0.1, "ci_high": acc + 0.1, "n": 48,
                          "model_source": cfg.model.source})
     table = mp.ablation_table(load_runs(tmp_path))
@@ -197,9 +215,9 @@ def test_ablation_table_names_the_settings_that_differ(tmp_path):
 
 def test_run_ids_separate_settings_and_share_the_base():
     a, b = mp.load_profile("ci"), mp.load_profile("ci", ["lora.r=8"])
-    assert mp.run_id(a, "base") == mp.run_id(b, "base")  # the base model does not depend on LoRA
-    assert mp.run_id(a, "finetuned") != mp.run_id(b, "finetuned")
-    assert mp.run_id(a, "finetuned").startswith("ci-finetuned-")
+    assert mp.run_id(a, "zero-shot") == mp.run_id(b, "zero-shot")  # the base model does not depend on LoRA
+    assert mp.run_id(a, "fine-tuned") != mp.run_id(b, "fine-tuned")
+    assert mp.run_id(a, "fine-tuned").startswith("ci-fine-tuned-")
 
 
 def test_precision_labels_round_trip():
@@ -221,3 +239,15 @@ def test_prepare_data_drops_questions_that_cannot_fit(tmp_path):
     assert not set(data["train"]["id"]) & set(data["eval"]["id"])
     overview = mp.split_overview(data).set_index("split")
     assert overview.loc["eval", "dropped (choices too long)"] == data["dropped"]["eval"] > 0  # byte-level tokenizer
+
+
+def test_benchmark_markdown_shows_a_bench_record(tmp_path):
+    assert "No benchmark record yet" in mp.benchmark_markdown(tmp_path / "bench")
+    write_run_record(tmp_path / "bench", "bench-gemma-2b-gpu", {"name": "bench"},
+                     {"model": "random:gemma-2b", "train": [{"recipe": "baseline", "tokens_per_s": 1900.5},
+                                                            {"recipe": "medcore", "tokens_per_s": 10500.25}],
+                      "scoring": {"batch_1_ms": {"nf4": 29.0}}, "peak_memory_gb": 9.0},
+                     extra={"real_weights": False})
+    md = mp.benchmark_markdown(tmp_path / "bench")
+    assert "### bench-gemma-2b-gpu" in md and "| recipe | tokens_per_s |" in md and "1.05e+04" in md
+    assert "**scoring**" in md and "| batch_1_ms.nf4 | 29 |" in md and mp.RANDOM_LABEL in md
