@@ -116,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # our errors name the field or record: show them plainly
+    except Exception as err:  # noqa: BLE001 - ours name the field, record or cell: show them plainly
+        plain = isinstance(err, (ValueError, FileNotFoundError)) or any(
+            cls.__name__ == "PipelineError" for cls in type(err).__mro__)
+        if not plain:
+            raise
         print(f"medcore {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -225,6 +225,11 @@ def validate(cfg: RunConfig) -> None:
     _range("train.max_batch_size", cfg.train.max_batch_size, 1, 100_000)
     _range("data.max_length", cfg.data.max_length, 16, 131_072)
     _range("eval.batch_size", cfg.eval.batch_size, 1, 100_000)
+    _range("train.weight_decay", cfg.train.weight_decay, 0.0, 1.0)
+    for name in ("eval_steps", "save_steps", "logging_steps"):  # 0 would fail deep inside the Trainer
+        _range(f"train.{name}", getattr(cfg.train, name), 1, 2**31 - 1)
+    _range("train.seed", cfg.train.seed, 0, 2**32 - 1)
+    _range("data.seed", cfg.data.seed, 0, 2**32 - 1)
     if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
         raise ConfigError("train.epochs or train.max_steps must be positive")
     if cfg.train.token_budget < cfg.data.max_length:
@@ -232,10 +237,15 @@ def validate(cfg: RunConfig) -> None:
             f"train.token_budget={cfg.train.token_budget} is smaller than data.max_length={cfg.data.max_length}: "
             "the longest example would not fit in a batch"
         )
-    if cfg.data.train_size is not None and cfg.data.train_size < 1:
-        raise ConfigError(f"data.train_size={cfg.data.train_size} must be at least 1 or None")
+    for name in ("train_size", "eval_limit"):
+        value = getattr(cfg.data, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"data.{name}={value} must be at least 1 or None")
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg.name):
         raise ConfigError(f"name={cfg.name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder)")
     from medcore.models import check_model_source
 
-    check_model_source(cfg.model.source)
+    try:
+        check_model_source(cfg.model.source)
+    except (ValueError, OSError) as err:  # a typo or a missing folder: say which setting, before any download
+        raise ConfigError(f"model.source={cfg.model.source!r}: {err}") from None

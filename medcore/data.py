@@ -205,6 +205,9 @@ def _collect(records, source: str, split: str, on_invalid: str, limit: int | Non
         if limit is not None and len(rows) >= limit:
             break
     report.kept = len(rows)
+    if not rows:  # an empty or wholly invalid file would otherwise fail later, far from its cause
+        raise ValueError(f"no valid MedMCQA records in {report}" + (f"; first: {report.examples[0]}"
+                                                                    if report.examples else ""))
     info = datasets.DatasetInfo(description=f"MedMCQA {split} from {source}", features=CANONICAL_FEATURES)
     return datasets.Dataset.from_list(rows, features=CANONICAL_FEATURES, info=info, split=split), report
 

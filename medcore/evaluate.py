@@ -340,7 +340,7 @@ def _conditions(model, encoded: list[dict]) -> dict[str, Any]:
 
 
 def measure_cost(model, tokenizer, records: Iterable[dict], batch_sizes: Sequence[int] = (1, 16),
-                 n_latency: int = 20, warmup: int = 2, max_length: int = 512) -> dict[str, Any]:
+                 n_latency: int = 20, warmup: int = 10, max_length: int = 512) -> dict[str, Any]:
     """Batch-1 latency, throughput per batch size and peak memory of :func:`score_choices`'s forward pass.
 
     Latency: ``n_latency`` questions one at a time after ``warmup`` untimed ones (median and p90, ms).

@@ -140,6 +140,20 @@ def load_tokenizer(spec):
     return AutoTokenizer.from_pretrained(os.path.expanduser(src.name))
 
 
+def _save_for_reload(model, folder) -> None:
+    """config.json + model.safetensors for from_pretrained. Not save_pretrained: under a distributed launch
+    transformers 5.24 writes only on rank 0, and every process reloads its own copy."""
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(folder)
+    tensors, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:  # a tied lm_head is tied back on load, as save_pretrained leaves it out
+            seen.add(tensor.data_ptr())
+            tensors[name] = tensor.contiguous()
+    save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+
+
 def load_model(spec, dtype=torch.bfloat16, quantization_config=None, device_map=None, seed=0):
     """The causal LM of a source, tagged with ``model.medcore_source``.
 
@@ -155,7 +169,7 @@ def load_model(spec, dtype=torch.bfloat16, quantization_config=None, device_map=
             model = AutoModelForCausalLM.from_config(model_config(src), dtype=dtype)
         if quantization_config is not None:
             with tempfile.TemporaryDirectory(prefix="medcore-random-") as tmp:
-                model.save_pretrained(tmp)
+                _save_for_reload(model, tmp)
                 del model
                 model = AutoModelForCausalLM.from_pretrained(
                     tmp, dtype=dtype, quantization_config=quantization_config, device_map=device_map)

@@ -13,6 +13,7 @@ Figures:
 * :func:`footprint_bars` - memory by precision, stacked by module kind;
 * :func:`quantization_error_plot` - per-layer quantization error by precision and module kind;
 * :func:`cost_bars` - latency and peak memory by precision or model;
+* :func:`compare_bars` - one panel per measured quantity, one bar per setting (cost, benchmark recipes);
 * :func:`reliability_diagram` - calibration of the chosen letter's probability;
 * :func:`position_bias` - how often each letter is predicted, against how often it is the answer;
 * :func:`ablation_plot` - accuracy with intervals for each ablation setting;
@@ -205,6 +206,27 @@ def cost_bars(df: pd.DataFrame, by: str = "precision", title: str | None = None)
     return _finish(fig, title)
 
 
+def compare_bars(df: pd.DataFrame, by: str, metrics: dict[str, str], title: str | None = None) -> Figure:
+    """One panel per column of ``metrics`` (column -> axis label), one bar per ``by`` level, value on each bar.
+
+    Columns: ``by`` and every key of ``metrics``. Missing values leave the bar out.
+    """
+    _require(df, [by, *metrics], "compare_bars")
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.8), squeeze=False)
+    data = df.assign(**{by: df[by].astype(str)})
+    order = _order(data[by])
+    for ax, (column, label) in zip(axes[0], metrics.items()):
+        sns.barplot(data=data, x=by, y=column, order=order, errorbar=None, ax=ax, hue=by, legend=False)
+        for container in ax.containers:
+            ax.bar_label(container, labels=[f"{b.get_height():,.0f}" if b.get_height() >= 100 else
+                                            f"{b.get_height():.3g}" for b in container], fontsize="small")
+        ax.set_ylabel(label)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", labelrotation=20)
+    return _finish(fig, title)
+
+
 def reliability_diagram(df: pd.DataFrame, hue: str = "model", n_bins: int = 10, title: str | None = None) -> Figure:
     """Reliability diagram: accuracy against confidence in equal-width bins, with a count histogram below.
 
@@ -290,7 +312,7 @@ def ablation_plot(df: pd.DataFrame, setting: str = "setting", hue: str | None = 
         ax.axvline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_xlabel("accuracy (95% interval)")
     ax.set_ylabel(setting)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return _finish(fig, title)
 
 

@@ -16,6 +16,7 @@ scoring reads the four letter log-probabilities at the last prompt position.
 """
 from __future__ import annotations
 
+import numbers
 import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -50,10 +51,20 @@ def _encode_prompt(tokenizer, question: str, options: Sequence[str]) -> list[int
     return ids
 
 
+class PromptTooLongError(ValueError):
+    """The four choices and ``Answer:`` alone exceed the token limit; truncating the question cannot help."""
+
+    def __init__(self, limit: int, record_id: str | None = None):
+        self.limit, self.record_id = limit, record_id
+        where = f"record {record_id!r}: " if record_id is not None else ""
+        super().__init__(f"{where}the choices alone take more than {limit} tokens; raise data.max_length "
+                         "(or load with on_invalid='skip' to drop such records)")
+
+
 def encode_prompt(tokenizer, question: str, options: Sequence[str], max_length: int, reserve: int = 1) -> tuple[list[int], bool]:
     """Prompt ids no longer than `max_length - reserve`; cuts the question, never the choices or `Answer:`.
 
-    Returns (ids, truncated). Raises ValueError if even an empty question does not fit.
+    Returns (ids, truncated). Raises :class:`PromptTooLongError` if even an empty question does not fit.
     """
     limit = max_length - reserve
     ids = _encode_prompt(tokenizer, question, options)
@@ -66,23 +77,46 @@ def encode_prompt(tokenizer, question: str, options: Sequence[str], max_length: 
         if len(ids) <= limit:
             return ids, True
         keep -= max(1, len(ids) - limit)
-    raise ValueError(f"the choices alone take more than {limit} tokens; raise data.max_length")
+    raise PromptTooLongError(limit)
+
+
+def check_record(record: dict[str, Any], need_answer: bool = False) -> None:
+    """Raise ValueError naming the record id if it cannot be turned into a prompt (records built in code skip the
+    checks of ``data.load_medmcqa``; a bad one must not surface as an IndexError inside tokenization or torch)."""
+    rid = record.get("id")
+    question, options, answer = record.get("question"), record.get("options"), record.get("answer")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"record {rid!r}: empty_question: the question is missing or empty")
+    opts = list(options) if options is not None and not isinstance(options, (str, bytes, dict)) else None
+    if opts is None or len(opts) != 4 or not all(isinstance(o, str) and o.strip() for o in opts):
+        raise ValueError(f"record {rid!r}: missing_option: options must be four non-empty strings, got {options!r}")
+    if answer is None and need_answer:
+        raise ValueError(f"record {rid!r} has no answer; it cannot be used for training")
+    if answer is not None and (isinstance(answer, bool) or not isinstance(answer, numbers.Integral)
+                               or not 0 <= answer <= 3):
+        raise ValueError(f"record {rid!r}: answer_out_of_range: answer {answer!r} is not an integer 0-3")
+
+
+def _encode_record_prompt(record: dict[str, Any], tokenizer, max_length: int, reserve: int) -> tuple[list[int], bool]:
+    try:
+        return encode_prompt(tokenizer, record["question"], record["options"], max_length, reserve)
+    except PromptTooLongError as err:
+        raise PromptTooLongError(err.limit, record.get("id")) from None
 
 
 def encode_example(record: dict[str, Any], tokenizer, max_length: int, letter_ids: Sequence[int] | None = None,
                    with_explanation: bool = False) -> dict[str, Any]:
     """Tokenize one record for training: labels only on the answer letter (and the explanation if asked)."""
+    check_record(record, need_answer=True)
     letter_ids = letter_ids or answer_token_ids(tokenizer)
     answer = record["answer"]
-    if answer is None:
-        raise ValueError(f"record {record.get('id')!r} has no answer; it cannot be used for training")
-    prompt, truncated = encode_prompt(tokenizer, record["question"], record["options"], max_length)
+    prompt, truncated = _encode_record_prompt(record, tokenizer, max_length, reserve=1)
     input_ids = prompt + [letter_ids[answer]]
     labels = [IGNORE_INDEX] * len(prompt) + [letter_ids[answer]]
     explanation = record.get("explanation")
-    if with_explanation and explanation:
-        room = max_length - len(input_ids) - 1
-        extra = tokenizer.encode("\nExplanation: " + explanation.strip(), add_special_tokens=False)[:max(room, 0)]
+    room = max_length - len(input_ids) - 1  # one kept for EOS, so the example never exceeds max_length
+    if with_explanation and explanation and room > 0:
+        extra = tokenizer.encode("\nExplanation: " + explanation.strip(), add_special_tokens=False)[:room]
         if tokenizer.eos_token_id is not None:
             extra = extra + [tokenizer.eos_token_id]
         input_ids += extra
@@ -91,7 +125,8 @@ def encode_example(record: dict[str, Any], tokenizer, max_length: int, letter_id
 
 
 def encode_for_scoring(record: dict[str, Any], tokenizer, max_length: int) -> dict[str, Any]:
-    ids, truncated = encode_prompt(tokenizer, record["question"], record["options"], max_length, reserve=0)
+    check_record(record)
+    ids, truncated = _encode_record_prompt(record, tokenizer, max_length, reserve=0)
     return {"input_ids": ids, "length": len(ids), "truncated": truncated}
 
 

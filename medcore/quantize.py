@@ -33,9 +33,13 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "bf16": torch.bf
 KINDS = ("embedding", "attention", "mlp", "norm", "other")
 
 
-def quantization_config(precision: str, double_quant: bool = True,
-                        compute_dtype: str | torch.dtype = "bfloat16") -> BitsAndBytesConfig | None:
-    """The BitsAndBytesConfig of a preset; None for ``bf16`` (load unquantized)."""
+def quantization_config(precision: str, double_quant: bool = True, compute_dtype: str | torch.dtype = "bfloat16",
+                        quant_storage: str | torch.dtype | None = None) -> BitsAndBytesConfig | None:
+    """The BitsAndBytesConfig of a preset; None for ``bf16`` (load unquantized).
+
+    `quant_storage` (4-bit only): the dtype the packed weights are stored in, uint8 by default. FSDP shards only
+    floating tensors of one dtype, so FSDP + QLoRA stores them in bf16, the dtype of the rest of the model.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} unknown; choose one of {', '.join(PRECISIONS)}")
     dtype = DTYPES[compute_dtype] if isinstance(compute_dtype, str) else compute_dtype
@@ -43,8 +47,10 @@ def quantization_config(precision: str, double_quant: bool = True,
         return None
     if precision == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
+    storage = {"bnb_4bit_quant_storage": DTYPES[quant_storage] if isinstance(quant_storage, str) else quant_storage} \
+        if quant_storage is not None else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=precision,
-                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype)
+                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype, **storage)
 
 
 def disable_cpu_repack(model: torch.nn.Module) -> int:
@@ -62,15 +68,17 @@ def disable_cpu_repack(model: torch.nn.Module) -> int:
 
 
 def load_quantized(spec: str, quant_cfg: QuantConfig, device: str | torch.device | None = None,
-                   dtype: torch.dtype | None = None, **kwargs: Any) -> torch.nn.Module:
+                   dtype: torch.dtype | None = None, quant_storage: str | torch.dtype | None = None,
+                   **kwargs: Any) -> torch.nn.Module:
     """Load `spec` (see models.load_model) at `quant_cfg`'s precision on `device` (default: CUDA if present).
 
     Non-quantized parts (embedding, norms; everything for bf16) get `dtype`, by default the compute dtype.
+    `quant_storage`: see :func:`quantization_config` (FSDP + QLoRA: bf16, with `dtype` bf16 too).
     """
     from medcore import models
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    qcfg = quantization_config(quant_cfg.precision, quant_cfg.double_quant, quant_cfg.compute_dtype)
+    qcfg = quantization_config(quant_cfg.precision, quant_cfg.double_quant, quant_cfg.compute_dtype, quant_storage)
     dtype = dtype or DTYPES[quant_cfg.compute_dtype]
     params = inspect.signature(models.load_model).parameters
     if "device" in params:

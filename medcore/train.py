@@ -10,18 +10,27 @@ total steps); gradient checkpointing (``use_reentrant=False``); optimizer ``auto
 ``adamw_torch`` on CPU, or any named one; token-budget batches (``token_budget`` tokens per batch padding included,
 at most ``max_batch_size`` rows, length-sorted, batch order shuffled with ``seed`` and the epoch); evaluation loss
 every ``eval_steps`` (always on the answer letter only, so runs with and without explanations compare); checkpoints
-every ``save_steps`` and resume from the last one; the adapter saved in PEFT format under ``<output_dir>/adapter``.
+every ``save_steps`` and resume from the last complete one (a run killed while saving leaves a folder without
+``trainer_state.json``, which is skipped); the adapter saved in PEFT format under ``<output_dir>/adapter``.
+A NaN or infinite loss or gradient stops training with :class:`NonFiniteLossError` naming the step, before the
+optimizer step, so every checkpoint holds finite weights. Before the model runs, examples are checked: one whose
+choices alone exceed ``data.max_length`` raises (or with ``data.on_invalid="skip"`` is dropped and counted), one
+longer than ``train.token_budget`` raises a ConfigError naming it; questions cut to fit are counted.
 bf16 autocast on CUDA; on CPU the model computes in the dtypes it was loaded with.
 
 :func:`train` returns a :class:`TrainResult` and writes it to ``<output_dir>/train_result.json``: the loss history
 (train loss, learning rate, eval loss per logged step), throughput (real, non-padding tokens/s and examples/s over
-the training steps, evaluation and saving excluded) and peak memory during training (CUDA allocator peak, or the
-process's peak RSS, reset at the start of training where Linux allows it: ``process_rss``, else ``process_rss_lifetime``).
+the training steps of this call, evaluation and saving excluded), ``train_loss`` over the whole run (resumed or
+not), ``truncated_train`` / ``skipped_train`` (and ``_eval``) counts, and peak memory during training (CUDA allocator
+peak, or the process's peak RSS, reset at the start of training where Linux allows it: ``process_rss``, else
+``process_rss_lifetime``).
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,11 +42,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
-from medcore.config import RunConfig
+from medcore.config import ConfigError, RunConfig
 from medcore.quantize import disable_cpu_repack
 from medcore.prompts import IGNORE_INDEX, Collator, answer_token_ids, encode_example, token_budget_batches
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss (or a gradient) became NaN or infinite; the message names the step and the last checkpoint."""
 
 
 @dataclass
@@ -47,11 +61,32 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
 
 
-def encode_dataset(ds: datasets.Dataset, tokenizer, max_length: int, with_explanation: bool = False) -> datasets.Dataset:
-    """MedMCQA records -> input_ids, labels (answer letter, optionally the explanation), length."""
+def encode_dataset(ds: datasets.Dataset, tokenizer, max_length: int, with_explanation: bool = False,
+                   on_invalid: str = "raise") -> datasets.Dataset:
+    """MedMCQA records -> id, input_ids, labels (answer letter, optionally the explanation), length, truncated.
+
+    A record that cannot be encoded (its choices alone exceed `max_length`, no or a bad answer) raises a
+    ValueError naming its id, or with ``on_invalid="skip"`` is dropped; drops and prompts whose question was cut
+    to fit are counted in a warning (``train`` also puts them in its metrics).
+    """
     letters = answer_token_ids(tokenizer)
-    return ds.map(lambda r: encode_example(r, tokenizer, max_length, letters, with_explanation),
-                  remove_columns=ds.column_names, desc="encode")
+    rows, skipped = [], []
+    for i, record in enumerate(ds):
+        try:
+            rows.append({"id": str(record.get("id", i)),
+                         **encode_example(record, tokenizer, max_length, letters, with_explanation)})
+        except ValueError as err:
+            if on_invalid != "skip":
+                raise
+            skipped.append(str(err))
+    truncated = sum(r["truncated"] for r in rows)
+    if truncated or skipped:
+        log.warning("encoding %d records at data.max_length=%d: %d questions cut to fit, %d records skipped%s",
+                    len(ds), max_length, truncated, len(skipped), f" (first: {skipped[0]})" if skipped else "")
+    features = datasets.Features({"id": datasets.Value("string"), "input_ids": datasets.Sequence(datasets.Value("int32")),
+                                  "labels": datasets.Sequence(datasets.Value("int64")),
+                                  "length": datasets.Value("int32"), "truncated": datasets.Value("bool")})
+    return datasets.Dataset.from_list(rows, features=features)
 
 
 def answer_only_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -66,6 +101,24 @@ def answer_only_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return F.cross_entropy(logits.float(), targets[keep])
+
+
+def loss_through_wrapper(wrapper: torch.nn.Module, inner: torch.nn.Module, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`answer_only_loss` of `inner` computed inside the forward of its DDP / FSDP `wrapper`.
+
+    DDP prepares its gradient all-reduce and FSDP gathers the root's sharded parameters only in their own forward,
+    so the loss must run there: `inner`'s forward is swapped for the loss for one call.
+    """
+    saved = inner.__dict__.get("forward")  # accelerate may have put an autocast forward there
+    inner.forward = lambda input_ids, attention_mask, labels: answer_only_loss(inner, input_ids, attention_mask, labels)
+    try:
+        return wrapper(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    finally:
+        if saved is None:
+            del inner.forward
+        else:
+            inner.forward = saved
 
 
 class TokenBudgetBatchSampler:
@@ -115,10 +168,16 @@ class AnswerOnlyTrainer(Trainer):
         return self._loader(ds, self._sampler(ds, shuffle=False))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training:
+        training = model.training
+        if training:
             self.seen["tokens"] += int(inputs["attention_mask"].sum())
             self.seen["examples"] += inputs["input_ids"].shape[0]
-        loss = answer_only_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        args = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        inner = self.accelerator.unwrap_model(model)
+        loss = answer_only_loss(model, *args) if inner is model else loss_through_wrapper(model, inner, *args)
+        if training and not torch.isfinite(loss.detach()):  # stop before backward: weights and checkpoints stay good
+            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.state.global_step + 1}; "
+                                     f"{_last_good(self.args.output_dir)}. Lower train.learning_rate or check the data")
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -140,6 +199,23 @@ class EpochCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.trainer.train_sampler is not None:
             self.trainer.train_sampler.set_epoch(int((state.epoch or 0) + 1e-6))  # state.epoch: 1.25 resumes epoch 1
+
+
+def _last_good(output_dir: str | Path) -> str:
+    found = last_checkpoint(output_dir)
+    return f"the last checkpoint, {found}, is from before it" if found else "no checkpoint was written before it"
+
+
+class FiniteGradientCallback(TrainerCallback):
+    """Stops before an optimizer step with a NaN or infinite gradient (a finite loss can still overflow in backward),
+    so no checkpoint ever holds weights such a step would have ruined."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP: this rank's shard
+        if grads and not torch.isfinite(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).sum()):
+            raise NonFiniteLossError(f"a gradient is NaN or infinite at step {state.global_step + 1}; "
+                                     f"{_last_good(args.output_dir)}. Lower train.learning_rate or check the data")
 
 
 class ThroughputCallback(TrainerCallback):
@@ -193,6 +269,56 @@ def loss_history(log_history: list[dict]) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest *complete* ``checkpoint-N`` in `output_dir`, or None.
+
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint without a readable one was cut short (a run
+    killed while saving); resuming from it would fail or, worse, load half a state. Such folders are skipped.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    steps = sorted((int(p.name.split("-")[1]), p) for p in output_dir.iterdir()
+                   if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-")[1].isdigit())
+    for _, path in reversed(steps):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            log.warning("skipping incomplete checkpoint %s (no readable trainer_state.json)", path)
+    return None
+
+
+def run_train_loss(history: list[dict], start_step: int, this_call_loss: float, global_step: int) -> float:
+    """The mean training loss over every step of the run, also when it was resumed at `start_step`.
+
+    The Trainer's ``training_loss`` averages the steps of the current call only; the steps before a resume are
+    taken from the logged losses (each weighted by the steps it averages). Exact when the checkpoint's step was a
+    logging step (``save_steps`` a multiple of ``logging_steps``).
+    """
+    if start_step <= 0 or global_step <= start_step:
+        return this_call_loss
+    before, last = 0.0, 0
+    for row in history:
+        if "loss" in row and row["step"] <= start_step:
+            before += row["loss"] * (row["step"] - last)
+            last = row["step"]
+    return (before + this_call_loss * (global_step - start_step)) / global_step
+
+
+def _check_fits_budget(ds: datasets.Dataset, token_budget: int, which: str) -> None:
+    """Refuse, before the model runs, an encoded example longer than the token budget (it fits in no batch)."""
+    lengths = ds["length"]
+    if not lengths:
+        return
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[i] > token_budget:
+        rid = ds[i]["id"] if "id" in ds.column_names else f"#{i}"
+        raise ConfigError(f"train.token_budget={token_budget} is smaller than {which} example {rid!r} "
+                          f"({lengths[i]} tokens); raise train.token_budget to at least {lengths[i]} "
+                          "or lower data.max_length")
+
+
 def _reset_peak_memory(on_cuda: bool) -> bool:
     """Start the peak-memory count at zero; on Linux, writing 5 to clear_refs resets the process's peak RSS."""
     if on_cuda:
@@ -228,20 +354,32 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     output_dir = Path(output_dir)
     disable_cpu_repack(model)  # evaluation passes must not repack 4-bit weights on an AVX512-BF16 CPU
     on_cuda = torch.cuda.is_available() and next(model.parameters()).is_cuda
+    counts = {"n_train_examples": len(train_ds), "n_eval_examples": len(eval_ds) if eval_ds is not None else 0}
     if "input_ids" not in train_ds.column_names:
-        train_ds = encode_dataset(train_ds, tokenizer, cfg.data.max_length, cfg.data.train_on_explanation)
+        train_ds = encode_dataset(train_ds, tokenizer, cfg.data.max_length, cfg.data.train_on_explanation,
+                                  cfg.data.on_invalid)
     if eval_ds is not None and "input_ids" not in eval_ds.column_names:
-        eval_ds = encode_dataset(eval_ds, tokenizer, cfg.data.max_length, with_explanation=False)
+        eval_ds = encode_dataset(eval_ds, tokenizer, cfg.data.max_length, False, cfg.data.on_invalid)
+    for which, ds in (("train", train_ds), ("eval", eval_ds)):
+        if ds is not None:  # prompts whose question was cut to data.max_length, records dropped as unencodable
+            counts[f"truncated_{which}"] = int(sum(ds["truncated"])) if "truncated" in ds.column_names else 0
+            counts[f"skipped_{which}"] = counts[f"n_{which}_examples"] - len(ds)
+            _check_fits_budget(ds, cfg.train.token_budget, "a training" if which == "train" else "an evaluation")
+    if len(train_ds) == 0:
+        raise ValueError("no training examples left (all skipped?); check data.max_length and the data")
     n_batches = len(token_budget_batches(train_ds["length"], cfg.train.token_budget, cfg.train.max_batch_size))
+    n_batches = math.ceil(n_batches / int(os.environ.get("WORLD_SIZE", 1)))  # each process takes every W-th batch
     total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * n_batches)
     args = training_arguments(cfg, output_dir, total_steps, on_cuda, eval_ds is not None)
     clock = ThroughputCallback()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = AnswerOnlyTrainer(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, callbacks=[clock, *(callbacks or [])],
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        callbacks=[clock, FiniteGradientCallback(), *(callbacks or [])],
         token_budget=cfg.train.token_budget, max_batch_size=cfg.train.max_batch_size, pad_token_id=pad,
     )
-    checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+    checkpoint = last_checkpoint(output_dir) if resume else None
+    start_step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     was_reset = _reset_peak_memory(on_cuda)
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -249,14 +387,17 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     adapter_dir = output_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     steps = max(clock.step_seconds, 1e-9)
+    history = loss_history(trainer.state.log_history)
     metrics = {
-        "global_step": trainer.state.global_step, "resumed_from": checkpoint, "train_loss": output.training_loss,
+        "global_step": trainer.state.global_step, "resumed_from": checkpoint, **counts,
+        "train_loss": run_train_loss(history, start_step, output.training_loss, trainer.state.global_step),
         "wall_seconds": wall, "step_seconds": clock.step_seconds,
         "real_tokens": trainer.seen["tokens"], "examples": trainer.seen["examples"],
         "real_tokens_per_s": trainer.seen["tokens"] / steps, "examples_per_s": trainer.seen["examples"] / steps,
         "optimizer": getattr(args.optim, "value", args.optim), "device": str(args.device),
         **_peak_memory(on_cuda, was_reset),
     }
-    result = TrainResult(str(adapter_dir), loss_history(trainer.state.log_history), metrics)
-    (output_dir / "train_result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    result = TrainResult(str(adapter_dir), history, metrics)
+    if trainer.is_world_process_zero():
+        (output_dir / "train_result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
     return result

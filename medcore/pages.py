@@ -1,0 +1,368 @@
+"""The book's record-driven parts, written into ``book/_generated/`` each time the book is built.
+
+The book never executes a notebook; these functions read committed run records and write markdown tables and
+PNG figures that the hand-written pages include (``{include} _generated/<name>.md``), plus the values of the
+"measured" cells of ``book/performance_notes.md`` (MyST substitutions). No figure is typed into a page:
+
+- ``results.md`` - the results table and figure of the pipeline run the book shows (intro and results page);
+- ``study.md`` / ``study_glance.md`` - the GPU study (``results/study/``, real weights): before/after with
+  intervals, the paired test, tiers and choice types, loss curves, the ablation, the scoring cost;
+- ``performance.md`` - the benchmark (``results/bench/``, random weights of the Gemma-2B shape);
+- ``run.md`` - the command, the notebooks and the machine of the run (reproducibility page).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medcore import analysis as an
+from medcore.results import load_run, load_runs, run_dirs
+
+BENCH_LABEL = "random weights (Gemma-2B shape)"
+
+
+def _save(fig, out: Path, name: str, alt: str) -> str:
+    fig.savefig(out / name, dpi=110, bbox_inches="tight")
+    return f"\n![{alt}]({name})\n"
+
+
+def _note(text: str) -> str:
+    return f"```{{note}}\n{text}\n```\n"
+
+
+# ---- the pipeline run ---------------------------------------------------------------------------------------
+
+def results_markdown(results_dir: Path, out: Path) -> str:
+    """The results table of a pipeline run's records, its paired tests and an overview figure."""
+    from medcore import plots
+
+    runs = load_runs(results_dir)
+    table = an.results_table(runs)
+    if table.empty:
+        return (f"*No scoring record in `{results_dir.parent.name}/{results_dir.name}/`: the pipeline did not reach "
+                "notebook 04.*\n")
+    text = an.markdown_table(an.format_results_table(table))
+    if (table["weights"] != "real").any():
+        text += (f"\n*Rows marked \u201c{an.RANDOM_LABEL}\u201d come from random-weight models: they test the "
+                 "pipeline; their accuracy says nothing about medicine.*\n")
+    tests = an.paired_tests(table, results_dir)
+    if len(tests):
+        text += "\nPaired on the same questions (exact McNemar test):\n\n" + an.markdown_table(an.format_paired_tests(tests))
+    fig = plots.results_overview(table, title="Size, accuracy (95% interval) and latency per scored model")
+    return text + _save(fig, out, "accuracy.png", "Size, accuracy with its 95% interval and latency of every run")
+
+
+# ---- the GPU study ------------------------------------------------------------------------------------------------
+
+ROLE_ORDER = {"zero-shot": 0, "fine-tuned": 1, "fine-tuned-kfold": 2}
+
+
+def _short(row: pd.Series) -> str:
+    """"zero-shot bf16", "QLoRA nf4+dq", "5-fold QLoRA nf4+dq": the record's role and precision."""
+    precision = an.get(row, "precision", default="?")
+    method = "LoRA" if precision == "bf16" else "QLoRA"
+    if row["role"] == "zero-shot":
+        return f"zero-shot {precision}"
+    if row["role"] == "fine-tuned-kfold":
+        return f"{int(an.get(row, 'k', default=0))}-fold {method} {precision}"
+    return f"{method} {precision}"
+
+
+def _setting(row: pd.Series, runs: pd.DataFrame) -> str:
+    """What the row's model is, all read from its records: LoRA settings and what it was trained on."""
+    if row["role"] == "zero-shot":
+        return "the base model, no adapter"
+    lora = f"LoRA r={an.get(row, 'config.lora.r')} on {an.get(row, 'config.lora.targets')} layers"
+    if row["role"] == "fine-tuned-kfold":
+        k = int(an.get(row, "k", default=0))
+        return f"{lora}; each question scored by the model trained on the other {k - 1} of {k} folds"
+    train = runs.set_index("run_id").get("n_train", pd.Series(dtype=float)).get(f"{row['config.name']}-train")
+    epochs = an.get(row, "config.train.epochs")
+    return f"{lora}; {epochs:g} epochs on {int(train)} training questions" if train else lora
+
+
+def _fmt(df: pd.DataFrame) -> pd.DataFrame:
+    return df.map(lambda v: f"{v:,.0f}" if isinstance(v, float) and abs(v) >= 1000 else
+                  f"{v:.3g}" if isinstance(v, float) else v)
+
+
+def study_markdown(study_dir: Path, out: Path) -> tuple[str, str]:
+    """(the study section of the results page, the at-a-glance table of the intro) from ``results/study``."""
+    from medcore import plots
+    from medcore.study import ABLATIONS
+
+    runs = load_runs(study_dir)
+    table = an.results_table(runs)
+    if table.empty:
+        missing = _note(f"No study record under `results/{study_dir.name}/`: run `python -m medcore study` on a GPU "
+                        "and commit its records; this section then shows them.")
+        return missing, missing
+    runs_by_id = runs.set_index("run_id", drop=False)
+    ablation_names = {f"{name}-fine-tuned" for name in ABLATIONS}
+    main = table[~table["run"].isin(ablation_names)].copy()
+    main = main.assign(order=main["role"].map(ROLE_ORDER), bf16=main["precision"] != "bf16")
+    main = main.sort_values(["order", "bf16", "run"]).drop(columns=["order", "bf16"]).reset_index(drop=True)
+    main["model"] = [_short(runs_by_id.loc[r]) for r in main["run"]]
+    main["setting"] = [_setting(runs_by_id.loc[r], runs) for r in main["run"]]
+    env = runs_by_id.loc[main["run"].iloc[0]]
+    facts = (f"Records under `results/{study_dir.name}/`, written by `python -m medcore study` on "
+             f"{an.get(env, 'env.device', default='?')} (git commit `{str(an.get(env, 'env.git_commit'))[:10]}`), "
+             f"model `{an.get(env, 'config.model.source')}` with **{an.weights_label(env)}** weights.\n")
+    if str(an.get(env, "config.model.source", default="")).startswith("embedded:"):
+        facts += ("Its bf16 weights are dequantized from the 4-bit GGUF file it is distributed as, so the bf16 row "
+                  "is not Google's bf16 checkpoint.\n")
+    shown = an.format_results_table(main).drop(columns=["run", "weights", "size (GB)", "peak memory (GB)",
+                                                        "latency (ms)", "questions/s"])
+    shown.insert(0, "model", main["model"].to_numpy())
+    shown.insert(1, "setting", main["setting"].to_numpy())
+    shown.insert(2, "record", main["run"].to_numpy())
+    glance = an.markdown_table(shown)
+    tests = an.paired_tests(table, study_dir)
+    parts = ["### Before and after\n", facts, glance,
+             "\nImprovement: relative to the zero-shot record of the same precision on the same questions.\n"]
+    fig = plots.ablation_plot(main.assign(setting=main["model"], ablation=main["role"]),
+                              title="Accuracy on the same questions (95% Wilson interval)")
+    parts.append(_save(fig, out, "study_accuracy.png", "Accuracy with 95% intervals, zero-shot and fine-tuned"))
+    parts += ["\n### Paired test\n", "Zero-shot and fine-tuned answers matched by question id: `b` questions only "
+              "the zero-shot model got right, `c` only the fine-tuned one; the exact McNemar test asks whether they "
+              "differ by more than chance, and the interval of the difference is a paired bootstrap.\n\n",
+              an.markdown_table(an.format_paired_tests(tests))]
+
+    labels = dict(zip(main["run"], main["model"]))
+    parts.append("\n### By tier and by choice type\n")
+    for by in ("tier", "choice_type"):
+        long = an.breakdown(runs, by, {r: l for r, l in labels.items() if "bf16" not in l})
+        fig = plots.accuracy_by_group(long, group=by, title=f"Accuracy by {by.replace('_', ' ')}, before and after")
+        parts.append(_save(fig, out, f"study_{by}.png", f"Accuracy by {by} before and after fine-tuning"))
+        pivot = long.pivot_table(index=by, columns="model", values="accuracy", sort=False).map(lambda v: f"{v:.1%}")
+        counts = long.groupby(by)["n"].max().astype(int).rename("questions")
+        parts.append("\n" + an.markdown_table(pivot.join(counts).reset_index()))
+
+    parts.append("\n### Training\n")
+    trains = an.train_table(runs)
+    main_train = [f"{n}-train" for n in runs_by_id.loc[main["run"], "config.name"] if f"{n}-train" in set(trains["run"])]
+    trains = trains[~trains["run"].str.contains("-fold")]
+    parts.append(an.markdown_table(_fmt(trains)))
+    if main_train:
+        fig = plots.loss_curves(an.loss_long(study_dir, main_train[0]), title=f"Answer-letter loss: {main_train[0]}")
+        parts.append(_save(fig, out, "study_loss.png", "Training and evaluation loss of the main QLoRA run"))
+
+    parts.append("\n### Ablation\n")
+    ablations = an.ablation_table(runs)
+    if len(ablations):
+        named = ablations.assign(setting=[f"{'LoRA' if p == 'bf16' else 'QLoRA'} {p}" for p in ablations["precision"]])
+        fig = plots.ablation_plot(named, title="Fine-tuned accuracy per setting (95% interval)")
+        shown = pd.DataFrame({"record": ablations["run"], "setting": ablations["setting"],
+                              "precision": ablations["precision"], "questions": ablations["n"].astype(int),
+                              "accuracy [95% CI]": [f"{a:.1%} [{lo:.1%}, {hi:.1%}]" for a, lo, hi in zip(
+                                  ablations["accuracy"], ablations["ci_low"], ablations["ci_high"])],
+                              "training seconds": ablations["train_seconds"], "examples/s": ablations["examples_per_s"],
+                              "training peak memory (GB)": ablations["train_peak_memory_gb"]})
+        parts.append(an.markdown_table(_fmt(shown)))
+        parts.append(_save(fig, out, "study_ablation.png", "Accuracy of each fine-tuned setting with its interval"))
+    not_run = [f"`{name}` ({', '.join(f'{k}={v}' for k, v in over.items())})" for name, over in ABLATIONS.items()
+               if f"{name}-fine-tuned" not in set(runs["run_id"])]
+    if not_run:
+        parts.append("\n" + _note("Not run on the GPU, for lack of device time: " + "; ".join(not_run) +
+                                  ". `python -m medcore study --parts ablations` runs them; the book then shows them."))
+
+    cost = an.cost_table(runs[runs["role"] == "zero-shot"])
+    if len(cost):
+        parts.append("\n### Scoring cost\n")
+        parts.append(an.markdown_table(_fmt(cost.drop(columns=["run"]).rename(columns={
+            "latency_ms": "latency, batch 1 (ms, median)", "latency_ms_p90": "latency p90 (ms)",
+            "qps_batch_1": "questions/s, batch 1", "best_qps": "questions/s, best batch",
+            "best_batch_size": "best batch", "peak_memory_mb": "peak memory (MB)", "peak_memory_kind": "measured as"}))))
+        fig = plots.compare_bars(cost, by="precision", metrics={"latency_ms": "latency per question, batch 1 (ms)",
+                                 "best_qps": "questions/s (best batch)", "peak_memory_mb": "peak memory (MB)"},
+                                 title=f"Scoring cost of the zero-shot models on {cost['device'].iloc[0]}")
+        parts.append(_save(fig, out, "study_cost.png", "Latency, throughput and peak memory per precision"))
+    return "\n".join(parts), facts + "\n" + glance
+
+
+# ---- the benchmark --------------------------------------------------------------------------------------------
+
+def _bench_record(bench_dir: Path) -> tuple[Path, dict] | None:
+    records = run_dirs(bench_dir)
+    return (records[-1], load_run(records[-1])) if records else None
+
+
+def bench_markdown(bench_dir: Path, out: Path) -> str:
+    """The performance page's body from the newest record in ``results/bench``."""
+    from medcore import plots
+
+    found = _bench_record(bench_dir)
+    if found is None:
+        return _note(f"No benchmark record yet: `results/{bench_dir.name}/` is empty or missing. Run "
+                     "`python -m medcore bench` on a GPU and commit its record; this page then shows it.")
+    path, rec = found
+    m, env = rec["metrics"], rec["environment"] or {}
+    weights = BENCH_LABEL if not m.get("real_weights") else "real weights"
+    c = m.get("conditions", {})
+    parts = [f"Record `{path.name}`: `{m.get('model')}` (**{weights}**: speed and memory only), {c.get('precision')}"
+             f"{' + double quantization' if c.get('double_quant') else ''}, LoRA r={c.get('lora_r')} "
+             f"{c.get('lora_targets')}, on {m.get('device')}; torch {c.get('torch')}, transformers "
+             f"{c.get('transformers')}, bitsandbytes {c.get('bitsandbytes')}, git commit "
+             f"`{str(env.get('git_commit'))[:10]}`.\n"]
+    train = pd.DataFrame(m.get("training", []))
+    if len(train):
+        shown = pd.DataFrame({"recipe": train["recipe"], "real tokens/s": train["real_tokens_per_s"],
+                              "examples/s": train["examples_per_s"], "peak memory (GB)": train["peak_memory_bytes"] / 1e9,
+                              "MFU": train["mfu"].map(lambda v: f"{v:.1%}"),
+                              "padding share": train["padding_share"].map(lambda v: f"{v:.1%}"),
+                              "steps timed": train["steps"], "weights": weights})
+        parts += [f"\n### Training ({weights})\n",
+                  f"Token budget {c.get('token_budget')} (medcore) against {c.get('baseline_batch_size')} rows padded "
+                  f"to {c.get('pad_length')} (baseline); gradient checkpointing "
+                  f"{'on' if c.get('gradient_checkpointing') else 'off'}, optimizer {c.get('optimizer')}. "
+                  f"Peak memory: {train['peak_memory_kind'].iloc[0]}.\n\n", an.markdown_table(shown)]
+    score = pd.DataFrame(m.get("scoring", []))
+    if len(score):
+        shown = pd.DataFrame({"scorer": score["scorer"], "questions": score["questions"],
+                              "forward sequences": score["forward_sequences"], "seconds": score["seconds"],
+                              "questions/s": score["questions_per_s"], "peak memory (GB)": score["peak_memory_bytes"] / 1e9,
+                              "weights": weights})
+        check = m.get("scoring_check", {})
+        parts += [f"\n### Scoring ({weights})\n", an.markdown_table(shown),
+                  f"\nBoth scorers chose the same letter on {check.get('agreement', float('nan')):.1%} of "
+                  f"{check.get('compared')} questions (batch {check.get('batch_size')}).\n"]
+    if len(train):
+        fig = plots.compare_bars(train.assign(peak_memory_gb=train["peak_memory_bytes"] / 1e9), by="recipe",
+                                 metrics={"real_tokens_per_s": "real tokens/s", "examples_per_s": "examples/s",
+                                          "peak_memory_gb": "peak memory (GB)"},
+                                 title=f"Training on {m.get('device')} ({weights})")
+        parts.append(_save(fig, out, "bench_training.png", f"Training speed and memory, {weights}"))
+    if len(score):
+        fig = plots.compare_bars(score.assign(peak_memory_gb=score["peak_memory_bytes"] / 1e9,
+                                              scorer=score["scorer"].str.split(" ").str[0]), by="scorer",
+                                 metrics={"questions_per_s": "questions/s", "seconds": "seconds for all questions",
+                                          "peak_memory_gb": "peak memory (GB)"},
+                                 title=f"Scoring on {m.get('device')} ({weights})")
+        parts.append(_save(fig, out, "bench_scoring.png", f"Scoring speed and memory, {weights}"))
+    levers = pd.DataFrame(m.get("levers", []))
+    if len(levers) and len(train):
+        base = train.set_index("recipe").loc["medcore"]
+        ok = levers[levers.get("error").isna()] if "error" in levers else levers
+        shown = pd.DataFrame({"variant": ok["variant"], "real tokens/s": ok["real_tokens_per_s"],
+                              "examples/s": ok["examples_per_s"], "peak memory (GB)": ok["peak_memory_bytes"] / 1e9,
+                              "MFU": ok["mfu"].map(lambda v: f"{v:.1%}"),
+                              "vs medcore": (ok["real_tokens_per_s"] / base["real_tokens_per_s"]).map(lambda v: f"{v:.2f}x"),
+                              "weights": weights})
+        parts += [f"\n### Levers ({weights})\n", "One setting of the medcore recipe changed at a time.\n\n",
+                  an.markdown_table(shown)]
+    targets = pd.DataFrame(m.get("targets", []))
+    if len(targets):
+        shown = pd.DataFrame({"target": targets["target"], "goal": targets["goal"],
+                              "measured": [_measured(v, u) for v, u in zip(targets["measured"], targets["unit"])],
+                              "result": targets["met"].map({True: "met", False: "not met"}),
+                              "under the target's conditions": targets["conditions_match"].map({True: "yes", False: "no"}),
+                              "weights": weights})
+        parts += [f"\n### Targets ({weights})\n", an.markdown_table(shown)]
+    return "\n".join(parts)
+
+
+def _measured(value: float, unit: str) -> str:
+    return f"{value:.1%}" if unit == "%" else f"{value:.2f}x" if unit == "x" else f"{value:.3g} {unit}"
+
+
+NOTES_CELLS = ("train_ratio", "train_mfu", "baseline_mfu", "train_peak", "baseline_peak", "score_seconds",
+               "score_ratio", "lever_attn", "lever_compile", "lever_optim", "lever_budget_8192", "lever_budget_16384",
+               "lever_ckpt", "matmul")
+
+
+def notes_substitutions(bench_dir: Path) -> dict[str, str]:
+    """Values of the measured cells of ``book/performance_notes.md`` (``{{ measured_<cell> }}``), every one
+    read from the bench record; "not measured" where the record has no such measurement."""
+    values = dict.fromkeys(NOTES_CELLS, "not measured")
+    found = _bench_record(bench_dir)
+    if found is None:
+        return {f"measured_{k}": "no benchmark record yet" for k in NOTES_CELLS}
+    path, rec = found
+    m = rec["metrics"]
+    src = f" (`{path.name}`, {BENCH_LABEL})" if not m.get("real_weights") else f" (`{path.name}`)"
+    targets = {t["target"]: t for t in m.get("targets", [])}
+
+    def target(prefix: str) -> str:
+        t = next((t for name, t in targets.items() if name.startswith(prefix)), None)
+        return f": target {t['goal']} {'met' if t['met'] else 'not met'}" if t else ""
+    train = {t["recipe"]: t for t in m.get("training", [])}
+    if "medcore" in train and "baseline" in train:
+        med, base = train["medcore"], train["baseline"]
+        values.update(train_ratio=f"**{med['real_tokens_per_s'] / base['real_tokens_per_s']:.2f}x** "
+                                  f"({med['real_tokens_per_s']:,.0f} / {base['real_tokens_per_s']:,.0f} real tokens/s)"
+                                  f"{target('training real tokens/s')}",
+                      train_mfu=f"**{med['mfu']:.1%}**{target('training fraction')}",
+                      baseline_mfu=f"**{base['mfu']:.1%}**",
+                      train_peak=f"**{med['peak_memory_bytes'] / 1e9:.2f} GB**{target('QLoRA training peak')}",
+                      baseline_peak=f"**{base['peak_memory_bytes'] / 1e9:.2f} GB**")
+    score = {s["scorer"].split(" ")[0]: s for s in m.get("scoring", [])}
+    if "medcore" in score:
+        one = score["medcore"]
+        values["score_seconds"] = f"**{one['seconds']:.1f} s** for {one['questions']:,} questions{target('seconds to score')}"
+        if "harness-style" in score:
+            values["score_ratio"] = (f"**{one['questions_per_s'] / score['harness-style']['questions_per_s']:.2f}x** "
+                                     f"({one['questions_per_s']:,.0f} / {score['harness-style']['questions_per_s']:,.0f} "
+                                     f"questions/s){target('scoring questions/s')}")
+    for lever in m.get("levers", []):
+        if lever.get("error") or "medcore" not in train:
+            continue
+        gain = lever["real_tokens_per_s"] / train["medcore"]["real_tokens_per_s"] - 1
+        text = (f"**{gain:+.0%} real tokens/s**, peak {lever['peak_memory_bytes'] / 1e9:.2f} GB "
+                f"({(lever['peak_memory_bytes'] - train['medcore']['peak_memory_bytes']) / 1e9:+.2f} GB)")
+        key = f"budget_{lever['token_budget']}" if lever["lever"] == "budget" else lever["lever"]
+        values[f"lever_{key}"] = text
+    if m.get("matmul_tflops"):
+        values["matmul"] = f"{m['matmul_tflops']:.0f} TFLOP/s"
+    return {f"measured_{k}": (v + src if v not in ("not measured",) else v) for k, v in values.items()}
+
+
+# ---- the run (reproducibility page) ---------------------------------------------------------------------------
+
+def run_markdown(run_dir: Path, status: dict[str, Any]) -> str:
+    """The command that reproduces the run, the notebooks' state and time, and the machine."""
+    if not status:
+        return f"*`{run_dir.name}` has no pipeline status file.*\n"
+    sets = " ".join(f"--set {o}" for o in status.get("overrides", []))
+    lines = ["```bash", f"python -m medcore run --profile {status.get('profile')} {sets}".rstrip(), "```", ""]
+    seconds = status.get("seconds", {})
+    nbs = status.get("notebooks", [])
+    lines.append(an.markdown_table(pd.DataFrame({
+        "notebook": nbs, "finished": ["yes" if n in status.get("finished", []) else "no" for n in nbs],
+        "seconds": [f"{seconds[n]:.0f}" if n in seconds else "" for n in nbs]})))
+    if status.get("failed"):
+        f = status["failed"]
+        lines.append(f"\nThe run stopped at `{f.get('notebook')}`: `{f.get('ename')}: {f.get('evalue')}`.\n")
+    records = run_dirs(run_dir / "results")
+    if records:
+        env = load_run(records[-1]).get("environment") or {}
+        facts = {"device": env.get("device"), "platform": env.get("platform"), "python": env.get("python"),
+                 "CPU cores": env.get("cpu_count"), "torch threads": env.get("torch_threads"),
+                 "git commit": env.get("git_commit"), "uncommitted changes": env.get("git_dirty"),
+                 **(env.get("packages") or {})}
+        lines += [f"\nEnvironment (from the record `{records[-1].name}`):\n",
+                  an.markdown_table(pd.DataFrame({"": list(facts), "value": [str(v) for v in facts.values()]}))]
+    return "\n".join(lines)
+
+
+def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root: Path) -> dict[str, str]:
+    """Write every generated part into ``book_dir/_generated`` (emptied first); return the substitutions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = book_dir / "_generated"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "results.md").write_text(results_markdown(run_dir / "results", out))
+    study, glance = study_markdown(root / "results" / "study", out)
+    (out / "study.md").write_text(study)
+    (out / "study_glance.md").write_text(glance)
+    (out / "performance.md").write_text(bench_markdown(root / "results" / "bench", out))
+    (out / "run.md").write_text(run_markdown(run_dir, status))
+    subs = notes_substitutions(root / "results" / "bench")
+    (out / "substitutions.json").write_text(json.dumps(subs, indent=1))
+    return subs
