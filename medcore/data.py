@@ -16,7 +16,8 @@ Sources (``load_medmcqa(source, split)``) and the fields each one carries:
 
 Invalid records raise :class:`InvalidRecordError` (``on_invalid="raise"``) or are dropped
 (``on_invalid="skip"``); :func:`load_medmcqa_report` returns the dataset with a :class:`LoadReport` of what was
-dropped and why, and :func:`load_medmcqa` logs that report as a warning.
+dropped and why, and :func:`load_medmcqa` logs that report as a warning. A source with no valid record at all
+(an empty file, every line broken) is a ValueError carrying that report, whatever ``on_invalid`` says.
 """
 from __future__ import annotations
 

@@ -115,11 +115,9 @@ def study_markdown(study_dir: Path, out: Path) -> tuple[str, str]:
     if str(an.get(env, "config.model.source", default="")).startswith("embedded:"):
         facts += ("Its bf16 weights are dequantized from the 4-bit GGUF file it is distributed as, so the bf16 row "
                   "is not Google's bf16 checkpoint.\n")
-    shown = an.format_results_table(main).drop(columns=["run", "weights", "size (GB)", "peak memory (GB)",
-                                                        "latency (ms)", "questions/s"])
+    shown = an.format_results_table(main)[["accuracy [95% CI]", "improvement", "questions"]]
     shown.insert(0, "model", main["model"].to_numpy())
-    shown.insert(1, "setting", main["setting"].to_numpy())
-    shown.insert(2, "record", main["run"].to_numpy())
+    shown["setting"], shown["record"] = main["setting"].to_numpy(), main["run"].to_numpy()
     glance = an.markdown_table(shown)
     tests = an.paired_tests(table, study_dir)
     parts = ["### Before and after\n", facts, glance,
@@ -136,6 +134,8 @@ def study_markdown(study_dir: Path, out: Path) -> tuple[str, str]:
     parts.append("\n### By tier and by choice type\n")
     for by in ("tier", "choice_type"):
         long = an.breakdown(runs, by, {r: l for r, l in labels.items() if "bf16" not in l})
+        if long.empty:
+            continue
         fig = plots.accuracy_by_group(long, group=by, title=f"Accuracy by {by.replace('_', ' ')}, before and after")
         parts.append(_save(fig, out, f"study_{by}.png", f"Accuracy by {by} before and after fine-tuning"))
         pivot = long.pivot_table(index=by, columns="model", values="accuracy", sort=False).map(lambda v: f"{v:.1%}")
@@ -215,7 +215,7 @@ def bench_markdown(bench_dir: Path, out: Path) -> str:
                               "MFU": train["mfu"].map(lambda v: f"{v:.1%}"),
                               "padding share": train["padding_share"].map(lambda v: f"{v:.1%}"),
                               "steps timed": train["steps"], "weights": weights})
-        parts += [f"\n### Training ({weights})\n",
+        parts += [f"\n## Training ({weights})\n",
                   f"Token budget {c.get('token_budget')} (medcore) against {c.get('baseline_batch_size')} rows padded "
                   f"to {c.get('pad_length')} (baseline); gradient checkpointing "
                   f"{'on' if c.get('gradient_checkpointing') else 'off'}, optimizer {c.get('optimizer')}. "
@@ -227,7 +227,7 @@ def bench_markdown(bench_dir: Path, out: Path) -> str:
                               "questions/s": score["questions_per_s"], "peak memory (GB)": score["peak_memory_bytes"] / 1e9,
                               "weights": weights})
         check = m.get("scoring_check", {})
-        parts += [f"\n### Scoring ({weights})\n", an.markdown_table(shown),
+        parts += [f"\n## Scoring ({weights})\n", an.markdown_table(shown),
                   f"\nBoth scorers chose the same letter on {check.get('agreement', float('nan')):.1%} of "
                   f"{check.get('compared')} questions (batch {check.get('batch_size')}).\n"]
     if len(train):
@@ -252,7 +252,7 @@ def bench_markdown(bench_dir: Path, out: Path) -> str:
                               "MFU": ok["mfu"].map(lambda v: f"{v:.1%}"),
                               "vs medcore": (ok["real_tokens_per_s"] / base["real_tokens_per_s"]).map(lambda v: f"{v:.2f}x"),
                               "weights": weights})
-        parts += [f"\n### Levers ({weights})\n", "One setting of the medcore recipe changed at a time.\n\n",
+        parts += [f"\n## Levers ({weights})\n", "One setting of the medcore recipe changed at a time.\n\n",
                   an.markdown_table(shown)]
     targets = pd.DataFrame(m.get("targets", []))
     if len(targets):
@@ -261,7 +261,7 @@ def bench_markdown(bench_dir: Path, out: Path) -> str:
                               "result": targets["met"].map({True: "met", False: "not met"}),
                               "under the target's conditions": targets["conditions_match"].map({True: "yes", False: "no"}),
                               "weights": weights})
-        parts += [f"\n### Targets ({weights})\n", an.markdown_table(shown)]
+        parts += [f"\n## Targets ({weights})\n", an.markdown_table(shown)]
     return "\n".join(parts)
 
 

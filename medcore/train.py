@@ -211,9 +211,14 @@ class FiniteGradientCallback(TrainerCallback):
     so no checkpoint ever holds weights such a step would have ruined."""
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
-        grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP: this rank's shard
-        if grads and not torch.isfinite(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).sum()):
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # FSDP: this rank's shard
+                 for p in (model.parameters() if model is not None else []) if p.grad is not None]
+        if not grads:
+            return
+        total = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: fused over every tensor
+        # the max-norm: finite exactly when every entry is (a 2-norm of huge finite entries could overflow)
+        largest = total(grads, float("inf")) if total else torch.stack([g.abs().amax() for g in grads]).amax()
+        if not torch.isfinite(largest):
             raise NonFiniteLossError(f"a gradient is NaN or infinite at step {state.global_step + 1}; "
                                      f"{_last_good(args.output_dir)}. Lower train.learning_rate or check the data")
 

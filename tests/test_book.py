@@ -1,9 +1,10 @@
 """The book builds offline from executed notebooks without executing them, and a headless browser shows it.
 
-A fake project (this repository's _config.yml, _toc.yml and book/ pages) and a fake pipeline run (five executed
-notebooks with a stored figure and table, two run records of a random-weight model) are built with
-``build_book``; Chromium then opens the index and the analysis page. The screenshots are kept under the pytest
-tmp dir, and copied to ``_build/screenshots/`` when the project has a ``_build`` folder.
+A fake project (this repository's _config.yml, _toc.yml, book/ pages and the committed GPU study and benchmark
+records under results/) and a fake pipeline run (five executed notebooks with a stored figure and table, two run
+records of a random-weight model) are built with ``build_book``; Chromium then opens the index, the results, the
+performance notes and the analysis page. The screenshots are kept under the pytest tmp dir, and copied to
+``_build/screenshots/`` when the project has a ``_build`` folder.
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from medcore.pipeline import NOTEBOOKS, RANDOM_LABEL, _write_status, build_book, read_status
+from medcore.analysis import RANDOM_LABEL
+from medcore.pages import BENCH_LABEL
+from medcore.pipeline import NOTEBOOKS, _write_status, build_book, read_status
 from medcore.results import write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,13 +47,17 @@ def _png() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _fake_project(tmp: Path, finished: list[str]) -> tuple[Path, Path, Path]:
-    """A project copy with book sources, and a run folder whose notebooks in `finished` were 'executed'."""
+def _fake_project(tmp: Path, finished: list[str], records: bool = True) -> tuple[Path, Path, Path]:
+    """A project copy with book sources (and, with ``records``, the committed results/study and results/bench),
+    and a run folder whose notebooks in `finished` were 'executed'."""
     root = tmp / "project"
     root.mkdir()
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
+    if records:
+        for part in ("study", "bench"):
+            shutil.copytree(ROOT / "results" / part, root / "results" / part)
     (root / "notebooks").mkdir()
     run = root / "runs" / "ci"
     run.mkdir(parents=True)
@@ -67,14 +74,13 @@ def _fake_project(tmp: Path, finished: list[str]) -> tuple[Path, Path, Path]:
                                               execution_count=1)]),
         ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
         nbformat.write(nb, run / name)
-    common = {"model_source": "random:tiny-gemma", "precision": "nf4", "n": 48, "footprint_bytes": 2_000_000,
-              "peak_memory_bytes": 600_000_000}
-    write_run_record(run / "results", "ci-zero-shot", {"name": "ci"}, {**common, "accuracy": 0.25, "ci_low": 0.15,
-                     "ci_high": 0.39, "role": "zero-shot", "latency_ms_median": 4.0}, extra={"real_weights": False})
-    write_run_record(run / "results", "ci-fine-tuned", {"name": "ci"},
-                     {**common, "accuracy": 0.3, "ci_low": 0.19, "ci_high": 0.44, "role": "fine-tuned",
-                      "baseline_run": "ci-zero-shot", "adapter": "lora r=4", "latency_ms_median": 5.0},
-                     extra={"real_weights": False})
+    config = {"name": "ci", "model": {"source": "random:tiny-gemma"}}
+    common = {"precision": "nf4+dq", "n": 48, "footprint_bytes": 2_000_000, "real_weights": False,
+              "cost": {"latency_ms_median": 4.0, "best_qps": 100.0, "peak_memory_bytes": 600_000_000}}
+    for run_id, role, acc, low, high in (("ci-zero-shot", "zero-shot", 0.25, 0.15, 0.39),
+                                         ("ci-fine-tuned", "fine-tuned", 0.3, 0.19, 0.44)):
+        write_run_record(run / "results", run_id, config, {**common, "role": role, "accuracy": acc, "ci_low": low,
+                                                           "ci_high": high}, extra={"real_weights": False})
     _write_status(run, {"profile": "ci", "overrides": ["train.max_steps=4"], "notebooks": list(NOTEBOOKS),
                         "finished": finished, "seconds": {n: 1.0 for n in finished}, "failed": None})
     return root, run, marker
@@ -95,7 +101,7 @@ def test_config_builds_offline_without_execution():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
     assert [f"book/notebooks/{n.removesuffix('.ipynb')}" for n in NOTEBOOKS] == [f for f in files if "notebooks" in f]
-    for page in ("methods", "results", "performance", "reproducibility", "references"):
+    for page in ("methods", "results", "performance", "performance_notes", "reproducibility", "references"):
         assert f"book/{page}" in files and (ROOT / "book" / f"{page}.md").is_file()
     bib = (ROOT / "book" / "references.bib").read_text()
     for key in ("pal2022medmcqa", "dettmers2023qlora", "hu2021lora", "gemmateam2024gemma", "gao2024harness"):
@@ -120,24 +126,30 @@ def test_build_copies_executed_notebooks_and_never_executes(built_book):
         assert (root / "book" / "notebooks" / name).read_bytes() == (run / name).read_bytes()
         assert (html / "book" / "notebooks" / name.replace(".ipynb", ".html")).is_file()
     assert not marker.exists(), "the book executed a notebook"
-    results = (root / "book" / "_generated" / "results.md").read_text()
+    generated = root / "book" / "_generated"
+    results = (generated / "results.md").read_text()
     assert "ci-fine-tuned" in results and RANDOM_LABEL in results and "+20.0 %" in results
-    assert (root / "book" / "_generated" / "accuracy.png").stat().st_size > 0
-    assert "No benchmark record yet" in (root / "book" / "_generated" / "performance.md").read_text()
-    reproduce = (root / "book" / "_generated" / "run.md").read_text()
+    assert (generated / "accuracy.png").stat().st_size > 0
+    assert "study-fine-tuned" in (generated / "study.md").read_text()
+    assert BENCH_LABEL in (generated / "performance.md").read_text()
+    reproduce = (generated / "run.md").read_text()
     assert "python -m medcore run --profile ci --set train.max_steps=4" in reproduce
     refs = (html / "book" / "references.html").read_text().lower()
     assert "medmcqa" in refs and "qlora" in refs and "low-rank adaptation" in refs
+    notes = (html / "book" / "performance_notes.html").read_text()
+    assert "{{" not in notes and "not measured" in notes and "bench-gemma-2b" in notes
 
 
-def test_missing_notebook_becomes_a_placeholder_page(tmp_path):
-    root, run, _ = _fake_project(tmp_path, list(NOTEBOOKS[:2]))
+def test_missing_notebook_and_records_become_notes(tmp_path):
+    root, run, _ = _fake_project(tmp_path, list(NOTEBOOKS[:2]), records=False)
     status = read_status(run)
     _write_status(run, {**status, "failed": {"notebook": NOTEBOOKS[2], "ename": "ValueError", "evalue": "boom"}})
     html = build_book(run_dir=run, root=root, out=tmp_path / "site")
     assert html == tmp_path / "site" / "html"
     page = (html / "book" / "notebooks" / "04_evaluate.html").read_text()
     assert "Not executed" in page and "ValueError" in page
+    assert "No benchmark record yet" in (html / "book" / "performance.html").read_text()
+    assert "No study record" in (html / "book" / "results.html").read_text()
 
 
 def _chromium() -> str:
@@ -161,24 +173,34 @@ def _images(dom: str, page_dir: Path) -> list[Path]:
     return [(page_dir / unquote(s)).resolve() for s in srcs if not s.startswith(("data:", "http"))]
 
 
-def test_browser_shows_results_table_and_figures(built_book):
+def test_browser_shows_results_tables_and_figures(built_book):
     html, _, _, _, tmp = built_book
     shots = tmp / "screenshots"
     shots.mkdir(exist_ok=True)
-    index_dom = _browse(html / "index.html", shots / "index.png", tmp / "chromium-profile")
-    # index.html redirects to the intro page, which shows the results table and the accuracy figure
+    profile = tmp / "chromium-profile"
+    index_dom = _browse(html / "index.html", shots / "index.png", profile)
+    # index.html redirects to the intro page: the study's before/after table and the run's results table
     assert "At a glance" in index_dom
     tables = re.findall(r"<table.*?</table>", index_dom, flags=re.S)
+    assert any("accuracy" in t and "study-fine-tuned" in t and "study-kfold5" in t for t in tables)
     assert any("accuracy" in t and "ci-fine-tuned" in t and "random weights" in t for t in tables)
     for img in _images(index_dom, html / "book"):
         assert img.is_file() and img.stat().st_size > 0, img
 
+    results_dom = _browse(html / "book" / "results.html", shots / "results.png", profile)
+    assert "McNemar exact p" in results_dom and "lack of device time" in results_dom
+    images = _images(results_dom, html / "book")
+    assert len(images) >= 7 and all(i.is_file() and i.stat().st_size > 0 for i in images)
+
+    notes_dom = _browse(html / "book" / "performance_notes.html", shots / "performance_notes.png", profile)
+    assert "{{" not in notes_dom and "not met" in notes_dom
+
     page = html / "book" / "notebooks" / "05_analysis.html"
-    analysis_dom = _browse(page, shots / "analysis.png", tmp / "chromium-profile")
+    analysis_dom = _browse(page, shots / "analysis.png", profile)
     assert "<table" in analysis_dom
     for img in _images(analysis_dom, page.parent):
         assert img.is_file() and img.stat().st_size > 0, img
-    for shot in ("index.png", "analysis.png"):
+    for shot in ("index.png", "results.png", "performance_notes.png", "analysis.png"):
         data = (shots / shot).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     if (ROOT / "_build").is_dir():

@@ -146,3 +146,16 @@ def test_results_overview_labels_random_runs():
     assert labels[0] == "base" and "random weights" in labels[1]
     assert fig.axes[0].get_xlabel() == "weights in memory (MB)"
     assert [round(b.get_width(), 2) for b in fig.axes[1].patches] == [0.3, 0.4]
+
+
+def test_compare_bars_one_panel_per_quantity_with_values():
+    df = pd.DataFrame({"precision": ["bf16", "nf4+dq"], "latency_ms": [93.7, 35.9], "qps": [1337.0, 1658.0],
+                       "peak_memory_mb": [797.0, 648.0]})
+    fig = plots.compare_bars(df, by="precision", metrics={"latency_ms": "latency (ms)", "qps": "questions/s",
+                                                           "peak_memory_mb": "peak memory (MB)"}, title="cost")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["latency (ms)", "questions/s", "peak memory (MB)"]
+    assert [round(b.get_height(), 1) for b in _bars(fig.axes[1])] == [1337.0, 1658.0]
+    assert [t.get_text() for t in fig.axes[1].texts] == ["1,337", "1,658"]  # the value on each bar
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["bf16", "nf4+dq"]
+    with pytest.raises(ValueError, match="qps"):
+        plots.compare_bars(df.drop(columns="qps"), by="precision", metrics={"qps": "questions/s"})

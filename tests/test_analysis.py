@@ -1,0 +1,199 @@
+"""Tables from run records (medcore.analysis) and the book's generated parts (medcore.pages), on small synthetic
+records and on the committed GPU study and benchmark records."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medcore import analysis as an
+from medcore import pages, stats
+from medcore.config import load_profile
+from medcore.results import load_runs, write_run_record
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY, BENCH = ROOT / "results" / "study", ROOT / "results" / "bench"
+
+
+def _preds(ids, correct, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    answer = rng.integers(0, 4, len(ids))
+    pred = np.where(correct, answer, (answer + 1) % 4)
+    return pd.DataFrame({"id": ids, "subject": "Anatomy", "tier": "pre-clinical", "choice_type": "single",
+                         "answer": answer, "pred": pred, "correct": np.asarray(correct, bool),
+                         "prob": rng.uniform(0.25, 1, len(ids))})
+
+
+def _record(folder, run_id, cfg, role, preds, precision="nf4+dq", real=False, **metrics):
+    k, n = int(preds["correct"].sum()), len(preds)
+    low, high = stats.wilson_interval(k, n)
+    by_tier = [{"index": 0, "tier": "pre-clinical", "n": n, "correct": k, "accuracy": k / n, "ci_low": low,
+                "ci_high": high}]
+    m = {"role": role, "precision": precision, "n": n, "correct": k, "accuracy": k / n, "ci_low": low,
+         "ci_high": high, "by_tier": by_tier, "real_weights": real, **metrics}
+    return write_run_record(folder, run_id, cfg.to_dict(), m, predictions=preds, extra={"real_weights": real})
+
+
+@pytest.fixture
+def records(tmp_path):
+    """ci-style records: bf16 and nf4+dq zero-shot, nf4+dq fine-tuned, a train record; predictions shuffled."""
+    cfg = load_profile("ci")
+    ids = [f"q{i}" for i in range(40)]
+    base = np.arange(40) < 10          # 10 / 40 right
+    tuned = (np.arange(40) < 6) | ((np.arange(40) >= 20) & (np.arange(40) < 34))  # 6 shared + 14 new = 20 / 40
+    cost = {"latency_ms_median": 12.0, "latency_ms_p90": 15.0, "best_qps": 80.0, "best_batch_size": 16,
+            "peak_memory_bytes": 4e9, "peak_memory_kind": "process_peak_rss",
+            "throughput": [{"batch_size": 1, "qps": 20.0}, {"batch_size": 16, "qps": 80.0}],
+            "conditions": {"device_name": "cpu"}}
+    _record(tmp_path, "ci-zero-shot", cfg, "zero-shot", _preds(ids, base), cost=cost, footprint_bytes=2e9)
+    _record(tmp_path, "ci-bf16-zero-shot", cfg, "zero-shot", _preds(ids, np.arange(40) < 12), precision="bf16",
+            cost=cost, footprint_bytes=5e9)
+    shuffled = _preds(ids, tuned).sample(frac=1, random_state=1)  # another order: pairing must use the ids
+    _record(tmp_path, "ci-fine-tuned", cfg, "fine-tuned", shuffled, cost=cost, footprint_bytes=2.1e9)
+    write_run_record(tmp_path, "ci-train", cfg.to_dict(), {"role": "train", "precision": "nf4+dq", "n_train": 48,
+                     "global_step": 4, "train_loss": 1.5, "examples_per_s": 2.0, "wall_seconds": 30.0,
+                     "peak_memory_bytes": 3e9, "parameters": {"trainable": 1000}, "real_weights": False},
+                     loss_history=[{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.8, "eval_loss": 1.9}],
+                     extra={"real_weights": False})
+    write_run_record(tmp_path, "ci-data", cfg.to_dict(), {"role": "data"})
+    return tmp_path
+
+
+def test_results_table_recomputes_improvement_against_the_same_precision(records):
+    table = an.results_table(load_runs(records)).set_index("run")
+    assert sorted(table.index) == ["ci-bf16-zero-shot", "ci-fine-tuned", "ci-zero-shot"]  # no data/train rows
+    tuned = table.loc["ci-fine-tuned"]
+    assert tuned["baseline_run"] == "ci-zero-shot"  # nf4+dq, not the bf16 zero-shot
+    assert tuned["improvement_pct"] == pytest.approx((0.5 - 0.25) / 0.25 * 100)
+    assert tuned["size_gb"] == pytest.approx(2.1) and tuned["latency_ms"] == 12.0 and tuned["peak_memory_gb"] == 4.0
+    assert set(table["weights"]) == {an.RANDOM_LABEL}
+    assert pd.isna(table.loc["ci-zero-shot", "improvement_pct"])
+    shown = an.format_results_table(table.reset_index()).set_index("run")
+    assert shown.loc["ci-fine-tuned", "accuracy [95% CI]"].startswith("50.0% [")
+    assert shown.loc["ci-fine-tuned", "improvement"] == "+100.0 %"
+
+
+def test_paired_test_matches_questions_by_id():
+    ids = [f"q{i}" for i in range(8)]
+    before = _preds(ids, [1, 1, 0, 0, 1, 0, 0, 0])
+    after = _preds(ids, [1, 0, 1, 1, 1, 1, 0, 0]).iloc[::-1]  # reversed order
+    after = pd.concat([after, _preds(["extra"], [1])])  # a question only one model answered
+    test = an.paired_test(before, after)
+    assert (test["n"], test["unmatched"], test["b"], test["c"]) == (8, 1, 1, 3)
+    assert test["pvalue"] == pytest.approx(stats.mcnemar_exact([1, 1, 0, 0, 1, 0, 0, 0], [1, 0, 1, 1, 1, 1, 0, 0])["pvalue"])
+    assert test["difference"] == pytest.approx(2 / 8)
+    assert test["difference_ci_low"] <= test["difference"] <= test["difference_ci_high"]
+    with pytest.raises(ValueError, match="repeat"):
+        an.paired_test(pd.concat([before, before]), after)
+
+
+def test_paired_tests_read_the_records_predictions(records):
+    table = an.results_table(load_runs(records))
+    tests = an.paired_tests(table, records)
+    assert len(tests) == 1
+    row = tests.iloc[0]
+    assert (row["before"], row["after"], row["n"], row["b"], row["c"]) == ("ci-zero-shot", "ci-fine-tuned", 40, 4, 14)
+    shown = an.format_paired_tests(tests)
+    assert shown.loc[0, "difference [95% CI]"].startswith("+25.0% [")
+
+
+def test_ablation_table_names_the_differing_settings(tmp_path):
+    ids = [f"q{i}" for i in range(20)]
+    for r, k in ((4, 6), (16, 9)):
+        cfg = load_profile("ci", [f"lora.r={r}", f"name=ci-r{r}"])
+        _record(tmp_path, f"ci-r{r}-fine-tuned", cfg, "fine-tuned", _preds(ids, np.arange(20) < k))
+        write_run_record(tmp_path, f"ci-r{r}-train", cfg.to_dict(), {"role": "train", "wall_seconds": 10.0 * r,
+                         "examples_per_s": 1.0, "peak_memory_bytes": 1e9})
+    table = an.ablation_table(load_runs(tmp_path)).set_index("run")
+    assert list(table["setting"]) == ["lora.r=16", "lora.r=4"] and set(table["ablation"]) == {"lora.r"}
+    assert table.loc["ci-r4-fine-tuned", "train_seconds"] == 40.0
+    assert table.loc["ci-r16-fine-tuned", "accuracy"] == pytest.approx(0.45)
+
+
+def test_breakdown_cost_train_and_loss_tables(records):
+    runs = load_runs(records)
+    long = an.breakdown(runs, "tier", {"ci-zero-shot": "before", "ci-fine-tuned": "after"})
+    assert list(long["model"]) == ["before", "after"] and list(long["tier"]) == ["pre-clinical"] * 2
+    assert long["accuracy"].tolist() == [0.25, 0.5]
+    cost = an.cost_table(runs).set_index("run")
+    assert cost.loc["ci-zero-shot", "qps_batch_1"] == 20.0 and cost.loc["ci-zero-shot", "peak_memory_mb"] == 4000
+    trains = an.train_table(runs)
+    assert trains["run"].tolist() == ["ci-train"] and trains.loc[0, "peak memory (GB)"] == 3.0
+    loss = an.loss_long(records, "ci-train")
+    assert sorted(zip(loss["split"], loss["step"])) == [("eval", 2), ("train", 1), ("train", 2)]
+    overview = an.records_overview(runs)
+    assert set(overview["role"]) == {"zero-shot", "fine-tuned", "train", "data"}
+
+
+def test_footprint_tables_from_a_record():
+    run = {"metrics": {"footprint": [
+        {"precision": "bf16", "embedding_bytes": 100, "attention_bytes": 50, "mlp_bytes": 50, "norm_bytes": 1,
+         "other_bytes": 0, "quant_constant_bytes": 0, "buffer_bytes": 2, "total_bytes": 203},
+        {"precision": "nf4+dq", "embedding_bytes": 100, "attention_bytes": 13, "mlp_bytes": 13, "norm_bytes": 1,
+         "other_bytes": 0, "quant_constant_bytes": 3, "buffer_bytes": 2, "total_bytes": 132},
+        {"precision": "int8", "status": "failed: RuntimeError: no backend"}]}}
+    summary, long = an.footprint_tables(run)
+    assert summary.set_index("precision").loc["nf4+dq", "size_vs_bf16"] == pytest.approx(132 / 203)
+    assert long.groupby("precision")["bytes"].sum().to_dict() == {"bf16": 203, "nf4+dq": 132}
+    assert "quant constants" in set(long["kind"])
+
+
+def test_pages_from_synthetic_study_records(records, tmp_path):
+    out = tmp_path / "gen"
+    out.mkdir()
+    text, glance = pages.study_markdown(records, out)
+    assert "| model |" in glance
+    assert "50.0% [" in glance and "+100.0 %" in glance
+    assert "| ci-zero-shot | ci-fine-tuned | 40 | 4 | 14 |" in text  # the paired test
+    assert (out / "study_accuracy.png").stat().st_size > 0 and (out / "study_tier.png").is_file()
+    assert "Not run on the GPU" in text and "abl-dora" in text  # every ablation of the study driver is missing here
+    empty, _ = pages.study_markdown(tmp_path / "none", out)
+    assert "No study record" in empty
+    assert "No benchmark record" in pages.bench_markdown(tmp_path / "none", out)
+    assert set(pages.notes_substitutions(tmp_path / "none").values()) == {"no benchmark record yet"}
+
+
+@pytest.mark.skipif(not (STUDY / "study-fine-tuned").is_dir(), reason="the GPU study records are not committed")
+def test_study_page_shows_the_committed_records(tmp_path):
+    out = tmp_path / "gen"
+    out.mkdir()
+    text, glance = pages.study_markdown(STUDY, out)
+    m = json.loads((STUDY / "study-fine-tuned" / "metrics.json").read_text())
+    assert f"{m['accuracy']:.1%} [{m['ci_low']:.1%}, {m['ci_high']:.1%}]" in glance
+    for run in ("study-bf16-zero-shot", "study-nf4-dq-zero-shot", "study-fine-tuned", "study-kfold5"):
+        assert run in glance
+    before = pd.read_parquet(STUDY / "study-nf4-dq-zero-shot" / "predictions.parquet")
+    after = pd.read_parquet(STUDY / "study-fine-tuned" / "predictions.parquet")
+    paired = before.merge(after, on="id")
+    p = stats.mcnemar_exact(paired["correct_x"], paired["correct_y"])["pvalue"]
+    assert f"| study-nf4-dq-zero-shot | study-fine-tuned | {len(paired)} |" in text and f"{p:.2g}" in text
+    for name in ("study_accuracy", "study_tier", "study_choice_type", "study_loss", "study_ablation", "study_cost"):
+        assert (out / f"{name}.png").stat().st_size > 0, name
+    assert "abl-int8" in text and "abl-dora" in text and "lack of device time" in text
+    assert "`abl-bf16-lora`" not in text  # it ran
+
+
+@pytest.mark.skipif(not any(BENCH.glob("*/metrics.json")), reason="no committed benchmark record")
+def test_performance_page_and_notes_come_from_the_bench_record(tmp_path):
+    (out := tmp_path / "gen").mkdir()
+    text = pages.bench_markdown(BENCH, out)
+    m = json.loads(next(BENCH.glob("*/metrics.json")).read_text())
+    assert text.count(pages.BENCH_LABEL) >= 5  # every table says random weights
+    assert f"{m['score_seconds_4183']:.3g}" in text and "not met" in text
+    subs = pages.notes_substitutions(BENCH)
+    assert set(subs) == {f"measured_{k}" for k in pages.NOTES_CELLS}
+    assert subs["measured_train_ratio"].startswith(f"**{m['train_speedup_real_tokens']:.2f}x**")
+    measured = {lever["lever"] for lever in m["levers"]}
+    for lever in ("attn", "compile", "optim", "ckpt"):
+        assert (subs[f"measured_lever_{lever}"] == "not measured") == (lever not in measured)
+    notes = (ROOT / "book" / "performance_notes.md").read_text()
+    assert "pending" not in notes and all("{{ " + key + " }}" in notes for key in subs)
+    shutil.rmtree(out)
