@@ -83,7 +83,8 @@ def encode_dataset(ds: datasets.Dataset, tokenizer, max_length: int, with_explan
     if truncated or skipped:
         log.warning("encoding %d records at data.max_length=%d: %d questions cut to fit, %d records skipped%s",
                     len(ds), max_length, truncated, len(skipped), f" (first: {skipped[0]})" if skipped else "")
-    features = datasets.Features({"id": datasets.Value("string"), "input_ids": datasets.Sequence(datasets.Value("int32")),
+    features = datasets.Features({"id": datasets.Value("string"),
+                                  "input_ids": datasets.Sequence(datasets.Value("int32")),
                                   "labels": datasets.Sequence(datasets.Value("int64")),
                                   "length": datasets.Value("int32"), "truncated": datasets.Value("bool")})
     return datasets.Dataset.from_list(rows, features=features)

@@ -188,11 +188,12 @@ def score_and_record(cfg: RunConfig, model, tokenizer, eval_ds, run_id: str, rol
 
 
 def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: bool = True,
-               latency_sample=None, disk: bool = True) -> Path:
+               latency_sample=None, timed: list[str] | None = None, disk: bool = True) -> Path:
     """Record ``<name>-footprint``: per precision preset the measured footprint (memory by module kind,
     quantization constants, bytes on disk), the per-layer quantization error against bf16 (as predictions:
-    layer, kind, precision, error) and, given ``latency_sample`` (a few questions), the batch-1 latency and
-    peak memory of scoring them. A preset this machine cannot load gets its error in ``status``."""
+    layer, kind, precision, error), the seconds it took, and, given ``latency_sample`` (a few questions), the
+    batch-1 latency, throughput and peak memory of scoring them for the ``timed`` presets (default: all). A preset
+    this machine cannot load gets its error in ``status``."""
     presets = presets or ["bf16", "int8", "nf4", "nf4+dq", "fp4+dq"]
     tokenizer = models.load_tokenizer(cfg.model.source) if latency_sample is not None else None
     base = quantize.load_quantized(cfg.model.source, PRECISION_PRESETS["bf16"], device=device())
@@ -200,6 +201,7 @@ def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: 
     rows, errors = [], []
     for label in presets:
         row: dict[str, Any] = {"precision": label, "status": "ok"}
+        start = time.perf_counter()
         try:
             model = base if label == "bf16" else quantize.load_quantized(cfg.model.source, PRECISION_PRESETS[label],
                                                                          device=device())
@@ -207,10 +209,9 @@ def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: 
             row.update({f"{k}_bytes": v for k, v in fp["by_kind"].items()})
             row.update({k: fp.get(k) for k in ("weight_bytes", "quant_constant_bytes", "buffer_bytes", "total_bytes",
                                                "disk_bytes")})
-            if latency_sample is not None:
+            if latency_sample is not None and (timed is None or label in timed):
                 c = evaluate.measure_cost(model, tokenizer, latency_sample, batch_sizes=(len(latency_sample),),
-                                          n_latency=min(cfg.eval.latency_batches, len(latency_sample)), warmup=2,
-                                          max_length=cfg.data.max_length)
+                                          n_latency=len(latency_sample), warmup=1, max_length=cfg.data.max_length)
                 row.update(latency_ms=c["latency_ms_median"], latency_ms_p90=c["latency_ms_p90"], qps=c["best_qps"],
                            peak_memory_bytes=c["peak_memory_bytes"], peak_memory_kind=c["peak_memory_kind"],
                            device=c["conditions"]["device"])
@@ -223,6 +224,7 @@ def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: 
                 errors.append(quantize.quantization_error(base, model).assign(precision=label))
             except Exception as err:  # e.g. int8 on a CPU backend that keeps no row scales
                 row["status"] = f"ok; layer error not measurable: {type(err).__name__}"
+        row["seconds"] = time.perf_counter() - start
         rows.append(row)
         if model is not base:
             del model

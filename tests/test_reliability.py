@@ -335,7 +335,8 @@ def test_sigkill_between_checkpoints_then_resume_ends_like_an_uninterrupted_run(
     run.mkdir()
     out, log = run / "out", run / "log.txt"
     with open(log, "ab") as f:
-        proc = subprocess.Popen(_train_cmd(cli_root, "killed"), cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(_train_cmd(cli_root, "killed"), cwd=ROOT, env=_env(), stdout=f,
+                                stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while _complete_checkpoint(out) is None and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -352,7 +353,8 @@ def test_sigkill_between_checkpoints_then_resume_ends_like_an_uninterrupted_run(
     _run(_train_cmd(cli_root, "killed", "--resume"), log)
     full, resumed = (json.loads((cli_root / r / "out" / "train_result.json").read_text()) for r in ("full", "killed"))
     assert resumed["metrics"]["resumed_from"] == str(out / f"checkpoint-{step}")
-    assert [r["step"] for r in resumed["loss_history"]] == [r["step"] for r in full["loss_history"]] == list(range(1, 7))
+    steps = [r["step"] for r in resumed["loss_history"]]
+    assert steps == [r["step"] for r in full["loss_history"]] == list(range(1, 7))
     for a, b in zip(resumed["loss_history"], full["loss_history"]):
         assert a.keys() == b.keys() and "loss" in a
         for key in a.keys() & {"loss", "eval_loss", "learning_rate", "grad_norm"}:
