@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except Exception as err:  # noqa: BLE001 - ours name the field, record or cell: show them plainly
         plain = isinstance(err, (ValueError, FileNotFoundError)) or any(
-            cls.__name__ == "PipelineError" for cls in type(err).__mro__)
+            cls.__name__ in ("PipelineError", "NonFiniteLossError") for cls in type(err).__mro__)
         if not plain:
             raise
         print(f"medcore {args.command}: error: {err}", file=sys.stderr)

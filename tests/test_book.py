@@ -99,7 +99,7 @@ def test_config_builds_offline_without_execution():
     assert config["execute"]["execute_notebooks"] == "off"
     assert config["bibtex_bibfiles"] == ["book/references.bib"]
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    files = [f["file"] for part in toc["parts"] for c in part["chapters"] for f in [c, *c.get("sections", [])]]
     assert [f"book/notebooks/{n.removesuffix('.ipynb')}" for n in NOTEBOOKS] == [f for f in files if "notebooks" in f]
     for page in ("methods", "results", "performance", "performance_notes", "reproducibility", "references"):
         assert f"book/{page}" in files and (ROOT / "book" / f"{page}.md").is_file()
