@@ -147,10 +147,12 @@ def paired_test(before: pd.DataFrame, after: pd.DataFrame, seed: int = 0) -> dic
 
 
 def paired_tests(table: pd.DataFrame, results_dir: str | Path) -> pd.DataFrame:
-    """:func:`paired_test` for every row of :func:`results_table` that has a baseline (predictions from
-    ``results_dir``): before, after, then the test's columns."""
+    """:func:`paired_test` for every row of :func:`results_table` that has a baseline, from the two records'
+    predictions in ``results_dir`` (a pair without predictions is left out): before, after, the test's columns."""
     rows = []
     for _, r in table.dropna(subset=["baseline_run"]).iterrows():
+        if not all((Path(results_dir) / run / "predictions.parquet").is_file() for run in (r["baseline_run"], r["run"])):
+            continue
         before = load_predictions(Path(results_dir) / r["baseline_run"])
         after = load_predictions(Path(results_dir) / r["run"])
         rows.append({"before": r["baseline_run"], "after": r["run"], **paired_test(before, after)})

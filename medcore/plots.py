@@ -160,7 +160,7 @@ def footprint_bars(df: pd.DataFrame, title: str | None = None, unit: str = "auto
     ax.set_ylim(0, max(bottom.max(), 1e-12) * 1.15)
     ax.set_xlabel("precision")
     ax.set_ylabel(f"weights in memory ({unit})")
-    ax.legend(title="module kind", fontsize="small")
+    ax.legend(title="module kind", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return _finish(fig, title)
 
 
@@ -354,7 +354,7 @@ def count_bars(df: pd.DataFrame, category: str, hue: str | None = None, title: s
 def results_overview(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Size, accuracy (with interval) and batch-1 latency of every evaluated run, side by side.
 
-    Columns (``pipeline.results_table``): ``run``, ``weights``, ``size_gb``, ``accuracy``, ``ci_low``,
+    Columns (``analysis.results_table``): ``run``, ``weights``, ``size_gb``, ``accuracy``, ``ci_low``,
     ``ci_high``, ``latency_ms``. Runs whose ``weights`` is not "real" are labelled in the run names.
     """
     _require(table, ["run", "weights", "size_gb", "accuracy", "ci_low", "ci_high", "latency_ms"], "results_overview")

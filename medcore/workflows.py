@@ -164,12 +164,13 @@ def _tables(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_and_record(cfg: RunConfig, model, tokenizer, eval_ds, run_id: str, role: str,
-                     cost: bool = True, extra: dict | None = None) -> Path:
+                     cost: bool = True, extra: dict | None = None, cost_questions: int | None = None) -> Path:
     """Score `eval_ds`, measure cost and size, and write the run record `<results_dir>/<run_id>`.
 
     Metrics: role, precision, score_seconds, accuracy_summary's figures (tables as lists of rows),
     footprint_bytes (weights + quantization constants + buffers in memory) and, with ``cost``, ``cost``
-    (``evaluate.measure_cost`` on the first ``8 x eval.batch_size`` questions). Predictions: one row per question.
+    (``evaluate.measure_cost`` on the first ``cost_questions`` questions, default ``8 x eval.batch_size``).
+    Predictions: one row per question.
     """
     start = time.perf_counter()
     preds = evaluate.score_choices(model, tokenizer, eval_ds, batch_size=cfg.eval.batch_size,
@@ -178,7 +179,7 @@ def score_and_record(cfg: RunConfig, model, tokenizer, eval_ds, run_id: str, rol
                                time.perf_counter() - start, **_tables(evaluate.accuracy_summary(preds)),
                                "footprint_bytes": quantize.footprint(model, disk=False)["total_bytes"]}
     if cost:
-        sample = eval_ds.select(range(min(len(eval_ds), 8 * cfg.eval.batch_size)))
+        sample = eval_ds.select(range(min(len(eval_ds), cost_questions or 8 * cfg.eval.batch_size)))
         metrics["cost"] = evaluate.measure_cost(model, tokenizer, sample, batch_sizes=(1, cfg.eval.batch_size),
                                                 n_latency=cfg.eval.latency_batches, max_length=cfg.data.max_length)
     note = {**_weights_note(model), **(extra or {})}
@@ -269,12 +270,13 @@ def finetune(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool 
 
 
 def before_after(cfg: RunConfig, adapter_dir: str | Path, datasets_: tuple | None = None,
-                 with_bf16: bool = False) -> dict[str, Path]:
+                 with_bf16: bool = False, cost_questions: int | None = None) -> dict[str, Path]:
     """Score the same questions zero-shot and fine-tuned; returns {role: record}.
 
     ``zero-shot`` (``<name>-zero-shot``) is the base at the config's precision, ``fine-tuned``
     (``<name>-fine-tuned``) the same base with the adapter; ``with_bf16`` adds the base in bf16
-    (``<name>-bf16-zero-shot``, for what quantization alone costs). A missing adapter is an error.
+    (``<name>-bf16-zero-shot``, for what quantization alone costs). ``cost_questions`` as for
+    :func:`score_and_record`. A missing adapter is an error.
     """
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no adapter in {adapter_dir}: run the fine-tuning step (notebook 03) first")
@@ -285,14 +287,15 @@ def before_after(cfg: RunConfig, adapter_dir: str | Path, datasets_: tuple | Non
         bf16.quant = copy.deepcopy(PRECISION_PRESETS["bf16"])
         model, tokenizer = load(bf16)
         out["zero-shot-bf16"] = score_and_record(bf16, model, tokenizer, eval_ds, f"{cfg.name}-bf16-zero-shot",
-                                                 "zero-shot")
+                                                 "zero-shot", cost_questions=cost_questions)
         del model
         _free()
     model, tokenizer = load(cfg)
-    out["zero-shot"] = score_and_record(cfg, model, tokenizer, eval_ds, f"{cfg.name}-zero-shot", "zero-shot")
+    out["zero-shot"] = score_and_record(cfg, model, tokenizer, eval_ds, f"{cfg.name}-zero-shot", "zero-shot",
+                                         cost_questions=cost_questions)
     model = _with_adapter(model, adapter_dir)  # the base just scored, with the adapter on top
     out["fine-tuned"] = score_and_record(cfg, model, tokenizer, eval_ds, f"{cfg.name}-fine-tuned", "fine-tuned",
-                                         extra={"adapter_dir": str(adapter_dir)})
+                                         extra={"adapter_dir": str(adapter_dir)}, cost_questions=cost_questions)
     del model
     _free()
     return out
