@@ -130,6 +130,8 @@ def study_markdown(study_dir: Path, out: Path) -> tuple[str, str]:
               "differ by more than chance, and the interval of the difference is a paired bootstrap.\n\n",
               an.markdown_table(an.format_paired_tests(tests))]
 
+    parts += ["\n### The answer-letter prior\n", _letter_prior(study_dir, main)]
+
     labels = dict(zip(main["run"], main["model"]))
     parts.append("\n### By tier and by choice type\n")
     for by in ("tier", "choice_type"):
@@ -185,6 +187,33 @@ def study_markdown(study_dir: Path, out: Path) -> tuple[str, str]:
 
 
 # ---- the benchmark --------------------------------------------------------------------------------------------
+
+def _letter_prior(study_dir: Path, main: pd.DataFrame) -> str:
+    """Predicted-letter shares of each scoring record beside the key's, and the always-the-commonest-letter score.
+
+    A fine-tuned model can gain accuracy by learning which letter the key favours rather than medicine; this
+    table lets the reader see whether the gain exceeds what that prior alone gives.
+    """
+    from medcore.results import load_run
+
+    rows, key = [], None
+    for run, model in zip(main["run"], main["model"]):
+        letters = pd.DataFrame(load_run(study_dir / run)["metrics"].get("letters") or [])
+        if letters.empty:
+            continue
+        key = letters
+        rows.append({"model": model, **{f"{l} predicted": f"{v:.1%}" for l, v in
+                                        zip(letters["letter"], letters["predicted_share"])}, "record": run})
+    if key is None:
+        return ""
+    rows.append({"model": "answer key", **{f"{l} predicted": f"{v:.1%}" for l, v in
+                                           zip(key["letter"], key["answer_share"])}, "record": ""})
+    best = key.loc[key["answer_share"].idxmax()]
+    text = (f"\nA model that always answered **{best['letter']}**, the key's commonest letter, would score "
+            f"**{best['answer_share']:.1%}** on these {int(key['answer'].sum())} questions. Accuracy that does "
+            "not clear that line cannot be credited to medical knowledge.\n")
+    return an.markdown_table(pd.DataFrame(rows)) + text
+
 
 def _bench_record(bench_dir: Path) -> tuple[Path, dict] | None:
     records = run_dirs(bench_dir)
@@ -348,6 +377,31 @@ def run_markdown(run_dir: Path, status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scale_markdown(scale_dir: Path) -> str:
+    """The measured footprint per precision of every ``results/scale/*-footprint`` record (model size row)."""
+    parts = []
+    for run in sorted(scale_dir.glob("*-footprint")) if scale_dir.is_dir() else []:
+        from medcore.results import load_run
+
+        rec = load_run(run)
+        table = pd.DataFrame(rec["metrics"]["footprint"])
+        cols = {"precision": "precision", "embedding_bytes": "embedding", "attention_bytes": "attention",
+                "mlp_bytes": "MLP", "quant_constant_bytes": "quantization constants", "total_bytes": "in memory",
+                "disk_bytes": "on disk"}
+        shown = table[list(cols)].rename(columns=cols)
+        for col in list(cols.values())[1:]:
+            shown[col] = (shown[col] / 1e9).map(lambda v: f"{v:.3f} GB")
+        env = rec["environment"]
+        weights = "real" if env.get("real_weights") else "**random**"
+        parts += [f"\n### Model size: `{rec['config']['model']['source']}` ({weights} weights)\n",
+                  f"Measured on {env.get('device_name') or env.get('device') or env.get('platform', '?')} "
+                  f"(record `results/{scale_dir.name}/{run.name}`): bytes of every tensor by module kind, "
+                  "the quantization constants (absmax, and with double quantization their own 8-bit "
+                  "constants), and the saved checkpoint on disk. bitsandbytes leaves the embedding in bf16.\n\n",
+                  an.markdown_table(shown)]
+    return "\n".join(parts)
+
+
 def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root: Path) -> dict[str, str]:
     """Write every generated part into ``book_dir/_generated`` (emptied first); return the substitutions."""
     import matplotlib
@@ -361,7 +415,8 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
     study, glance = study_markdown(root / "results" / "study", out)
     (out / "study.md").write_text(study)
     (out / "study_glance.md").write_text(glance)
-    (out / "performance.md").write_text(bench_markdown(root / "results" / "bench", out))
+    (out / "performance.md").write_text(bench_markdown(root / "results" / "bench", out)
+                                        + scale_markdown(root / "results" / "scale"))
     (out / "run.md").write_text(run_markdown(run_dir, status))
     subs = notes_substitutions(root / "results" / "bench")
     (out / "substitutions.json").write_text(json.dumps(subs, indent=1))

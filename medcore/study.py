@@ -9,7 +9,11 @@ whatever device is there (made for one H200; every part also runs on a CPU with 
   is scored exactly once by a model that never saw it; one record with all predictions;
 - ablations: precision (bf16 LoRA, int8, nf4, fp4, double quant off), LoRA rank, targets and PEFT method,
   each a record with accuracy, interval, wall time and peak memory;
-- scale: the Gemma-2B shape with RANDOM weights: footprint, training memory/speed, scoring speed per precision.
+- scale: the Gemma-2B shape with RANDOM weights: footprint, training memory/speed, scoring speed per precision;
+- footprint: only the measured footprint and per-layer error per precision of the profile's model (no GPU
+  needed); `results/scale/gemma-2b-random-cpu-footprint` came from the same `workflows.footprints` call on a
+  2-core CPU, which this reproduces: `python -m medcore study --parts footprint --set model.source=random:gemma-2b --set results_dir=results/scale
+  --set name=gemma-2b-random-cpu`.
 
 A part whose record exists is skipped (so a rerun continues), and a `--deadline` (seconds) stops before
 starting a part that would not finish, leaving every finished record complete.
@@ -169,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
                 steps.append((name, lambda run=run: train_and_score(run, train_ds, eval_ds)))
         elif part == "scale":
             steps.append(("scale", lambda: scale(cfg, eval_ds)))
+        elif part == "footprint":  # the model-size row for cfg's model; runs anywhere, no data needed
+            steps.append(("footprint", lambda: workflows.footprints(
+                cfg, presets=["bf16", "int8", "nf4", "nf4+dq", "fp4+dq"], error_vs_bf16=True)))
         else:
             raise SystemExit(f"unknown part {part!r}")
     for name, step in steps:

@@ -155,7 +155,7 @@ def _tables(summary: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in summary.items():
         if isinstance(value, pd.DataFrame):
-            out[key] = value.reset_index().to_dict(orient="records")
+            out[key] = value.reset_index(drop=value.index.name is None).to_dict(orient="records")
         elif isinstance(value, tuple):
             out[key] = [list(map(float, v)) for v in value]
         else:
@@ -327,7 +327,7 @@ def report_text(run: dict[str, Any]) -> str:
              f"weights), precision {m.get('precision')}, {m['n']} questions",
              f"accuracy {m['accuracy']:.3f} (95% Wilson CI {m['ci_low']:.3f}-{m['ci_high']:.3f}), ECE {m.get('ece', float('nan')):.3f}"]
     if m.get("by_subject"):
-        table = pd.DataFrame(m["by_subject"])
+        table = pd.DataFrame(m["by_subject"]).drop(columns="index", errors="ignore")
         lines += ["", table.to_string(index=False, float_format=lambda x: f"{x:.3f}")]
     c = m.get("cost")
     if c:
