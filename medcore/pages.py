@@ -377,6 +377,51 @@ def run_markdown(run_dir: Path, status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cpu_ablation_markdown(abl_dir: Path, zero_shot_dir: Path, out: Path) -> str:
+    """The ablations run on a CPU with real weights at demo scale (``results/ablations-cpu``), with intervals.
+
+    The zero-shot NF4+DQ record of the demo run is shown beside them when it scored exactly the same questions.
+    """
+    from medcore import plots
+    from medcore.results import load_predictions
+
+    runs = load_runs(abl_dir) if abl_dir.is_dir() else pd.DataFrame()
+    ablations = an.ablation_table(runs)
+    if not len(ablations):
+        return ""
+    labels = [("baseline: QLoRA nf4+dq, r=16, all-linear" if not r.startswith("abl-") else r.removesuffix("-fine-tuned"))
+              for r in ablations["run"]]
+    table = ablations.assign(setting=labels, ablation="fine-tuned")
+    zs = zero_shot_dir / "demo-zero-shot"
+    if (zs / "predictions.parquet").is_file():
+        zero = load_predictions(zs)
+        ids = set(load_predictions(abl_dir / ablations["run"].iloc[0])["id"])
+        if set(zero["id"]) == ids:
+            k, n = int(zero["correct"].sum()), len(zero)
+            from medcore.stats import wilson_interval
+
+            lo, hi = wilson_interval(k, n)
+            table = pd.concat([table, pd.DataFrame([{"run": f"{zero_shot_dir.name}/demo-zero-shot",
+                               "setting": "zero-shot nf4+dq (no adapter)", "ablation": "zero-shot", "accuracy": k / n,
+                               "ci_low": lo, "ci_high": hi, "n": n, "precision": "nf4+dq"}])], ignore_index=True)
+    env = load_runs(abl_dir).iloc[0]
+    shown = pd.DataFrame({"setting": table["setting"], "record": table["run"], "questions": table["n"].astype(int),
+                          "accuracy [95% CI]": [f"{a:.1%} [{lo:.1%}, {hi:.1%}]" for a, lo, hi in zip(
+                              table["accuracy"], table["ci_low"], table["ci_high"])],
+                          "training seconds": table["train_seconds"], "examples/s": table["examples_per_s"],
+                          "training peak RSS (GB)": table["train_peak_memory_gb"]})
+    fig = plots.ablation_plot(table, title="CPU ablations, demo scale (95% Wilson interval)")
+    return "\n".join([
+        "\n### Ablations on a CPU (real weights, demo scale)\n",
+        f"Records under `results/{abl_dir.name}/`, written by `python -m medcore study --profile demo --set name=cpu "
+        f"--set results_dir=results/{abl_dir.name} --parts main,ablations` on {an.get(env, 'env.device', default='a CPU')} "
+        f"(git commit `{str(an.get(env, 'env.git_commit'))[:10]}`): the embedded model trained on a stratified part "
+        "of the validation split and scored on the disjoint rest, one setting changed at a time. The training "
+        "set is small, so these intervals are wide; the GPU study above is the larger test.\n",
+        an.markdown_table(_fmt(shown).replace({"nan": "—"}).fillna("—")),
+        _save(fig, out, "cpu_ablation.png", "CPU ablations with intervals")])
+
+
 def scale_markdown(scale_dir: Path) -> str:
     """The measured footprint per precision of every ``results/scale/*-footprint`` record (model size row)."""
     parts = []
@@ -413,6 +458,7 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
     out.mkdir(parents=True)
     (out / "results.md").write_text(results_markdown(run_dir / "results", out))
     study, glance = study_markdown(root / "results" / "study", out)
+    study += cpu_ablation_markdown(root / "results" / "ablations-cpu", root / "results" / "demo-cpu", out)
     (out / "study.md").write_text(study)
     (out / "study_glance.md").write_text(glance)
     (out / "performance.md").write_text(bench_markdown(root / "results" / "bench", out)
