@@ -317,9 +317,9 @@ def baseline_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def resolve_optimizer(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "paged_adamw_8bit" if device.type == "cuda" else "adamw_torch"
-    return name
+    from medcore.train import resolve_optimizer as resolve  # one rule for "auto", the trainer's
+
+    return resolve(name, device.type == "cuda")
 
 
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
