@@ -53,6 +53,12 @@ def _cmd_study(args) -> None:
     study_main(args.rest)
 
 
+def _cmd_scaleout(args) -> None:
+    from medcore.scaleout import main as scaleout_main
+
+    raise SystemExit(scaleout_main(args.rest))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medcore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,10 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="training and scoring throughput against baseline recipes")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("scaleout", help="one GPU against DDP and FSDP on several GPUs of one host")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_scaleout)
     return parser
 
 
-PASS_THROUGH = {"study": "medcore.study", "bench": "medcore.bench"}  # commands with their own argument parser
+PASS_THROUGH = {"study": "medcore.study", "bench": "medcore.bench", "scaleout": "medcore.scaleout"}  # commands with their own argument parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in PASS_THROUGH:
         import importlib
 
-        importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:])
-        return 0
+        return importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

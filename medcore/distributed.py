@@ -160,7 +160,8 @@ class FullStateDictAtEnd(TrainerCallback):
 
 def _global_metrics(metrics: dict[str, Any], state: PartialState) -> dict[str, Any]:
     """Throughput over all processes: tokens and examples summed, time of the slowest process."""
-    keys = ("real_tokens", "examples", "step_seconds", "peak_memory_bytes")
+    keys = ("real_tokens", "examples", "step_seconds", "peak_memory_bytes", "steady_real_tokens_per_s",
+            "resident_memory_bytes")
     every = gather_object([{k: metrics.get(k) for k in keys}]) if state.num_processes > 1 else [metrics]
     out = dict(metrics)
     out["real_tokens"] = sum(m["real_tokens"] for m in every)
@@ -169,7 +170,10 @@ def _global_metrics(metrics: dict[str, Any], state: PartialState) -> dict[str, A
     out.update(step_seconds=seconds, real_tokens_per_s=out["real_tokens"] / seconds,
                examples_per_s=out["examples"] / seconds, world_size=state.num_processes,
                distributed_type=str(state.distributed_type).split(".")[-1],
-               peak_memory_bytes_per_process=[m["peak_memory_bytes"] for m in every])
+               peak_memory_bytes_per_process=[m["peak_memory_bytes"] for m in every],
+               resident_memory_bytes_per_process=[m.get("resident_memory_bytes") for m in every])
+    steady = [m.get("steady_real_tokens_per_s") for m in every]  # processes step in lockstep: rates add up
+    out["steady_real_tokens_per_s"] = sum(steady) if all(r is not None for r in steady) else None
     return out
 
 

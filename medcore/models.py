@@ -154,30 +154,77 @@ def _save_for_reload(model, folder) -> None:
     save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
 
 
+def _init_device(device_map) -> torch.device:
+    """Where a random model is initialised: the GPU it is going to (seconds for Gemma-2B, minutes on a CPU)."""
+    device = device_map.get("", None) if isinstance(device_map, dict) else device_map
+    if device is None or not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def _random_model(src: ModelSource, dtype, seed: int, device: torch.device):
+    """A seeded random model of a shape, initialised on `device`. The same seed gives the same weights on the same
+    kind of device; CPU and CUDA generators differ, so the two give different (equally random) weights."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with device:
+            return AutoModelForCausalLM.from_config(model_config(src), dtype=dtype)
+
+
+def random_checkpoint(src: ModelSource, dtype, seed: int, device: torch.device) -> Path:
+    """The folder of a saved random model (config.json + model.safetensors), made once and then reused.
+
+    Quantized random models are loaded back from it, so bitsandbytes quantizes them exactly as it would a real
+    checkpoint; keeping it under ``$MEDCORE_CACHE/random`` saves the initialisation on every later load (Gemma-2B:
+    5 GB). Written to a temporary folder and renamed, so concurrent processes never read half a checkpoint.
+    """
+    shape = hashlib.sha256(json.dumps(SHAPES[src.name], sort_keys=True, default=str).encode()).hexdigest()[:8]
+    key = f"{src.name}-{shape}-seed{seed}-{str(dtype).split('.')[-1]}-{device.type}"
+    folder = cache_dir() / "random" / key
+    if (folder / "model.safetensors").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    model = _random_model(src, dtype, seed, device)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+    try:
+        _save_for_reload(model, tmp)
+        del model
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process finished first: its checkpoint has the same weights
+            if not (folder / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def load_model(spec, dtype=torch.bfloat16, quantization_config=None, device_map=None, seed=0):
     """The causal LM of a source, tagged with ``model.medcore_source``.
 
-    Random shapes are initialised on the CPU under ``seed`` (same weights on every machine). With a
-    ``quantization_config`` they are saved to a temporary folder and loaded back quantized, so
-    bitsandbytes quantizes them exactly as it would a real checkpoint.
+    Random shapes are initialised under ``seed`` on the device they go to (a GPU when `device_map` names one,
+    else the CPU; see :func:`_random_model`). With a ``quantization_config`` they are loaded back from a saved
+    checkpoint (:func:`random_checkpoint`), so bitsandbytes quantizes them exactly as it would a real one.
     """
     from transformers import AutoModelForCausalLM
     src = check_model_source(spec)
     if src.kind == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(model_config(src), dtype=dtype)
+        if isinstance(device_map, dict) and list(device_map) != [""] or isinstance(device_map, str) and \
+                device_map in ("auto", "balanced", "sequential"):
+            raise ValueError(f"random models take a single device, not device_map={device_map!r}")
+        device = _init_device(device_map)
         if quantization_config is not None:
-            with tempfile.TemporaryDirectory(prefix="medcore-random-") as tmp:
-                _save_for_reload(model, tmp)
-                del model
-                model = AutoModelForCausalLM.from_pretrained(
-                    tmp, dtype=dtype, quantization_config=quantization_config, device_map=device_map)
-        elif device_map is not None:
-            device = device_map.get("") if isinstance(device_map, dict) else device_map
-            if device is None or len(device_map if isinstance(device_map, dict) else [0]) != 1:
-                raise ValueError(f"random models take a single device, not device_map={device_map!r}")
-            model = model.to(device)
+            folder = random_checkpoint(src, dtype, seed, device)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder), dtype=dtype, quantization_config=quantization_config, device_map=device_map)
+        else:
+            model = _random_model(src, dtype, seed, device)
+            target = device_map.get("") if isinstance(device_map, dict) else device_map
+            if target is not None and device.type == "cpu":
+                model = model.to(target)
     else:
         path = ensure_embedded_model(src.name) if src.kind == "embedded" else os.path.expanduser(src.name)
         model = AutoModelForCausalLM.from_pretrained(

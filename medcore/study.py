@@ -120,8 +120,17 @@ def kfold(cfg: RunConfig, eval_ds, k: int) -> None:
                              overwrite=True)
 
 
-def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024) -> None:
-    """RANDOM-weight Gemma-2B shape: footprint per precision, scoring cost per precision."""
+SCALE_TRAIN = {"train.max_steps": 30, "train.token_budget": 4096, "train.max_batch_size": 128,
+               "train.gradient_checkpointing": True, "train.eval_steps": 10**6, "train.save_steps": 10**6,
+               "train.logging_steps": 5}
+
+
+def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024, train_ds=None) -> None:
+    """RANDOM-weight Gemma-2B shape per precision: footprint, scoring cost and (with `train_ds`) LoRA training cost.
+
+    Training cost: ``SCALE_TRAIN`` (30 steps of 4,096-token batches, gradient checkpointing, the study's LoRA and
+    optimizer rule) on `train_ds`; the record ``<run>-train`` holds real tokens/s (also steady-state) and peak memory.
+    """
     big = _variant(cfg, "scale-gemma-2b-random", {"model.source": "random:gemma-2b"})
     if not _done(big, f"{big.name}-footprint"):
         workflows.footprints(big, presets=["bf16", "int8", "nf4", "nf4+dq"], error_vs_bf16=False)
@@ -143,6 +152,10 @@ def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024) -> None:
                                  overwrite=True)
         del model
         _free()
+        if train_ds is not None and not _done(run, f"{run.name}-train"):
+            timed = _variant(run, run.name, SCALE_TRAIN)
+            workflows.finetune(timed, datasets_=(train_ds, eval_ds.select(range(min(64, len(eval_ds))))))
+            _free()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                 run = _variant(cfg, name, ABLATIONS[name])
                 steps.append((name, lambda run=run: train_and_score(run, train_ds, eval_ds)))
         elif part == "scale":
-            steps.append(("scale", lambda: scale(cfg, eval_ds)))
+            steps.append(("scale", lambda: scale(cfg, eval_ds, train_ds=train_ds)))
         elif part == "footprint":  # the model-size row for cfg's model; runs anywhere, no data needed
             steps.append(("footprint", lambda: workflows.footprints(
                 cfg, presets=["bf16", "int8", "nf4", "nf4+dq", "fp4+dq"], error_vs_bf16=True)))

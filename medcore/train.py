@@ -225,17 +225,37 @@ class FiniteGradientCallback(TrainerCallback):
 
 
 class ThroughputCallback(TrainerCallback):
-    """Times the training steps only (evaluation and checkpointing fall outside on_step_begin/on_step_end)."""
+    """Times the training steps only (evaluation and checkpointing fall outside on_step_begin/on_step_end).
 
-    def __init__(self):
+    With `seen` (the trainer's token counter) it also keeps each step's tokens, for a steady-state rate that leaves
+    out the first steps (CUDA kernels chosen and allocator pools grown), and the device memory held when the first
+    step begins (the model as wrapped for training: whole under DDP, a shard under FSDP).
+    """
+
+    def __init__(self, seen: dict | None = None, skip: int = 3):
         self.step_seconds, self._start = 0.0, None
+        self.seen, self.skip, self.steps = seen, skip, []
+        self.resident_memory_bytes = None
 
     def on_step_begin(self, args, state, control, **kwargs):
+        if self.resident_memory_bytes is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.resident_memory_bytes = torch.cuda.memory_allocated()
+        self._tokens = self.seen["tokens"] if self.seen is not None else 0
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._start is not None:
-            self.step_seconds += time.perf_counter() - self._start
+            seconds = time.perf_counter() - self._start
+            self.step_seconds += seconds
+            self.steps.append((seconds, (self.seen["tokens"] if self.seen is not None else 0) - self._tokens))
+
+    def steady(self) -> dict[str, Any]:
+        """Real tokens/s over the steps after the first ``min(skip, steps // 4)`` (None if there are none)."""
+        kept = self.steps[min(self.skip, len(self.steps) // 4):]
+        seconds = sum(s for s, _ in kept)
+        return {"steady_steps": len(kept), "steady_real_tokens_per_s":
+                sum(t for _, t in kept) / seconds if kept and seconds > 0 and self.seen is not None else None,
+                "resident_memory_bytes": self.resident_memory_bytes}
 
 
 def resolve_optimizer(name: str, on_cuda: bool) -> str:
@@ -384,6 +404,7 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
         callbacks=[clock, FiniteGradientCallback(), *(callbacks or [])],
         token_budget=cfg.train.token_budget, max_batch_size=cfg.train.max_batch_size, pad_token_id=pad,
     )
+    clock.seen = trainer.seen
     checkpoint = last_checkpoint(output_dir) if resume else None
     start_step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     was_reset = _reset_peak_memory(on_cuda)
@@ -400,7 +421,7 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
         "wall_seconds": wall, "step_seconds": clock.step_seconds,
         "real_tokens": trainer.seen["tokens"], "examples": trainer.seen["examples"],
         "real_tokens_per_s": trainer.seen["tokens"] / steps, "examples_per_s": trainer.seen["examples"] / steps,
-        "optimizer": getattr(args.optim, "value", args.optim), "device": str(args.device),
+        **clock.steady(), "optimizer": getattr(args.optim, "value", args.optim), "device": str(args.device),
         **_peak_memory(on_cuda, was_reset),
     }
     result = TrainResult(str(adapter_dir), history, metrics)

@@ -102,6 +102,23 @@ def test_tiny_random_models_load_marked_random_and_seeded(spec, arch):
     assert logits.shape == (1, ids.shape[1], M.TINY_VOCAB) and torch.isfinite(logits).all()
 
 
+def test_quantized_random_models_reuse_one_saved_checkpoint(tmp_path, monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+    monkeypatch.setenv("MEDCORE_CACHE", str(tmp_path))
+    qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    first = M.load_model("random:tiny-gemma", quantization_config=qc, seed=3)
+    saved = list((tmp_path / "random").iterdir())
+    assert len(saved) == 1 and not saved[0].name.startswith(".")  # no half-written folder left behind
+    assert (saved[0] / "model.safetensors").is_file() and "seed3" in saved[0].name
+    monkeypatch.setattr(M, "_random_model", lambda *a, **k: pytest.fail("initialised again instead of reloading"))
+    again = M.load_model("random:tiny-gemma", quantization_config=qc, seed=3)
+    a, b = first.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="single device"):
+        M.load_model("random:tiny-gemma", device_map="auto")
+
+
 def test_tiny_random_model_quantized_nf4():
     bnb = pytest.importorskip("bitsandbytes")
     from transformers import BitsAndBytesConfig

@@ -128,3 +128,11 @@ def test_json_is_strict(tmp_path):
     assert metrics == {"accuracy": None, "ok": True}
     assert json.loads((path / "loss_history.json").read_text()) == []
     assert not os.path.exists(path / "predictions.parquet")
+
+
+def test_run_note_from_the_environment_goes_into_the_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDCORE_RUN_NOTE", "two runs shared each GPU")
+    env = results.load_run(results.write_run_record(tmp_path, "noted", {}, {"accuracy": 0.5}))["environment"]
+    assert env["run_note"] == "two runs shared each GPU"
+    monkeypatch.delenv("MEDCORE_RUN_NOTE")
+    assert "run_note" not in results.load_run(results.write_run_record(tmp_path, "plain", {}, {"accuracy": 0.5}))["environment"]

@@ -109,6 +109,9 @@ def test_loss_falls_only_adapter_changes_and_result_is_written(tmp_path, data):
     assert m["global_step"] == 6 and m["examples"] == 24 and m["optimizer"] == "adamw_torch"
     assert 0 < m["real_tokens"] < 24 * 128 and m["real_tokens_per_s"] > 0 and m["examples_per_s"] > 0
     assert m["peak_memory_kind"] == "process_rss" and m["peak_memory_bytes"] > 10 * 2**20
+    # steady rate: the same fixed batch every step, so it is the tokens of steps 2..6 over their seconds
+    assert m["steady_steps"] == 5 and m["resident_memory_bytes"] is None  # no CUDA here
+    assert m["steady_real_tokens_per_s"] > 0 and m["real_tokens"] % 6 == 0
 
 
 class StopAt(TrainerCallback):

@@ -1,0 +1,208 @@
+"""Scale-out on one host with several GPUs, measured against one GPU in the same call (issue: two H200s).
+
+`python -m medcore scaleout --gpus 2 --parts throughput,fsdp,accuracy --results-dir results/scaleout` runs:
+
+- throughput: QLoRA of `--model` (default ``random:gemma-2b``: RANDOM weights, for speed and memory only) for
+  `--steps` optimizer steps on ONE GPU (one process, no launcher), then with DDP on `--gpus` GPUs
+  (``accelerate launch`` with ``medcore/accelerate/ddp.yaml``); same data, same per-device token budget
+  (`--token-budget`, gradient checkpointing on, AdamW for both). Scaling efficiency =
+  DDP real tokens/s / (gpus x one-GPU real tokens/s), both steady-state (the first steps left out).
+- fsdp: the same QLoRA with FSDP (``fsdp_qlora.yaml``: 4-bit weights stored in bf16 and sharded): peak and resident
+  memory per GPU against DDP's.
+- accuracy: the real-weight study profile (embedded Gemma-3-270M, NF4 + DQ + LoRA) with DDP. The global batch is
+  kept equal to the one-GPU study run (per-device ``max_batch_size`` and ``token_budget`` divided by `--gpus`), so
+  the number of steps and the learning-rate schedule match; the adapter then scores the whole evaluation split
+  (sharded), and the summary compares it with the one-GPU record (`--reference`): both intervals and McNemar.
+
+Every run is a subprocess with its own time limit: one that fails leaves the others and their records. The
+record ``scaleout-summary`` gathers what finished, with each command line, exit code and wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from medcore import results
+from medcore.distributed import config_path
+
+THROUGHPUT_SETTINGS = {"train.gradient_checkpointing": "true", "train.max_batch_size": "128",
+                       "train.optimizer": "adamw_torch", "train.eval_steps": "1000000",
+                       "train.save_steps": "1000000", "train.logging_steps": "5", "data.eval_limit": "64"}
+
+
+def launcher(gpus: int, mode: str) -> list[str]:
+    """The command prefix: one plain process for one GPU, else ``accelerate launch`` with a shipped config."""
+    if gpus == 1:
+        return [sys.executable, "-m", "medcore.distributed"]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(mode)),
+            "--num_processes", str(gpus), "-m", "medcore.distributed"]
+
+
+def _sets(settings: dict[str, Any]) -> list[str]:
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
+
+def plan(args) -> list[dict[str, Any]]:
+    """The runs of the requested parts, in order: name, command, environment additions, time limit."""
+    shape = args.model.split(":")[-1]
+    common = {"model.source": args.model, "train.max_steps": args.steps, "train.token_budget": args.token_budget,
+              **THROUGHPUT_SETTINGS, "results_dir": args.results_dir}
+    runs = []
+    parts = args.parts.split(",")
+    unknown = set(parts) - {"throughput", "fsdp", "accuracy"}
+    if unknown:
+        raise SystemExit(f"unknown part(s) {sorted(unknown)}: choose from throughput, fsdp, accuracy")
+    if "throughput" in parts:
+        for gpus, mode in ((1, "single"), (args.gpus, "ddp")):
+            name = f"scaleout-{shape}-{mode}{gpus if gpus > 1 else ''}"
+            runs.append({"name": name, "role": mode, "gpus": gpus, "limit": args.run_limit,
+                         "env": {"CUDA_VISIBLE_DEVICES": "0"} if gpus == 1 else {},
+                         "cmd": launcher(gpus, "ddp") + ["train", "--profile", args.profile]
+                         + _sets({**common, "name": name}) + _sets(dict(s.split("=", 1) for s in args.set))})
+    if "fsdp" in parts:
+        name = f"scaleout-{shape}-fsdp{args.gpus}"
+        runs.append({"name": name, "role": "fsdp", "gpus": args.gpus, "limit": args.run_limit, "env": {},
+                     "cmd": launcher(args.gpus, "fsdp_qlora") + ["train", "--profile", args.profile]
+                     + _sets({**common, "name": name}) + _sets(dict(s.split("=", 1) for s in args.set))})
+    if "accuracy" in parts:
+        from medcore.config import load_profile
+
+        ref = load_profile(args.accuracy_profile, args.accuracy_set)
+        name = f"scaleout-real-ddp{args.gpus}"
+        settings = {"name": name, "results_dir": args.results_dir,
+                    "train.max_batch_size": max(1, ref.train.max_batch_size // args.gpus),
+                    "train.token_budget": ref.train.token_budget // args.gpus}
+        extra = _sets(dict(s.split("=", 1) for s in args.accuracy_set))
+        adapter = Path(args.results_dir).parent / "checkpoints" / name / "adapter"
+        runs.append({"name": name, "role": "accuracy-train", "gpus": args.gpus, "limit": args.run_limit, "env": {},
+                     "cmd": launcher(args.gpus, "ddp") + ["train", "--profile", args.accuracy_profile]
+                     + extra + _sets(settings)})
+        runs.append({"name": f"{name}-fine-tuned", "role": "accuracy-eval", "gpus": args.gpus,
+                     "limit": args.run_limit, "env": {},
+                     "cmd": launcher(args.gpus, "ddp") + ["evaluate", "--profile", args.accuracy_profile] + extra
+                     + _sets({"name": name, "results_dir": args.results_dir})
+                     + ["--adapter", str(adapter), "--run-id", f"{name}-fine-tuned"]})
+    return runs
+
+
+def execute(runs: list[dict[str, Any]], deadline: float | None, log_dir: Path) -> list[dict[str, Any]]:
+    """Run each command under its limit (and the overall deadline); output goes to ``log_dir/<name>.log``."""
+    t0, done = time.perf_counter(), []
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        left = None if deadline is None else deadline - (time.perf_counter() - t0)
+        if left is not None and left < 30:
+            done.append({**run, "exit": None, "status": "not started (deadline)", "seconds": 0.0})
+            print(f"deadline: not starting {run['name']}", flush=True)
+            continue
+        limit = min(run["limit"], left) if left is not None else run["limit"]
+        env = {**os.environ, **run["env"]}
+        start = time.perf_counter()
+        print(f"[{start - t0:6.1f}s] {run['name']}: {' '.join(run['cmd'])}", flush=True)
+        with open(log_dir / f"{run['name']}.log", "w") as log:
+            try:
+                code = subprocess.run(run["cmd"], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit).returncode
+                status = "ok" if code == 0 else "failed"
+            except subprocess.TimeoutExpired:
+                code, status = None, f"stopped at its {limit:.0f} s limit"
+        seconds = time.perf_counter() - start
+        print(f"[{time.perf_counter() - t0:6.1f}s] {run['name']}: {status} in {seconds:.0f} s", flush=True)
+        done.append({**run, "exit": code, "status": status, "seconds": seconds})
+    return done
+
+
+def _train_metrics(results_dir: Path, name: str) -> dict[str, Any] | None:
+    path = results_dir / f"{name}-train" / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summarize(done: list[dict[str, Any]], results_dir: Path, reference: Path | None) -> dict[str, Any]:
+    """Scaling efficiency, memory per GPU and the accuracy comparison from the runs' records."""
+    rows = {}
+    for run in done:
+        if run["role"] in ("single", "ddp", "fsdp", "accuracy-train"):
+            m = _train_metrics(results_dir, run["name"])
+            if m:
+                peaks = m.get("peak_memory_bytes_per_process") or [m.get("peak_memory_bytes")]
+                resident = m.get("resident_memory_bytes_per_process") or [m.get("resident_memory_bytes")]
+                rows[run["role"]] = {
+                    "run": run["name"], "gpus": run["gpus"], "steps": m.get("global_step"),
+                    "real_tokens_per_s": m.get("real_tokens_per_s"),
+                    "steady_real_tokens_per_s": m.get("steady_real_tokens_per_s"),
+                    "examples_per_s": m.get("examples_per_s"), "optimizer": m.get("optimizer"),
+                    "peak_memory_gb_per_gpu": [p / 1e9 for p in peaks if p is not None],
+                    "resident_memory_gb_per_gpu": [r / 1e9 for r in resident if r is not None],
+                    "real_weights": m.get("real_weights")}
+    summary: dict[str, Any] = {"runs": [{k: r[k] for k in ("name", "role", "gpus", "status", "exit", "seconds")}
+                                        | {"command": " ".join(r["cmd"])} for r in done],
+                               "training": rows}
+    single, ddp = rows.get("single"), rows.get("ddp")
+    if single and ddp:
+        for key in ("real_tokens_per_s", "steady_real_tokens_per_s"):
+            if single.get(key) and ddp.get(key):
+                summary[f"speedup_{key}"] = ddp[key] / single[key]
+                summary[f"scaling_efficiency_{key}"] = ddp[key] / (ddp["gpus"] * single[key])
+    fine = results_dir / next((r["name"] for r in done if r["role"] == "accuracy-eval"), "-") / "metrics.json"
+    if fine.is_file():
+        m = json.loads(fine.read_text())
+        acc = {"accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"]}
+        if reference is not None and (reference / "metrics.json").is_file():
+            from medcore import stats
+
+            r = json.loads((reference / "metrics.json").read_text())
+            a = results.load_predictions(fine.parent).set_index("id")["correct"]
+            b = results.load_predictions(reference).set_index("id")["correct"].reindex(a.index)
+            test = stats.mcnemar_exact(b.to_numpy(bool), a.to_numpy(bool))  # b: only the one-GPU run right
+            acc.update(reference_run=str(reference), reference_accuracy=r["accuracy"],
+                       reference_ci=[r["ci_low"], r["ci_high"]],
+                       inside_reference_interval=bool(r["ci_low"] <= m["accuracy"] <= r["ci_high"]),
+                       mcnemar=test)
+        summary["accuracy"] = acc
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="medcore scaleout", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpus", type=int, default=2)
+    p.add_argument("--parts", default="throughput,fsdp,accuracy")
+    p.add_argument("--model", default="random:gemma-2b", help="throughput and fsdp parts")
+    p.add_argument("--profile", default="study", help="data of the throughput and fsdp parts")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="throughput and fsdp parts")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--token-budget", type=int, default=4096)
+    p.add_argument("--accuracy-profile", default="study")
+    p.add_argument("--accuracy-set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--reference", default="results/study/study-fine-tuned", help="the one-GPU record to compare")
+    p.add_argument("--results-dir", default="results/scaleout")
+    p.add_argument("--run-limit", type=float, default=300.0, help="seconds for each run")
+    p.add_argument("--deadline", type=float, default=None, help="seconds; start no run after this")
+    args = p.parse_args(argv)
+    if args.gpus < 2:
+        raise SystemExit("--gpus must be at least 2 (the one-GPU run is part of the throughput comparison)")
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < args.gpus:
+        raise SystemExit(f"--gpus {args.gpus} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if not torch.cuda.is_available():
+        print("no CUDA device: the processes run on the CPU over gloo (a functional check; FSDP needs GPUs)")
+    results_dir = Path(args.results_dir)
+    done = execute(plan(args), args.deadline, results_dir.parent / "logs" / "scaleout")
+    summary = summarize(done, results_dir, Path(args.reference) if args.reference else None)
+    record = results.write_run_record(results_dir, "scaleout-summary", vars(args), summary,
+                                      extra={"real_weights": "mixed", "note": f"throughput and fsdp: {args.model} "
+                                             "(random weights: speed and memory only); accuracy: real weights"},
+                                      overwrite=True)
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1, default=str))
+    print(f"record: {record}")
+    return 0 if all(r["status"] == "ok" for r in done) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
