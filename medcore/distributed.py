@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -63,7 +64,10 @@ def local_device(state: PartialState) -> torch.device:
 
 
 def is_fsdp(state: PartialState) -> bool:
-    return state.distributed_type == DistributedType.FSDP
+    """Launched with an FSDP config. PartialState reports such a launch as MULTI_GPU (only AcceleratorState, made
+    later by the Trainer, turns it into FSDP), so the launcher's ``ACCELERATE_USE_FSDP`` is read as well."""
+    return state.distributed_type == DistributedType.FSDP or \
+        os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
 def config_path(name: str) -> Path:

@@ -55,11 +55,11 @@ def plan(args) -> list[dict[str, Any]]:
               **THROUGHPUT_SETTINGS, "results_dir": args.results_dir}
     runs = []
     parts = args.parts.split(",")
-    unknown = set(parts) - {"throughput", "fsdp", "accuracy"}
+    unknown = set(parts) - {"throughput", "ddp", "fsdp", "accuracy"}
     if unknown:
-        raise SystemExit(f"unknown part(s) {sorted(unknown)}: choose from throughput, fsdp, accuracy")
-    if "throughput" in parts:
-        for gpus, mode in ((1, "single"), (args.gpus, "ddp")):
+        raise SystemExit(f"unknown part(s) {sorted(unknown)}: choose from throughput, ddp, fsdp, accuracy")
+    if "throughput" in parts or "ddp" in parts:  # ddp: the DDP run alone (beside fsdp, for memory)
+        for gpus, mode in ((1, "single"), (args.gpus, "ddp"))[0 if "throughput" in parts else 1:]:
             name = f"scaleout-{shape}-{mode}{gpus if gpus > 1 else ''}"
             runs.append({"name": name, "role": mode, "gpus": gpus, "limit": args.run_limit,
                          "env": {"CUDA_VISIBLE_DEVICES": "0"} if gpus == 1 else {},
@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="medcore scaleout", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpus", type=int, default=2)
-    p.add_argument("--parts", default="throughput,fsdp,accuracy")
+    p.add_argument("--parts", default="throughput,fsdp,accuracy", help="throughput (one GPU and DDP), ddp (DDP "
+                   "alone), fsdp, accuracy")
+    p.add_argument("--summary-id", default="scaleout-summary", help="run id of the summary record")
     p.add_argument("--model", default="random:gemma-2b", help="throughput and fsdp parts")
     p.add_argument("--profile", default="study", help="data of the throughput and fsdp parts")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="throughput and fsdp parts")
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir)
     done = execute(plan(args), args.deadline, results_dir.parent / "logs" / "scaleout")
     summary = summarize(done, results_dir, Path(args.reference) if args.reference else None)
-    record = results.write_run_record(results_dir, "scaleout-summary", vars(args), summary,
+    record = results.write_run_record(results_dir, args.summary_id, vars(args), summary,
                                       extra={"real_weights": "mixed", "note": f"throughput and fsdp: {args.model} "
                                              "(random weights: speed and memory only); accuracy: real weights"},
                                       overwrite=True)

@@ -412,7 +412,13 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     output = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
     adapter_dir = output_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
+    save_error = None
+    try:
+        trainer.save_model(str(adapter_dir))
+    except Exception as err:  # noqa: BLE001 - FSDP state-dict gathering: keep the measured run, say what failed
+        if not getattr(trainer, "is_fsdp_enabled", False):
+            raise
+        save_error = f"{type(err).__name__}: {err}"
     steps = max(clock.step_seconds, 1e-9)
     history = loss_history(trainer.state.log_history)
     metrics = {
@@ -422,7 +428,7 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
         "real_tokens": trainer.seen["tokens"], "examples": trainer.seen["examples"],
         "real_tokens_per_s": trainer.seen["tokens"] / steps, "examples_per_s": trainer.seen["examples"] / steps,
         **clock.steady(), "optimizer": getattr(args.optim, "value", args.optim), "device": str(args.device),
-        **_peak_memory(on_cuda, was_reset),
+        **_peak_memory(on_cuda, was_reset), **({"adapter_save_error": save_error} if save_error else {}),
     }
     result = TrainResult(str(adapter_dir), history, metrics)
     if trainer.is_world_process_zero():

@@ -158,3 +158,11 @@ def test_sharded_evaluation_scores_every_question_once_in_order(tmp_path, medmcq
     np.testing.assert_allclose(preds[LETTER_COLUMNS].to_numpy(), single[LETTER_COLUMNS].to_numpy(), atol=1e-3)
     assert (preds["answer"].to_numpy() == single["answer"].to_numpy()).all()
     assert results.load_run(tmp_path / "results" / "sharded")["metrics"]["world_size"] == 2
+
+
+def test_an_fsdp_launch_is_recognised_before_the_trainer_exists(monkeypatch):
+    # accelerate launch sets ACCELERATE_USE_FSDP; PartialState alone still reports MULTI_GPU / NO there
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert not distributed.is_fsdp(distributed.process_state())
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert distributed.is_fsdp(distributed.process_state())

@@ -85,3 +85,7 @@ def test_a_failed_run_leaves_the_others_in_the_summary(tmp_path):
     out = scaleout.summarize(done, tmp_path, None)
     assert set(out["training"]) == {"ddp"} and "speedup_real_tokens_per_s" not in out
     assert out["runs"][0]["status"] == "failed" and "medcore.distributed" in out["runs"][0]["command"]
+
+
+def test_the_ddp_part_alone_plans_only_the_ddp_run():
+    assert [r["role"] for r in scaleout.plan(args(parts="ddp,fsdp"))] == ["ddp", "fsdp"]
