@@ -70,7 +70,7 @@ from medcore.prompts import IGNORE_INDEX, LETTERS, Collator
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORE_TARGET_QUESTIONS = 4183  # the MedMCQA validation split
-LEVERS = ("attn", "compile", "optim", "budget", "ckpt")
+LEVERS = ("attn", "compile", "optim", "budget", "ckpt", "repeat")  # repeat: the base recipe again (drift check)
 TARGET_CONDITIONS = "CUDA, random:gemma-2b, nf4 + double quantization"
 
 
@@ -553,6 +553,8 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
                     rows = max(1, round(cfg.max_batch_size * budget / cfg.token_budget))
                     out.append({"lever": "budget", "variant": f"token_budget={budget} (max rows {rows})",
                                 "token_budget": budget, "max_batch_size": rows})
+        elif lever == "repeat":  # nothing changed: how far a later measurement drifts from the first
+            out.append({"lever": "repeat", "variant": "medcore recipe again, unchanged"})
         elif lever == "ckpt":
             on = not cfg.gradient_checkpointing
             out.append({"lever": "ckpt", "variant": f"gradient_checkpointing={'on' if on else 'off'}", "ckpt": on})

@@ -147,3 +147,6 @@ def test_arguments():
     variants = bench.lever_variants(["budget", "optim", "attn"], cfg, "paged_adamw_8bit", "sdpa")
     assert [v["variant"] for v in variants] == ["token_budget=8192 (max rows 128)", "token_budget=16384 (max rows 256)",
                                                 "optimizer=adamw_torch", "attention=eager"]
+    again = bench.lever_variants(["repeat", "optim", "repeat"], cfg, "paged_adamw_8bit", "sdpa")
+    assert [v["lever"] for v in again] == ["repeat", "optim", "repeat"]  # the drift check brackets the others
+    assert set(again[0]) == {"lever", "variant"}  # it changes nothing
