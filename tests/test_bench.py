@@ -73,6 +73,8 @@ def test_both_recipes_train_on_the_same_real_tokens(run):
     assert med["examples"] == base["examples"] == 2 * 4
     assert med["real_tokens"] == base["real_tokens"] and med["labelled"] == base["labelled"] == 8
     assert base["padded_tokens"] == 8 * 128 and med["padded_tokens"] < base["padded_tokens"]
+    # warm-up: --warmup steps, then one untimed pass over the timed batches (each shape seen before the clock)
+    assert med["warmup_steps"] == 1 + med["steps"] and base["warmup_steps"] == 1 + base["steps"]
     oc = metrics["objective_check"]  # same rows, same objective: the losses agree
     assert oc["abs_diff"] < 1e-3 * max(1.0, abs(oc["baseline_loss"]))
 
