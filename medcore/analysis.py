@@ -175,9 +175,10 @@ def format_paired_tests(tests: pd.DataFrame) -> pd.DataFrame:
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Fine-tuned records whose configs differ: setting (the differing ``section.field=value`` pairs, config
     name left out), ablation (the fields), accuracy with its interval, n, weights, and the training record's
-    wall time, examples/s and peak memory where a ``<name>-train`` record exists. Empty below two records."""
+    wall time, examples/s and peak memory where a ``<name>-train`` record exists, and the record's ``run_note``
+    (how it shared its machine, which its timings depend on). Empty below two records."""
     columns = ["run", "setting", "ablation", "precision", "accuracy", "ci_low", "ci_high", "n", "weights", "train_seconds",
-               "examples_per_s", "train_peak_memory_gb"]
+               "examples_per_s", "train_peak_memory_gb", "run_note"]
     if runs is None or len(runs) == 0 or "accuracy" not in runs.columns or "role" not in runs.columns:
         return pd.DataFrame(columns=columns)
     tuned = runs[runs["accuracy"].notna() & (runs["role"] == "fine-tuned")]
@@ -198,7 +199,8 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
                      "ci_low": get(r, "ci_low"), "ci_high": get(r, "ci_high"), "n": get(r, "n"),
                      "weights": weights_label(r), "train_seconds": get(t, "wall_seconds", default=np.nan),
                      "examples_per_s": get(t, "examples_per_s", default=np.nan),
-                     "train_peak_memory_gb": peak / 1e9 if peak else np.nan})
+                     "train_peak_memory_gb": peak / 1e9 if peak else np.nan,
+                     "run_note": get(r, "env.run_note", default=None) or None})
     return pd.DataFrame(rows, columns=columns)
 
 

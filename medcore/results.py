@@ -108,6 +108,10 @@ def _fsync_dir(path: Path) -> None:
 # ---- environment -------------------------------------------------------------------------------------------
 
 def _git_commit() -> dict[str, Any]:
+    """The checkout's commit. ``MEDCORE_GIT_COMMIT``, when set, wins: a copy of the working tree (a lent GPU
+    machine) may carry no ``.git``, or a stale one whose HEAD is not the code that runs."""
+    if os.environ.get("MEDCORE_GIT_COMMIT"):
+        return {"git_commit": os.environ["MEDCORE_GIT_COMMIT"], "git_dirty": None, "git_commit_source": "MEDCORE_GIT_COMMIT"}
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -115,8 +119,8 @@ def _git_commit() -> dict[str, Any]:
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
-    if head.returncode:  # a copy without .git (e.g. on a lent GPU machine): the caller may say which commit
-        return {"git_commit": os.environ.get("MEDCORE_GIT_COMMIT"), "git_dirty": None}
+    if head.returncode:  # not a git checkout
+        return {"git_commit": None, "git_dirty": None}
     return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
 
 

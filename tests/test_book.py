@@ -56,8 +56,9 @@ def _fake_project(tmp: Path, finished: list[str], records: bool = True) -> tuple
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
     if records:
-        for part in ("study", "bench"):
-            shutil.copytree(ROOT / "results" / part, root / "results" / part)
+        for part in ("study", "bench", "scale-h200", "scaleout"):
+            if (ROOT / "results" / part).is_dir():
+                shutil.copytree(ROOT / "results" / part, root / "results" / part)
     (root / "notebooks").mkdir()
     run = root / "runs" / "ci"
     run.mkdir(parents=True)
@@ -188,9 +189,16 @@ def test_browser_shows_results_tables_and_figures(built_book):
         assert img.is_file() and img.stat().st_size > 0, img
 
     results_dom = _browse(html / "book" / "results.html", shots / "results.png", profile)
-    assert "McNemar exact p" in results_dom and "lack of device time" in results_dom
+    assert "McNemar exact p" in results_dom and "abl-dora-fine-tuned" in results_dom
     images = _images(results_dom, html / "book")
     assert len(images) >= 7 and all(i.is_file() and i.stat().st_size > 0 for i in images)
+
+    perf_dom = _browse(html / "book" / "performance.html", shots / "performance.png", profile)
+    if (ROOT / "results" / "scaleout").is_dir():  # the two-GPU records: runs, throughput, accuracy tables
+        assert "scaleout-gemma-2b-ddp2" in perf_dom and "scaling efficiency" in perf_dom
+    if (ROOT / "results" / "scale-h200").is_dir():
+        assert "NF4+DQ" in perf_dom and "Random weights" in perf_dom
+    assert all(i.is_file() and i.stat().st_size > 0 for i in _images(perf_dom, html / "book"))
 
     notes_dom = _browse(html / "book" / "performance_notes.html", shots / "performance_notes.png", profile)
     assert "{{" not in notes_dom and "not met" in notes_dom

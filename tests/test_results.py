@@ -136,3 +136,12 @@ def test_run_note_from_the_environment_goes_into_the_record(tmp_path, monkeypatc
     assert env["run_note"] == "two runs shared each GPU"
     monkeypatch.delenv("MEDCORE_RUN_NOTE")
     assert "run_note" not in results.load_run(results.write_run_record(tmp_path, "plain", {}, {"accuracy": 0.5}))["environment"]
+
+
+def test_a_commit_named_by_the_caller_wins_over_the_checkouts(monkeypatch):
+    # a lent GPU machine gets a copy of the working tree whose .git may be stale
+    monkeypatch.setenv("MEDCORE_GIT_COMMIT", "73adde9")
+    info = results.environment_info()
+    assert info["git_commit"] == "73adde9" and info["git_commit_source"] == "MEDCORE_GIT_COMMIT"
+    monkeypatch.delenv("MEDCORE_GIT_COMMIT")
+    assert results.environment_info()["git_commit"] != "73adde9"

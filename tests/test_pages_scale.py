@@ -1,0 +1,137 @@
+"""The book's GPU scale table (random-weight Gemma-2B shape per precision) and scale-out section (medcore.pages),
+on small synthetic records and on the committed records under results/scale-h200 and results/scaleout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+
+from medcore import pages
+from medcore.results import write_run_record
+
+ROOT = Path(__file__).resolve().parents[1]
+SCALE_H200, SCALEOUT = ROOT / "results" / "scale-h200", ROOT / "results" / "scaleout"
+PREFIX = "scale-gemma-2b-random"
+ENV = {"real_weights": False, "device": "NVIDIA H200", "run_note": "beside another job"}
+GB = 10**9
+
+
+def _scale_records(folder: Path, skip_train: str | None = None) -> None:
+    cfg = {"model": {"source": "random:gemma-2b"}, "lora": {"r": 16},
+           "train": {"token_budget": 4096, "max_batch_size": 128, "gradient_checkpointing": True}}
+    footprint = [{"precision": p, "status": "ok", "embedding_bytes": 1 * GB, "attention_bytes": 0, "mlp_bytes": 0,
+                  "quant_constant_bytes": 0, "total_bytes": total, "disk_bytes": total + 1000}
+                 for p, total in (("bf16", 5 * GB), ("int8", 3 * GB), ("nf4", 2.2 * GB), ("nf4+dq", 2.1 * GB))]
+    write_run_record(folder, f"{PREFIX}-footprint", cfg, {"role": "footprint", "footprint": footprint}, extra=ENV)
+    for i, p in enumerate(("bf16", "int8", "nf4", "nf4+dq")):
+        name = f"{PREFIX}-{p.replace('+', '-')}"
+        cost = {"latency_ms_median": 10.0 + i, "latency_ms_p90": 12.0, "latency_n": 50,
+                "throughput": [{"batch_size": 1, "qps": 20.0}, {"batch_size": 64, "qps": 900.0 + i}],
+                "best_batch_size": 64, "best_qps": 900.0 + i, "peak_memory_bytes": 6 * GB,
+                "conditions": {"device_name": "NVIDIA H200", "n_questions": 1024, "mean_prompt_tokens": 57.0}}
+        write_run_record(folder, f"{name}-cost", cfg, {"role": "cost", "precision": p, "cost": cost}, extra=ENV)
+        if p == skip_train:
+            continue
+        footprint_bytes = footprint[i]["total_bytes"]
+        resident = footprint_bytes + 80_000_000 + i * 1.1 * GB  # adapter (20 M fp32) plus what was not released
+        write_run_record(folder, f"{name}-train", cfg, {
+            "role": "train", "precision": p, "real_tokens_per_s": 7000.0, "steady_real_tokens_per_s": 7500.0 + i,
+            "examples_per_s": 130.0, "peak_memory_bytes": resident + 2 * GB, "resident_memory_bytes": resident,
+            "global_step": 30, "optimizer": "paged_adamw_8bit", "parameters": {"trainable": 20_000_000}}, extra=ENV)
+
+
+def test_scale_table_computes_memory_columns_and_says_random(tmp_path):
+    _scale_records(tmp_path / "scale-h200", skip_train="nf4")
+    (out := tmp_path / "gen").mkdir()
+    text = pages.scale_gpu_markdown(tmp_path / "scale-h200", out)
+    assert "Random weights" in text and "no accuracy" in text
+    table = text.split("### Model size")[0]
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    # in memory, on disk, steady tokens/s, peak, peak above resident, held beyond the model (resident - footprint)
+    assert rows["int8"].startswith("| int8 | 3.00 | 3.00 | 7,501 | 6.18 | 2.00 | 1.18 | 901 (batch 64) | 11.0 |")
+    assert rows["NF4+DQ"].startswith("| NF4+DQ | 2.10 | 2.10 | 7,503 | 7.48 | 2.00 | 3.38 | 903 (batch 64) |")
+    assert rows["NF4"].startswith("| NF4 | 2.20 | 2.20 | — | — | — | — | 902 (batch 64) |")  # no training record
+    # the caveat: the excess beyond model plus adapter, computed, in run order
+    assert "exceeded the model plus adapter by about 0.0 GB (bf16), 1.1 GB (int8), 3.3 GB (NF4+DQ)" in text
+    assert "20.0 M trainable parameters in fp32, 0.08 GB" in text
+    assert "NVIDIA H200" in text and "token budget 4096" in text and "at most 128 rows" in text
+    assert "gradient checkpointing on" in text and "30 optimizer steps (paged_adamw_8bit)" in text
+    assert "1024 questions" in text and "beside another job" in text
+    assert (out / "scale_gpu.png").stat().st_size > 0
+    assert "### Model size" in text  # the footprint detail of the same records
+    assert "No GPU scale record" in pages.scale_gpu_markdown(tmp_path / "none", out)
+
+
+def _scaleout_records(folder: Path, root: Path) -> None:
+    runs = [{"name": "so-single", "role": "single", "gpus": 1, "status": "ok", "exit": 0, "seconds": 70.0},
+            {"name": "so-ddp2", "role": "ddp", "gpus": 2, "status": "ok", "exit": 0, "seconds": 60.0},
+            {"name": "so-fsdp2", "role": "fsdp", "gpus": 2, "status": "failed", "exit": 1, "seconds": 40.0},
+            {"name": "so-real-ddp2", "role": "accuracy-train", "gpus": 2, "status": "ok", "exit": 0, "seconds": 140.0}]
+    row = {"steps": 40, "optimizer": "adamw_torch", "examples_per_s": 80.0, "real_weights": False}
+    training = {"single": {**row, "run": "so-single", "gpus": 1, "real_tokens_per_s": 5000.0,
+                           "steady_real_tokens_per_s": 6000.0, "peak_memory_gb_per_gpu": [4.25],
+                           "resident_memory_gb_per_gpu": [2.15]},
+                "ddp": {**row, "run": "so-ddp2", "gpus": 2, "real_tokens_per_s": 9000.0,
+                        "steady_real_tokens_per_s": 10800.0, "peak_memory_gb_per_gpu": [4.31, 4.32],
+                        "resident_memory_gb_per_gpu": [2.2, 2.2]}}
+    summary = {"runs": runs, "training": training, "speedup_real_tokens_per_s": 1.8,
+               "scaling_efficiency_real_tokens_per_s": 0.9, "speedup_steady_real_tokens_per_s": 1.8,
+               "scaling_efficiency_steady_real_tokens_per_s": 0.9,
+               "accuracy": {"accuracy": 0.32, "ci_low": 0.30, "ci_high": 0.34, "n": 4183,
+                            "reference_run": "results/study/study-fine-tuned", "reference_accuracy": 0.31,
+                            "reference_ci": [0.29, 0.33], "inside_reference_interval": True,
+                            "mcnemar": {"b": 40, "c": 52, "n": 4183, "pvalue": 0.25}}}
+    write_run_record(folder, "scaleout-summary", {"gpus": 2, "parts": "throughput,fsdp,accuracy", "model":
+                     "random:gemma-2b", "token_budget": 4096, "run_limit": 240.0}, summary,
+                     extra={"real_weights": "mixed", "device": "NVIDIA H200", "gpu_count": 2})
+    (folder / "logs").mkdir()
+    (folder / "logs" / "so-fsdp2.log").write_text("Traceback\n[rank0]: ValueError: Cannot flatten integer dtype "
+                                                  "tensors\nChildFailedError: boom\n")
+
+
+def test_scaleout_section_shows_efficiency_failed_run_and_accuracy(tmp_path):
+    _scaleout_records(tmp_path / "results" / "scaleout", tmp_path)
+    (out := tmp_path / "gen").mkdir()
+    text = pages.scaleout_markdown(tmp_path / "results" / "scaleout", out, fsdp_dir=tmp_path / "results" / "none")
+    assert "| so-fsdp2 | fsdp | 2 | **failed** (exit 1): `ValueError: Cannot flatten integer dtype tensors` | 40 |" in text
+    assert "`results/scaleout/logs/so-fsdp2.log`" in text
+    assert "| steady (first steps left out) | 6,000 | 10,800 | 1.80x | 90.0% |" in text
+    assert text.count(pages.BENCH_LABEL) >= 2 and "Random weights" in text
+    assert "4.31 / 4.32" in text and "2.20 / 2.20" in text
+    assert "32.0% [30.0%, 34.0%]" in text and "31.0% [29.0%, 33.0%]" in text
+    assert "| yes | 40 | 52 | 0.25 |" in text
+    assert "FSDP + QLoRA: not measured" in text and "ended **failed** (exit 1)" in text
+    assert (out / "scaleout_throughput.png").stat().st_size > 0
+    missing = pages.scaleout_markdown(tmp_path / "nothing", out)
+    assert "No scale-out record" in missing and "python -m medcore scaleout" in missing
+
+
+def test_scaleout_section_shows_an_fsdp_summary_when_there_is_one(tmp_path):
+    _scaleout_records(tmp_path / "results" / "scaleout", tmp_path)
+    fsdp = {"steps": 40, "optimizer": "adamw_torch", "run": "so-fsdp2", "gpus": 2, "real_tokens_per_s": 8000.0,
+            "steady_real_tokens_per_s": 8500.0, "peak_memory_gb_per_gpu": [3.1, 3.2],
+            "resident_memory_gb_per_gpu": [1.17, 1.18]}
+    write_run_record(tmp_path / "results" / "scaleout-fsdp", "scaleout-summary", {"gpus": 2}, {
+        "runs": [{"name": "so-fsdp2", "role": "fsdp", "gpus": 2, "status": "ok", "exit": 0, "seconds": 50.0}],
+        "training": {"fsdp": fsdp}}, extra={"real_weights": False})
+    (out := tmp_path / "gen").mkdir()
+    text = pages.scaleout_markdown(tmp_path / "results" / "scaleout", out, tmp_path / "results" / "scaleout-fsdp")
+    assert "not measured" not in text.split("### FSDP + QLoRA")[1]
+    assert "| FSDP + QLoRA | so-fsdp2-train | 2 | 40 | adamw_torch | 8,000 | 8,500 | 3.10 / 3.20 | 1.17 / 1.18 |" in text
+
+
+@pytest.mark.skipif(not (SCALE_H200.is_dir() and SCALEOUT.is_dir()), reason="GPU scale records not committed")
+def test_committed_scale_and_scaleout_records_render(tmp_path):
+    (out := tmp_path / "gen").mkdir()
+    scale = pages.scale_gpu_markdown(SCALE_H200, out)
+    scaleout = pages.scaleout_markdown(SCALEOUT, out, fsdp_dir=ROOT / "results" / "scaleout-fsdp")
+    for text in (scale, scaleout):
+        assert "NVIDIA H200" in text and "Random weights" in text
+    for label in ("| bf16 |", "| int8 |", "| NF4 |", "| NF4+DQ |"):
+        assert label in scale
+    assert "model plus adapter by about" in scale and "—" not in scale.split("### Model size")[0]
+    assert "**failed**" in scaleout and "scaling efficiency" in scaleout and "McNemar" in scaleout
