@@ -178,7 +178,7 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     wall time, examples/s and peak memory where a ``<name>-train`` record exists, and the record's ``run_note``
     (how it shared its machine, which its timings depend on). Empty below two records."""
     columns = ["run", "setting", "ablation", "precision", "accuracy", "ci_low", "ci_high", "n", "weights", "train_seconds",
-               "examples_per_s", "train_peak_memory_gb", "run_note"]
+               "examples_per_s", "train_peak_memory_gb", "train_resident_memory_gb", "run_note"]
     if runs is None or len(runs) == 0 or "accuracy" not in runs.columns or "role" not in runs.columns:
         return pd.DataFrame(columns=columns)
     tuned = runs[runs["accuracy"].notna() & (runs["role"] == "fine-tuned")]
@@ -200,6 +200,7 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
                      "weights": weights_label(r), "train_seconds": get(t, "wall_seconds", default=np.nan),
                      "examples_per_s": get(t, "examples_per_s", default=np.nan),
                      "train_peak_memory_gb": peak / 1e9 if peak else np.nan,
+                     "train_resident_memory_gb": (get(t, "resident_memory_bytes") or np.nan) / 1e9,
                      "run_note": get(r, "env.run_note", default=None) or None})
     return pd.DataFrame(rows, columns=columns)
 

@@ -1,5 +1,5 @@
-"""Tables from run records (medcore.analysis) and the book's generated parts (medcore.pages), on small synthetic
-records and on the committed GPU study and benchmark records."""
+"""Tables from run records (medcore.analysis) and the book's generated parts (medcore.pages and
+medcore.pages_perf), on small synthetic records and on the committed GPU study and benchmark records."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from medcore import analysis as an
-from medcore import pages, results, stats
+from medcore import pages, pages_perf, results, stats
 from medcore.study import ABLATIONS
 from medcore.config import load_profile
 from medcore.results import load_runs, write_run_record
@@ -158,8 +158,8 @@ def test_pages_from_synthetic_study_records(records, tmp_path):
     assert "Not run on the GPU" in text and "abl-dora" in text  # every ablation of the study driver is missing here
     empty, _ = pages.study_markdown(tmp_path / "none", out)
     assert "No study record" in empty
-    assert "No benchmark record" in pages.bench_markdown(tmp_path / "none", out)
-    assert set(pages.notes_substitutions(tmp_path / "none").values()) == {"no benchmark record yet"}
+    assert "No benchmark record" in pages_perf.bench_markdown(tmp_path / "none", out)
+    assert set(pages_perf.notes_substitutions(tmp_path / "none").values()) == {"no benchmark record yet"}
 
 
 @pytest.mark.skipif(not (STUDY / "study-fine-tuned").is_dir(), reason="the GPU study records are not committed")
@@ -190,13 +190,13 @@ def test_study_page_shows_the_committed_records(tmp_path):
 @pytest.mark.skipif(not any(BENCH.glob("*/metrics.json")), reason="no committed benchmark record")
 def test_performance_page_and_notes_come_from_the_bench_record(tmp_path):
     (out := tmp_path / "gen").mkdir()
-    text = pages.bench_markdown(BENCH, out)
+    text = pages_perf.bench_markdown(BENCH, out)
     records = [json.loads((d / "metrics.json").read_text()) for d in results.run_dirs(BENCH)]
     m = records[-1]  # the page shows the record named last; the levers come from every record
-    assert text.count(pages.BENCH_LABEL) >= 5  # every table says random weights
+    assert text.count(pages_perf.BENCH_LABEL) >= 5  # every table says random weights
     assert f"{m['score_seconds_4183']:.3g}" in text and "not met" in text
-    subs = pages.notes_substitutions(BENCH)
-    assert set(subs) == {f"measured_{k}" for k in pages.NOTES_CELLS}
+    subs = pages_perf.notes_substitutions(BENCH)
+    assert set(subs) == {f"measured_{k}" for k in pages_perf.NOTES_CELLS}
     assert subs["measured_train_ratio"].startswith(f"**{m['train_speedup_real_tokens']:.2f}x**")
     measured = {lever["lever"] for r in records for lever in r["levers"] if not lever.get("error")}
     for lever in ("attn", "compile", "optim", "ckpt", "repeat"):

@@ -1,5 +1,6 @@
-"""The book's GPU scale table (random-weight Gemma-2B shape per precision) and scale-out section (medcore.pages),
-on small synthetic records and on the committed records under results/scale-h200 and results/scaleout."""
+"""The book's GPU scale table (random-weight Gemma-2B shape per precision) and scale-out section
+(medcore.pages_perf), on small synthetic records and on the committed records under results/scale-h200 and
+results/scaleout."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ matplotlib.use("Agg")
 
 import pytest
 
-from medcore import pages
+from medcore import pages_perf
 from medcore.results import write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def _scale_records(folder: Path, skip_train: str | None = None) -> None:
 def test_scale_table_computes_memory_columns_and_says_random(tmp_path):
     _scale_records(tmp_path / "scale-h200", skip_train="nf4")
     (out := tmp_path / "gen").mkdir()
-    text = pages.scale_gpu_markdown(tmp_path / "scale-h200", out)
+    text = pages_perf.scale_gpu_markdown(tmp_path / "scale-h200", out)
     assert "Random weights" in text and "no accuracy" in text
     table = text.split("### Model size")[0]
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
@@ -63,7 +64,7 @@ def test_scale_table_computes_memory_columns_and_says_random(tmp_path):
     assert "1024 questions" in text and "beside another job" in text
     assert (out / "scale_gpu.png").stat().st_size > 0
     assert "### Model size" in text  # the footprint detail of the same records
-    assert "No GPU scale record" in pages.scale_gpu_markdown(tmp_path / "none", out)
+    assert "No GPU scale record" in pages_perf.scale_gpu_markdown(tmp_path / "none", out)
 
 
 def _scaleout_records(folder: Path, root: Path) -> None:
@@ -96,17 +97,17 @@ def _scaleout_records(folder: Path, root: Path) -> None:
 def test_scaleout_section_shows_efficiency_failed_run_and_accuracy(tmp_path):
     _scaleout_records(tmp_path / "results" / "scaleout", tmp_path)
     (out := tmp_path / "gen").mkdir()
-    text = pages.scaleout_markdown(tmp_path / "results" / "scaleout", out, fsdp_dir=tmp_path / "results" / "none")
+    text = pages_perf.scaleout_markdown(tmp_path / "results" / "scaleout", out, fsdp_dir=tmp_path / "results" / "none")
     assert "| so-fsdp2 | fsdp | 2 | **failed** (exit 1): `ValueError: Cannot flatten integer dtype tensors` | 40 |" in text
     assert "`results/scaleout/logs/so-fsdp2.log`" in text
     assert "| steady (first steps left out) | 6,000 | 10,800 | 1.80x | 90.0% |" in text
-    assert text.count(pages.BENCH_LABEL) >= 2 and "Random weights" in text
+    assert text.count(pages_perf.BENCH_LABEL) >= 2 and "Random weights" in text
     assert "4.31 / 4.32" in text and "2.20 / 2.20" in text
     assert "32.0% [30.0%, 34.0%]" in text and "31.0% [29.0%, 33.0%]" in text
     assert "| yes | 40 | 52 | 0.25 |" in text
     assert "FSDP + QLoRA: not measured" in text and "ended **failed** (exit 1)" in text
     assert (out / "scaleout_throughput.png").stat().st_size > 0
-    missing = pages.scaleout_markdown(tmp_path / "nothing", out)
+    missing = pages_perf.scaleout_markdown(tmp_path / "nothing", out)
     assert "No scale-out record" in missing and "python -m medcore scaleout" in missing
 
 
@@ -119,7 +120,7 @@ def test_scaleout_section_shows_an_fsdp_summary_when_there_is_one(tmp_path):
         "runs": [{"name": "so-fsdp2", "role": "fsdp", "gpus": 2, "status": "ok", "exit": 0, "seconds": 50.0}],
         "training": {"fsdp": fsdp}}, extra={"real_weights": False})
     (out := tmp_path / "gen").mkdir()
-    text = pages.scaleout_markdown(tmp_path / "results" / "scaleout", out, tmp_path / "results" / "scaleout-fsdp")
+    text = pages_perf.scaleout_markdown(tmp_path / "results" / "scaleout", out, tmp_path / "results" / "scaleout-fsdp")
     assert "not measured" not in text.split("### FSDP + QLoRA")[1]
     assert "| FSDP + QLoRA | so-fsdp2-train | 2 | 40 | adamw_torch | 8,000 | 8,500 | 3.10 / 3.20 | 1.17 / 1.18 |" in text
 
@@ -127,8 +128,8 @@ def test_scaleout_section_shows_an_fsdp_summary_when_there_is_one(tmp_path):
 @pytest.mark.skipif(not (SCALE_H200.is_dir() and SCALEOUT.is_dir()), reason="GPU scale records not committed")
 def test_committed_scale_and_scaleout_records_render(tmp_path):
     (out := tmp_path / "gen").mkdir()
-    scale = pages.scale_gpu_markdown(SCALE_H200, out)
-    scaleout = pages.scaleout_markdown(SCALEOUT, out, fsdp_dir=ROOT / "results" / "scaleout-fsdp")
+    scale = pages_perf.scale_gpu_markdown(SCALE_H200, out)
+    scaleout = pages_perf.scaleout_markdown(SCALEOUT, out, fsdp_dir=ROOT / "results" / "scaleout-fsdp")
     for text in (scale, scaleout):
         assert "NVIDIA H200" in text and "Random weights" in text
     for label in ("| bf16 |", "| int8 |", "| NF4 |", "| NF4+DQ |"):

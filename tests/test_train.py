@@ -144,3 +144,20 @@ def test_nf4_model_trains_on_cpu(tmp_path, tokenizer, data):
     losses = [row["loss"] for row in result.loss_history if "loss" in row]
     assert losses[-1] == min(losses) and losses[-1] < losses[0] - 0.4
     assert all(not m.support_avx512bf16_for_cpu for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu"))
+
+
+def test_an_8bit_optimizer_leaves_no_reference_to_the_trained_model(tmp_path, data, monkeypatch):
+    # the Trainer registers each nn.Embedding with bitsandbytes' process-wide GlobalOptimManager for its 8-bit
+    # optimizers; unless medcore drops that entry, every model trained in the process stays in memory
+    import gc
+    import weakref
+
+    model = adapted()
+    embedding = weakref.ref(model.get_input_embeddings())
+    dropped, release = [], train.release_optimizer_overrides
+    monkeypatch.setattr(train, "release_optimizer_overrides", lambda m: dropped.append(release(m)) or dropped[-1])
+    train.train(config(max_steps=2, optimizer="adamw_8bit"), model, models.load_tokenizer(TINY),
+                data[0].select(range(4)), None, tmp_path)
+    del model
+    gc.collect()
+    assert dropped == [1] and embedding() is None

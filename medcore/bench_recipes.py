@@ -1,0 +1,482 @@
+"""How `python -m medcore bench` times one recipe: training batches (token-budget and padded), the two losses,
+adapter save/restore, the optimizer, the timed training loop, both scorers, the matmul ceiling and FLOP/MFU
+accounting, peak memory, and the levers (one setting changed per run). ``medcore.bench`` runs them and reports."""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from medcore.prompts import IGNORE_INDEX, LETTERS, Collator
+
+if TYPE_CHECKING:
+    from medcore.bench import BenchConfig
+
+
+# ---- ceiling and FLOP accounting -----------------------------------------------------------------------------
+
+def train_flops_per_token(non_embedding_params: int) -> float:
+    """Model FLOPs per trained real token: 6 x non-embedding parameters (forward 2N + backward 4N)."""
+    return 6.0 * non_embedding_params
+
+
+def score_flops_per_token(non_embedding_params: int) -> float:
+    """Model FLOPs per scored real token: 2 x non-embedding parameters (one forward)."""
+    return 2.0 * non_embedding_params
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, ceiling_flops: float) -> float:
+    """Achieved model FLOP/s as a fraction of the measured matmul rate."""
+    return tokens_per_s * flops_per_token / ceiling_flops if ceiling_flops > 0 else float("nan")
+
+
+def non_embedding_parameters(model: torch.nn.Module) -> int:
+    """Logical parameters (4-bit weights counted by their shape) minus the input embedding (tied to the head)."""
+    from medcore.models import describe_model
+
+    return int(describe_model(model)["params_non_embedding"])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, size: int, reps: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """bf16 FLOP/s of a size^3 matmul (CUDA events on GPU, a wall clock on CPU), the mean of `reps` products."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, generator=g).to(device=device, dtype=torch.bfloat16)
+    for _ in range(warmup):
+        a @ b
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        for _ in range(reps):
+            a @ b
+        end.record()
+        torch.cuda.synchronize(device)
+        seconds = start.elapsed_time(end) / 1000
+    else:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        seconds = time.perf_counter() - t0
+    return {"size": size, "reps": reps, "seconds": seconds, "flops": 2.0 * size ** 3 * reps / seconds,
+            "timer": "cuda_events" if device.type == "cuda" else "perf_counter"}
+
+
+# ---- peak memory ---------------------------------------------------------------------------------------------
+
+class PeakMemory:
+    """Peak memory inside a ``with`` block: the CUDA allocator's peak, or on CPU the resident set size
+    sampled every 5 ms from /proc/self/statm (ru_maxrss, if /proc is missing, covers the whole process)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+        self.kind = "cuda_max_memory_allocated" if device.type == "cuda" else "rss_sampled"
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif Path("/proc/self/statm").is_file():
+            self.peak = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        else:
+            self.kind = "process_peak_rss"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.kind == "rss_sampled":
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+        else:
+            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---- training batches ----------------------------------------------------------------------------------------
+
+def encode_training_examples(records: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
+    """Answer-only training examples (``prompts.encode_example``), at most `max_length` tokens each."""
+    from medcore.prompts import answer_token_ids, encode_example
+
+    letters = answer_token_ids(tokenizer)
+    return [encode_example(r, tokenizer, max_length, letters) for r in records]
+
+
+def _pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    extra = length - batch["input_ids"].shape[1]
+    if extra < 0:
+        raise ValueError(f"a row of {batch['input_ids'].shape[1]} tokens does not fit the pad length {length}")
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    return {k: torch.nn.functional.pad(v, (0, extra), value=fill[k]) for k, v in batch.items()}
+
+
+def medcore_batches(examples: Sequence[dict], token_budget: int, max_batch_size: int, pad_id: int,
+                    seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Token-budget batches (length-sorted, padded to their longest row), batch order shuffled with `seed`."""
+    from medcore.prompts import token_budget_batches
+
+    lengths = [e["length"] for e in examples]
+    groups = token_budget_batches(lengths, token_budget, max_batch_size, shuffle=True, seed=seed)
+    collate = Collator(pad_id)
+    return [collate([examples[i] for i in g]) for g in groups]
+
+
+def baseline_batches(examples: Sequence[dict], batch_size: int, pad_length: int, pad_id: int
+                     ) -> list[dict[str, torch.Tensor]]:
+    """Fixed-size batches in the given order, every row padded to `pad_length` (the tutorials' recipe)."""
+    collate = Collator(pad_id)
+    return [_pad_to(collate(examples[i:i + batch_size]), pad_length, pad_id)
+            for i in range(0, len(examples), batch_size)]
+
+
+def batch_tokens(batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, int]:
+    """Real (attention-mask) tokens, padded positions, examples and labelled targets of some batches."""
+    return {"real_tokens": int(sum(int(b["attention_mask"].sum()) for b in batches)),
+            "padded_tokens": int(sum(b["input_ids"].numel() for b in batches)),
+            "examples": int(sum(b["input_ids"].shape[0] for b in batches)),
+            "labelled": int(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches))}
+
+
+def medcore_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    from medcore.train import answer_only_loss
+
+    return answer_only_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+
+def baseline_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 use_cache=False).loss
+
+
+def resolve_optimizer(name: str, device: torch.device) -> str:
+    from medcore.train import resolve_optimizer as resolve  # one rule for "auto", the trainer's
+
+    return resolve(name, device.type == "cuda")
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adamw_torch":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=lr)
+    raise ValueError(f"optimizer {name!r}: use adamw_torch or paged_adamw_8bit")
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def time_training(model, warm: Sequence[dict], timed: Sequence[dict], loss_fn: Callable, optimizer: str, lr: float,
+                  device: torch.device, adapter_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Warm-up steps, then timed steps (forward, backward, optimizer step) of one recipe; batches already on
+    `device`. The adapter starts from `adapter_state` and every recipe gets a fresh optimizer."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if adapter_state is not None:
+        restore_adapter(model, adapter_state)
+    opt = make_optimizer(optimizer, params, lr)
+    model.train()
+
+    def step(batch):
+        with _autocast(device):
+            loss = loss_fn(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    t0 = time.perf_counter()
+    for b in warm:
+        step(b)
+    _sync(device)
+    warm_s = time.perf_counter() - t0
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        losses = [step(b) for b in timed]
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    losses = [float(x) for x in losses]
+    del opt
+    _free(device)
+    counts = batch_tokens(timed)
+    return {"steps": len(timed), "warmup_steps": len(warm), "warmup_seconds": warm_s, "seconds": seconds,
+            **counts, "real_tokens_per_s": counts["real_tokens"] / seconds,
+            "examples_per_s": counts["examples"] / seconds, "steps_per_s": len(timed) / seconds,
+            "padding_share": 1 - counts["real_tokens"] / max(counts["padded_tokens"], 1),
+            "peak_memory_bytes": int(mem.peak), "peak_memory_kind": mem.kind,
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            "optimizer": optimizer}
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_adapter(model, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in state:
+                p.copy_(state[n])
+
+
+def objective_check(model, examples: Sequence[dict], pad_length: int, pad_id: int, device: torch.device
+                    ) -> dict[str, float]:
+    """Both recipes' losses on the same rows (dropout off, no gradients): medcore's batch padded to its longest
+    row with the head at the answer, the baseline's padded to `pad_length` with the head everywhere."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _autocast(device):
+            a = float(medcore_loss(model, _to(Collator(pad_id)(list(examples)), device)))
+            padded = baseline_batches(examples, len(examples), pad_length, pad_id)[0]
+            b = float(baseline_loss(model, _to(padded, device)))
+    finally:
+        model.train(was_training)
+    return {"medcore_loss": a, "baseline_loss": b, "abs_diff": abs(a - b), "rows": len(examples)}
+
+
+# ---- scoring ---------------------------------------------------------------------------------------------------
+
+def harness_requests(tokenizer, records: Sequence[dict]) -> list[tuple[int, int, list[int], list[int]]]:
+    """(question, letter, context ids, continuation ids) for the harness's four requests per question."""
+    from medcore.evaluate import harness_encode_pair
+    from medcore.prompts import format_prompt
+
+    out = []
+    for q, rec in enumerate(records):
+        context = format_prompt(rec["question"], rec["options"])
+        for j, letter in enumerate(LETTERS):
+            ctx, cont = harness_encode_pair(tokenizer, context, " " + letter)
+            out.append((q, j, ctx, cont))
+    return out
+
+
+def harness_style_scores(model, tokenizer, records: Sequence[dict], batch_size: int) -> dict[str, Any]:
+    """Log-likelihoods (n x 4) the harness way: every request a sequence, batches of `batch_size` requests
+    sorted by length (longest first, as the harness), right-padded, the model's own forward (head at every
+    position), log-softmax over every real position, continuation log-probabilities summed."""
+    requests = harness_requests(tokenizer, records)
+    inputs = [(ctx + cont)[:-1] for _, _, ctx, cont in requests]
+    order = sorted(range(len(requests)), key=lambda i: (-len(inputs[i]), i))
+    device = model.get_input_embeddings().weight.device
+    loglik = np.zeros((len(records), 4))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                width = max(len(inputs[i]) for i in chunk)
+                ids = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, i in enumerate(chunk):
+                    ids[row, :len(inputs[i])] = torch.tensor(inputs[i])
+                logits = model(input_ids=ids.to(device), use_cache=False).logits  # no mask: right padding, causal
+                sums = []
+                for row, i in enumerate(chunk):
+                    _, _, ctx, cont = requests[i]
+                    logp = torch.log_softmax(logits[row, :len(inputs[i])].float(), dim=-1)
+                    pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont), device=logp.device)
+                    sums.append(logp[pos, torch.tensor(cont, device=logp.device)].double().sum())
+                # one transfer per batch (the harness syncs once per request: this is kinder to the baseline)
+                for i, value in zip(chunk, torch.stack(sums).cpu().tolist()):
+                    loglik[requests[i][0], requests[i][1]] = value
+                del logits, sums
+    finally:
+        model.train(was_training)
+    return {"loglik": loglik, "pred": loglik.argmax(axis=1), "requests": len(requests),
+            "real_tokens": int(sum(len(x) for x in inputs))}
+
+
+def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, device: torch.device) -> dict[str, Any]:
+    """Both scorers on the same questions after one untimed batch each; their agreement on the chosen letter."""
+    from medcore.evaluate import score_choices
+
+    records = list(records)
+    n = len(records)
+    score_choices(model, tokenizer, records[:batch_size], batch_size=batch_size, progress=False)
+    _sync(device)
+    with PeakMemory(device) as mem_one:
+        t0 = time.perf_counter()
+        one = score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)
+        _sync(device)
+        one_s = time.perf_counter() - t0
+    _free(device)
+    harness_style_scores(model, tokenizer, records[:max(1, batch_size // 4)], batch_size)
+    _sync(device)
+    with PeakMemory(device) as mem_h:
+        t0 = time.perf_counter()
+        ref = harness_style_scores(model, tokenizer, records, batch_size)
+        _sync(device)
+        ref_s = time.perf_counter() - t0
+    _free(device)
+    logprob = one[[f"logprob_{x}" for x in LETTERS]].to_numpy()
+    keep = ~one["truncated"].to_numpy()
+    agree = one["pred"].to_numpy() == ref["pred"]
+    rows = [
+        {"scorer": "medcore one-pass (score_choices)", "questions": n, "forward_sequences": n,
+         "real_tokens": int(one["prompt_tokens"].sum()), "seconds": one_s, "questions_per_s": n / one_s,
+         "peak_memory_bytes": int(mem_one.peak), "peak_memory_kind": mem_one.kind},
+        {"scorer": "harness-style (4 requests/question)", "questions": n, "forward_sequences": ref["requests"],
+         "real_tokens": ref["real_tokens"], "seconds": ref_s, "questions_per_s": n / ref_s,
+         "peak_memory_bytes": int(mem_h.peak), "peak_memory_kind": mem_h.kind},
+    ]
+    for row in rows:
+        row["real_tokens_per_s"] = row["real_tokens"] / row["seconds"]
+    return {"rows": rows, "batch_size": batch_size, "agreement": float(agree[keep].mean()) if keep.any() else None,
+            "compared": int(keep.sum()), "truncated": int((~keep).sum()),
+            "max_abs_logprob_diff": float(np.abs(logprob[keep] - ref["loglik"][keep]).max()) if keep.any() else None,
+            "accuracy": float(one["correct"].mean()), "mean_prompt_tokens": float(one["prompt_tokens"].mean())}
+
+
+# ---- levers ----------------------------------------------------------------------------------------------------
+
+def _causal(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def attn_implementation(model) -> str:
+    return str(getattr(_causal(model).config, "_attn_implementation", None))
+
+
+def set_attn_implementation(model, impl: str) -> None:
+    causal = _causal(model)
+    if hasattr(causal, "set_attn_implementation"):
+        causal.set_attn_implementation(impl)
+    else:  # older transformers: every module reads its config's field at call time
+        for module in causal.modules():
+            if hasattr(getattr(module, "config", None), "_attn_implementation"):
+                module.config._attn_implementation = impl
+
+
+def set_checkpointing(model, on: bool) -> None:
+    """Non-reentrant gradient checkpointing on or off (transformers >= 5.24 calls it activation checkpointing)."""
+    causal = _causal(model)
+    if hasattr(causal, "activation_checkpointing_enable"):
+        if on:
+            causal.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            causal.activation_checkpointing_disable()
+    elif on:
+        causal.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        causal.gradient_checkpointing_disable()
+
+
+def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn: str) -> list[dict[str, Any]]:
+    """One dict per variant: the lever, a label, and the setting it changes from the base run."""
+    out = []
+    for lever in levers:
+        if lever == "attn":
+            other = "eager" if attn != "eager" else "sdpa"
+            out.append({"lever": "attn", "variant": f"attention={other}", "attn": other})
+        elif lever == "compile":
+            out.append({"lever": "compile", "variant": "torch.compile(decoder body, dynamic=True)", "compile": True})
+        elif lever == "optim":
+            other = "paged_adamw_8bit" if optimizer == "adamw_torch" else "adamw_torch"
+            out.append({"lever": "optim", "variant": f"optimizer={other}", "optimizer": other})
+        elif lever == "budget":
+            for budget in (4096, 8192, 16384):
+                if budget != cfg.token_budget:
+                    rows = max(1, round(cfg.max_batch_size * budget / cfg.token_budget))
+                    out.append({"lever": "budget", "variant": f"token_budget={budget} (max rows {rows})",
+                                "token_budget": budget, "max_batch_size": rows})
+        elif lever == "repeat":  # nothing changed: how far a later measurement drifts from the first
+            out.append({"lever": "repeat", "variant": "medcore recipe again, unchanged"})
+        elif lever == "ckpt":
+            on = not cfg.gradient_checkpointing
+            out.append({"lever": "ckpt", "variant": f"gradient_checkpointing={'on' if on else 'off'}", "ckpt": on})
+    return out
+
+
+def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list], optimizer: str, state,
+              device: torch.device, pad_id: int) -> dict[str, Any]:
+    """The medcore recipe with one setting changed; settings are put back whatever happens."""
+    base_attn = attn_implementation(model)
+    body = _causal(model).model
+    try:
+        if "attn" in variant:
+            set_attn_implementation(model, variant["attn"])
+        if variant.get("compile"):
+            body.compile(dynamic=True)
+        if "ckpt" in variant:
+            set_checkpointing(model, variant["ckpt"])
+        budget = variant.get("token_budget", cfg.token_budget)
+        rows = variant.get("max_batch_size", cfg.max_batch_size)
+        warm = [_to(b, device) for b in medcore_batches(examples["warm"], budget, rows, pad_id, cfg.seed)[:cfg.warmup]]
+        timed = [_to(b, device) for b in medcore_batches(examples["timed"], budget, rows, pad_id, cfg.seed)]
+        warm += timed if cfg.warm_all_shapes else []
+        result = time_training(model, warm, timed, medcore_loss, variant.get("optimizer", optimizer),
+                               cfg.learning_rate, device, state)
+        return {**variant, **result, "error": None}
+    except Exception as err:  # one failed lever (OOM, a compile error) must not lose the others
+        return {**variant, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+    finally:
+        if variant.get("compile"):
+            body._compiled_call_impl = None
+            torch._dynamo.reset()
+        if "attn" in variant:
+            set_attn_implementation(model, base_attn)
+        if "ckpt" in variant:
+            set_checkpointing(model, cfg.gradient_checkpointing)
+        _free(device)
+
+
+def run_trainer(model, tokenizer, cfg: BenchConfig, examples: list[dict]) -> dict[str, Any]:
+    """medcore.train.train (the Trainer, its token-budget sampler and answer-only loss) for one epoch over the
+    timed examples; its own throughput callback times the steps (the first step included)."""
+    import datasets
+
+    from medcore.config import RunConfig
+    from medcore.train import train
+
+    rc = RunConfig()
+    rc.data.max_length = cfg.pad_length
+    for key, value in dict(token_budget=cfg.token_budget, max_batch_size=cfg.max_batch_size, epochs=1.0,
+                           gradient_checkpointing=cfg.gradient_checkpointing, optimizer=cfg.optimizer,
+                           learning_rate=cfg.learning_rate, warmup_ratio=0.0, save_steps=10 ** 9,
+                           eval_steps=10 ** 9, logging_steps=10 ** 9, seed=cfg.seed).items():
+        setattr(rc.train, key, value)
+    ds = datasets.Dataset.from_list([{k: e[k] for k in ("input_ids", "labels", "length")} for e in examples])
+    with tempfile.TemporaryDirectory(prefix="medcore-bench-trainer-") as tmp:
+        m = train(rc, model, tokenizer, ds, None, tmp).metrics
+    return {"recipe": "medcore via train.train (Trainer)", "steps": m["global_step"], "seconds": m["step_seconds"],
+            "real_tokens": m["real_tokens"], "examples": m["examples"], "real_tokens_per_s": m["real_tokens_per_s"],
+            "examples_per_s": m["examples_per_s"], "peak_memory_bytes": m["peak_memory_bytes"],
+            "peak_memory_kind": m["peak_memory_kind"], "optimizer": m["optimizer"]}

@@ -1,0 +1,567 @@
+"""The Performance page's record-driven parts (called by :func:`medcore.pages.write_generated`).
+
+- ``performance.md`` - the benchmark (``results/bench/``, random weights of the Gemma-2B shape), then the
+  measured model size per precision (``results/scale/``); :func:`notes_substitutions` gives the values of the
+  "measured" cells of ``book/performance_notes.md``;
+- ``scale_gpu.md`` - the results table per precision at the Gemma-2B shape (``results/scale-h200/``, random
+  weights): size, training and scoring speed and memory;
+- ``scaleout.md`` - one GPU against DDP (random weights) and the real-weight DDP fine-tune against the one-GPU
+  record (``results/scaleout/``), FSDP from ``results/scaleout-fsdp/`` when it exists.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medcore import analysis as an
+from medcore.pages import _fmt, _note, _save
+from medcore.results import load_run, run_dirs
+
+BENCH_LABEL = "random weights (Gemma-2B shape)"
+
+
+# ---- the benchmark --------------------------------------------------------------------------------------------
+
+def _bench_record(bench_dir: Path) -> tuple[Path, dict] | None:
+    records = run_dirs(bench_dir)
+    return (records[-1], load_run(records[-1])) if records else None
+
+
+def bench_markdown(bench_dir: Path, out: Path) -> str:
+    """The performance page's body from the newest record in ``results/bench``."""
+    from medcore import plots
+
+    found = _bench_record(bench_dir)
+    if found is None:
+        return _note(f"No benchmark record yet: `results/{bench_dir.name}/` is empty or missing. Run "
+                     "`python -m medcore bench` on a GPU and commit its record; this page then shows it.")
+    path, rec = found
+    m, env = rec["metrics"], rec["environment"] or {}
+    weights = BENCH_LABEL if not m.get("real_weights") else "real weights"
+    c = m.get("conditions", {})
+    parts = [f"Record `{path.name}`: `{m.get('model')}` (**{weights}**: speed and memory only), {c.get('precision')}"
+             f"{' + double quantization' if c.get('double_quant') else ''}, LoRA r={c.get('lora_r')} "
+             f"{c.get('lora_targets')}, on {m.get('device')}; torch {c.get('torch')}, transformers "
+             f"{c.get('transformers')}, bitsandbytes {c.get('bitsandbytes')}, git commit "
+             f"`{str(env.get('git_commit'))[:10]}`.\n"]
+    train = pd.DataFrame(m.get("training", []))
+    if len(train):
+        shown = pd.DataFrame({"recipe": train["recipe"], "real tokens/s": train["real_tokens_per_s"],
+                              "examples/s": train["examples_per_s"], "peak memory (GB)": train["peak_memory_bytes"] / 1e9,
+                              "MFU": train["mfu"].map(lambda v: f"{v:.1%}"),
+                              "padding share": train["padding_share"].map(lambda v: f"{v:.1%}"),
+                              "steps timed": train["steps"], "weights": weights})
+        parts += [f"\n## Training ({weights})\n",
+                  f"Token budget {c.get('token_budget')} (medcore) against {c.get('baseline_batch_size')} rows padded "
+                  f"to {c.get('pad_length')} (baseline); gradient checkpointing "
+                  f"{'on' if c.get('gradient_checkpointing') else 'off'}, optimizer {c.get('optimizer')}. "
+                  f"Peak memory: {train['peak_memory_kind'].iloc[0]}.\n\n", an.markdown_table(shown)]
+    score = pd.DataFrame(m.get("scoring", []))
+    if len(score):
+        shown = pd.DataFrame({"scorer": score["scorer"], "questions": score["questions"],
+                              "forward sequences": score["forward_sequences"], "seconds": score["seconds"],
+                              "questions/s": score["questions_per_s"], "peak memory (GB)": score["peak_memory_bytes"] / 1e9,
+                              "weights": weights})
+        check = m.get("scoring_check", {})
+        parts += [f"\n## Scoring ({weights})\n", an.markdown_table(shown),
+                  f"\nBoth scorers chose the same letter on {check.get('agreement', float('nan')):.1%} of "
+                  f"{check.get('compared')} questions (batch {check.get('batch_size')}).\n"]
+    if len(train):
+        fig = plots.compare_bars(train.assign(peak_memory_gb=train["peak_memory_bytes"] / 1e9), by="recipe",
+                                 metrics={"real_tokens_per_s": "real tokens/s", "examples_per_s": "examples/s",
+                                          "peak_memory_gb": "peak memory (GB)"},
+                                 title=f"Training on {m.get('device')} ({weights})")
+        parts.append(_save(fig, out, "bench_training.png", f"Training speed and memory, {weights}"))
+    if len(score):
+        fig = plots.compare_bars(score.assign(peak_memory_gb=score["peak_memory_bytes"] / 1e9,
+                                              scorer=score["scorer"].str.split(" ").str[0]), by="scorer",
+                                 metrics={"questions_per_s": "questions/s", "seconds": "seconds for all questions",
+                                          "peak_memory_gb": "peak memory (GB)"},
+                                 title=f"Scoring on {m.get('device')} ({weights})")
+        parts.append(_save(fig, out, "bench_scoring.png", f"Scoring speed and memory, {weights}"))
+    lever_rows = []
+    for rpath in run_dirs(bench_dir):  # every bench record's levers, in name order
+        rm = load_run(rpath)["metrics"]
+        rtrain = {t["recipe"]: t for t in rm.get("training", [])}
+        if "medcore" not in rtrain:
+            continue
+        warm = _repeat_rate(rm)
+        for lever in rm.get("levers", []):
+            if lever.get("error"):
+                lever_rows.append({"record": rpath.name, "variant": lever["variant"], "real tokens/s": "failed: "
+                                   + str(lever["error"])[:80]})
+                continue
+            lever_rows.append({"record": rpath.name, "variant": lever["variant"],
+                               "real tokens/s": lever["real_tokens_per_s"], "examples/s": lever["examples_per_s"],
+                               "peak memory (GB)": lever["peak_memory_bytes"] / 1e9,
+                               "MFU": f"{lever['mfu']:.1%}" if lever.get("mfu") is not None else "",
+                               "vs the base row": f"{lever['real_tokens_per_s'] / rtrain['medcore']['real_tokens_per_s']:.2f}x",
+                               "vs the repeats": f"{lever['real_tokens_per_s'] / warm:.2f}x" if warm else "",
+                               "weights": weights})
+    if lever_rows:
+        parts += [f"\n## Levers ({weights})\n", "One setting of the medcore recipe changed at a time, against the "
+                  "record's own medcore row (the base row). Where a record re-times the unchanged recipe "
+                  "(`medcore recipe again, unchanged`), the last column compares with the mean of those repeats.\n\n",
+                  an.markdown_table(_fmt(pd.DataFrame(lever_rows)))]
+        warm = _repeat_rate(m)
+        if warm and len(train):
+            base = train.set_index("recipe")
+            parts.append("\n" + _note(
+                f"In `{path.name}` the unchanged recipe, timed again after the base row, ran at {warm:,.0f} real "
+                f"tokens/s on average against {base.loc['medcore', 'real_tokens_per_s']:,.0f} for the base row: the base "
+                "row was timed cold (token-budget batches come in many shapes, and its 3 warm-up steps did not cover "
+                "them). Against the repeats, medcore / baseline is "
+                f"{warm / base.loc['baseline', 'real_tokens_per_s']:.2f}x (the baseline timed once). The bench now "
+                "warms every batch shape before timing (`--no-warm-shapes` turns that off); that change has not yet "
+                "been measured on the GPU."))
+    targets = pd.DataFrame(m.get("targets", []))
+    if len(targets):
+        shown = pd.DataFrame({"target": targets["target"], "goal": targets["goal"],
+                              "measured": [_measured(v, u) for v, u in zip(targets["measured"], targets["unit"])],
+                              "result": targets["met"].map({True: "met", False: "not met"}),
+                              "under the target's conditions": targets["conditions_match"].map({True: "yes", False: "no"}),
+                              "weights": weights})
+        parts += [f"\n## Targets ({weights})\n", an.markdown_table(shown)]
+    return "\n".join(parts)
+
+
+def _repeat_rate(metrics: dict) -> float | None:
+    """Mean real tokens/s of a bench record's ``repeat`` levers (the unchanged recipe timed again), if any."""
+    rates = [lv["real_tokens_per_s"] for lv in metrics.get("levers", []) if lv.get("lever") == "repeat"
+             and not lv.get("error")]
+    return sum(rates) / len(rates) if rates else None
+
+
+def _measured(value: float, unit: str) -> str:
+    return f"{value:.1%}" if unit == "%" else f"{value:.2f}x" if unit == "x" else f"{value:.3g} {unit}"
+
+
+NOTES_CELLS = ("train_ratio", "train_mfu", "baseline_mfu", "train_peak", "baseline_peak", "score_seconds",
+               "score_ratio", "lever_attn", "lever_compile", "lever_optim", "lever_budget_8192", "lever_budget_16384",
+               "lever_ckpt", "lever_repeat", "matmul")
+
+
+def notes_substitutions(bench_dir: Path) -> dict[str, str]:
+    """Values of the measured cells of ``book/performance_notes.md`` (``{{ measured_<cell> }}``), every one
+    read from the bench record; "not measured" where the record has no such measurement."""
+    values = dict.fromkeys(NOTES_CELLS, "not measured")
+    found = _bench_record(bench_dir)
+    if found is None:
+        return {f"measured_{k}": "no benchmark record yet" for k in NOTES_CELLS}
+    path, rec = found
+    m = rec["metrics"]
+    src = f" (`{path.name}`, {BENCH_LABEL})" if not m.get("real_weights") else f" (`{path.name}`)"
+    targets = {t["target"]: t for t in m.get("targets", [])}
+
+    def target(prefix: str) -> str:
+        t = next((t for name, t in targets.items() if name.startswith(prefix)), None)
+        return f": target {t['goal']} {'met' if t['met'] else 'not met'}" if t else ""
+    train = {t["recipe"]: t for t in m.get("training", [])}
+    if "medcore" in train and "baseline" in train:
+        med, base = train["medcore"], train["baseline"]
+        values.update(train_ratio=f"**{med['real_tokens_per_s'] / base['real_tokens_per_s']:.2f}x** "
+                                  f"({med['real_tokens_per_s']:,.0f} / {base['real_tokens_per_s']:,.0f} real tokens/s)"
+                                  f"{target('training real tokens/s')}",
+                      train_mfu=f"**{med['mfu']:.1%}**{target('training fraction')}",
+                      baseline_mfu=f"**{base['mfu']:.1%}**",
+                      train_peak=f"**{med['peak_memory_bytes'] / 1e9:.2f} GB**{target('QLoRA training peak')}",
+                      baseline_peak=f"**{base['peak_memory_bytes'] / 1e9:.2f} GB**")
+    score = {s["scorer"].split(" ")[0]: s for s in m.get("scoring", [])}
+    if "medcore" in score:
+        one = score["medcore"]
+        values["score_seconds"] = f"**{one['seconds']:.1f} s** for {one['questions']:,} questions{target('seconds to score')}"
+        if "harness-style" in score:
+            values["score_ratio"] = (f"**{one['questions_per_s'] / score['harness-style']['questions_per_s']:.2f}x** "
+                                     f"({one['questions_per_s']:,.0f} / {score['harness-style']['questions_per_s']:,.0f} "
+                                     f"questions/s){target('scoring questions/s')}")
+    lever_cells: dict[str, str] = {}
+    repeat_from = None
+    for rpath in run_dirs(bench_dir):  # in name order (a record named later replaces a lever measured earlier)
+        rm = load_run(rpath)["metrics"]
+        rtrain = {t["recipe"]: t for t in rm.get("training", [])}
+        rsrc = f" (`{rpath.name}`, {BENCH_LABEL})" if not rm.get("real_weights") else f" (`{rpath.name}`)"
+        warm = _repeat_rate(rm)
+        for lever in rm.get("levers", []):
+            if lever.get("error") or "medcore" not in rtrain:
+                continue
+            base = rtrain["medcore"]
+            gain = lever["real_tokens_per_s"] / base["real_tokens_per_s"] - 1
+            text = (f"**{gain:+.0%} real tokens/s** against the base row, peak {lever['peak_memory_bytes'] / 1e9:.2f} GB "
+                    f"({(lever['peak_memory_bytes'] - base['peak_memory_bytes']) / 1e9:+.2f} GB)")
+            if warm:
+                text += f"; {lever['real_tokens_per_s'] / warm - 1:+.0%} against the repeats' mean"
+            key = f"budget_{lever['token_budget']}" if lever["lever"] == "budget" else lever["lever"]
+            if key == "repeat":  # the first repeat of a record is the one shown (the notes say so)
+                if repeat_from == rpath:
+                    continue
+                repeat_from = rpath
+            lever_cells[key] = text + rsrc
+    values.update({f"lever_{k}": v for k, v in lever_cells.items()})
+    if m.get("matmul_tflops"):
+        values["matmul"] = f"{m['matmul_tflops']:.0f} TFLOP/s"
+    return {f"measured_{k}": (v + src if v not in ("not measured",) and not k.startswith("lever_") else v)
+            for k, v in values.items()}
+
+
+# ---- the model size per precision (results/scale) -------------------------------------------------------------
+
+def scale_markdown(scale_dir: Path) -> str:
+    """The measured footprint per precision of every ``results/scale/*-footprint`` record (model size row)."""
+    parts = []
+    for run in sorted(scale_dir.glob("*-footprint")) if scale_dir.is_dir() else []:
+        from medcore.results import load_run
+
+        rec = load_run(run)
+        table = pd.DataFrame(rec["metrics"]["footprint"])
+        cols = {"precision": "precision", "embedding_bytes": "embedding", "attention_bytes": "attention",
+                "mlp_bytes": "MLP", "quant_constant_bytes": "quantization constants", "total_bytes": "in memory",
+                "disk_bytes": "on disk"}
+        shown = table[list(cols)].rename(columns=cols)
+        for col in list(cols.values())[1:]:
+            shown[col] = (shown[col] / 1e9).map(lambda v: f"{v:.3f} GB")
+        env = rec["environment"]
+        weights = "real" if env.get("real_weights") else "**random**"
+        parts += [f"\n### Model size: `{rec['config']['model']['source']}` ({weights} weights)\n",
+                  f"Measured on {env.get('device_name') or env.get('device') or env.get('platform', '?')} "
+                  f"(record `results/{scale_dir.name}/{run.name}`): bytes of every tensor by module kind, "
+                  "the quantization constants (absmax, and with double quantization their own 8-bit "
+                  "constants), and the saved checkpoint on disk. bitsandbytes leaves the embedding in bf16.\n\n",
+                  an.markdown_table(shown)]
+    return "\n".join(parts)
+
+
+# ---- the GPU scale table (random weights, Gemma-2B shape, per precision) ---------------------------------------
+
+SCALE_PRECISIONS = (("bf16", "bf16"), ("int8", "int8"), ("nf4", "NF4"), ("nf4+dq", "NF4+DQ"))
+
+
+def _gb(value: Any) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value / 1e9:.2f}"
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return load_run(path) if (path / "metrics.json").is_file() else None
+
+
+def _machine(env: dict[str, Any]) -> str:
+    return str(env.get("device_name") or env.get("device") or env.get("gpu") or env.get("platform") or "?")
+
+
+def scale_gpu_rows(scale_dir: Path, prefix: str) -> pd.DataFrame:
+    """One row per precision of the ``<prefix>-footprint``, ``-<p>-cost`` and ``-<p>-train`` records (NaN where a
+    record is missing): bytes in memory and on disk, training rates and memory, scoring rate and latency."""
+    foot = _load(scale_dir / f"{prefix}-footprint")
+    sizes = {f["precision"]: f for f in (foot["metrics"].get("footprint", []) if foot else [])}
+    rows = []
+    for precision, label in SCALE_PRECISIONS:
+        name = f"{prefix}-{precision.replace('+', '-')}"
+        cost = (_load(scale_dir / f"{name}-cost") or {}).get("metrics", {}).get("cost") or {}
+        train = _load(scale_dir / f"{name}-train")
+        t = train["metrics"] if train else {}
+        size = sizes.get(precision, {})
+        rows.append({
+            "precision": precision, "label": label, "memory_bytes": size.get("total_bytes"),
+            "disk_bytes": size.get("disk_bytes"), "tokens_per_s": t.get("real_tokens_per_s"),
+            "steady_tokens_per_s": t.get("steady_real_tokens_per_s"), "examples_per_s": t.get("examples_per_s"),
+            "peak_bytes": t.get("peak_memory_bytes"), "resident_bytes": t.get("resident_memory_bytes"),
+            "adapter_bytes": 4 * t["parameters"]["trainable"] if t.get("parameters") else None,  # peft: fp32 LoRA
+            "steps": t.get("global_step"), "optimizer": t.get("optimizer"), "n_train": t.get("n_train"),
+            "train_config": (train or {}).get("config", {}).get("train", {}),
+            "best_qps": cost.get("best_qps"), "best_batch": cost.get("best_batch_size"),
+            "latency_ms": cost.get("latency_ms_median"), "latency_ms_p90": cost.get("latency_ms_p90"),
+            "batch_sizes": [b["batch_size"] for b in cost.get("throughput", [])],
+            "conditions": cost.get("conditions", {}), "latency_n": cost.get("latency_n"),
+            "env": (train or {}).get("environment") or (foot or {}).get("environment") or {}})
+    df = pd.DataFrame(rows)
+    for col in ("memory_bytes", "resident_bytes", "peak_bytes", "adapter_bytes"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["above_resident_bytes"] = df["peak_bytes"] - df["resident_bytes"]
+    df["held_beyond_model_bytes"] = df["resident_bytes"] - df["memory_bytes"]
+    return df
+
+
+def _joined(values) -> str:
+    kept = (v for v in values if v is not None and not (isinstance(v, float) and pd.isna(v)))
+    values = [str(v) for v in dict.fromkeys(kept)]
+    return " / ".join(values) if values else "?"
+
+
+def scale_gpu_markdown(scale_dir: Path, out: Path) -> str:
+    """The seed's results table at the paper's scale: the Gemma-2B shape with RANDOM weights per precision, from the
+    records ``python -m medcore study --parts scale`` writes (``results/scale-h200``), then their footprint detail."""
+    from medcore import plots
+
+    footprints = sorted(scale_dir.glob("*-footprint")) if scale_dir.is_dir() else []
+    if not footprints:
+        return _note(f"No GPU scale record yet: `results/{scale_dir.name}/` is empty or missing. Run `python -m "
+                     f"medcore study --parts scale --set results_dir=results/{scale_dir.name}` on a GPU and commit "
+                     "its records; this section then shows them.")
+    parts = []
+    for foot in footprints:
+        prefix = foot.name.removesuffix("-footprint")
+        df = scale_gpu_rows(scale_dir, prefix)
+        env = next((e for e in df["env"] if e), {})
+        device = _machine(env) if env.get("device") or env.get("device_name") else \
+            _joined(c.get("device_name") for c in df["conditions"])
+        shown = pd.DataFrame({
+            "precision": df["label"], "in memory (GB)": df["memory_bytes"].map(_gb),
+            "on disk (GB)": df["disk_bytes"].map(_gb),
+            "training real tokens/s (steady)": df["steady_tokens_per_s"].map(
+                lambda v: "—" if v is None or pd.isna(v) else f"{v:,.0f}"),
+            "training peak memory (GB)": df["peak_bytes"].map(_gb),
+            "peak above resident (GB)": df["above_resident_bytes"].map(_gb),
+            "held before the first step beyond the model (GB)": df["held_beyond_model_bytes"].map(_gb),
+            "scoring questions/s (best batch)": [
+                "—" if q is None or pd.isna(q) else f"{q:,.0f} (batch {int(b)})"
+                for q, b in zip(df["best_qps"], df["best_batch"])],
+            "batch-1 latency, median (ms)": df["latency_ms"].map(
+                lambda v: "—" if v is None or pd.isna(v) else f"{v:.1f}")})
+        foot_cfg = load_run(foot)["config"] or {}
+        model = foot_cfg.get("model", {}).get("source", "?")
+        parts += [f"\n### The seed's results table at the paper's scale: `{model}`, random weights\n",
+                  _note(f"**Random weights.** `{model}` has the Gemma-2B shape with random weights: these rows "
+                        "measure size, speed and memory only; no accuracy can be read from them."),
+                  "\n", an.markdown_table(shown)]
+        tc = next((c for c in df["train_config"] if c), {})
+        cond = next((c for c in df["conditions"] if c), {})
+        steps = _joined([None if v is None or pd.isna(v) else int(v) for v in df["steps"]])
+        adapter = df["adapter_bytes"].dropna()
+        batches = _joined(", ".join(map(str, b)) for b in df["batch_sizes"] if b)
+        facts = (f"Records `results/{scale_dir.name}/{prefix}-*` on {device}; git commit "
+                 f"`{str(env.get('git_commit'))[:10]}`. Training: token budget {tc.get('token_budget', '?')} per "
+                 f"step, at most {tc.get('max_batch_size', '?')} rows, gradient checkpointing "
+                 f"{'on' if tc.get('gradient_checkpointing') else 'off'}, {steps} optimizer steps "
+                 f"({_joined(df['optimizer'])}), LoRA r={foot_cfg.get('lora', {}).get('r', '?')}; "
+                 "real tokens/s steady-state (the first steps left out); peak and resident memory from the CUDA "
+                 "allocator (resident: allocated when the first step began). Scoring: "
+                 f"{cond.get('n_questions', '?')} questions (mean prompt "
+                 f"{cond.get('mean_prompt_tokens', float('nan')):.0f} tokens) at batch sizes {batches}; latency over "
+                 f"{_joined(df['latency_n'])} questions one at a time. In memory and on disk: the footprint "
+                 f"record `{foot.name}`, detailed below.\n")
+        parts.append("\n" + facts)
+        if env.get("run_note"):
+            parts.append(f"\nRun note (from the records): *{env['run_note']}*.\n")
+        known = df.dropna(subset=["held_beyond_model_bytes"])
+        if len(known):
+            beyond = known["held_beyond_model_bytes"] - known["adapter_bytes"].fillna(0)
+            each = ", ".join(f"{v / 1e9:.1f} GB ({p})" for v, p in zip(beyond, known["label"]))
+            adapter_text = (f"the adapter: {adapter.iloc[0] / 4 / 1e6:.1f} M trainable parameters in fp32, "
+                            f"{adapter.iloc[0] / 1e9:.2f} GB" if len(adapter) else "the adapter")
+            parts.append("\n" + _note(
+                "The training rows ran in one process after the scoring and footprint parts; the memory allocated "
+                f"when the first training step began exceeded the model plus adapter by about {each} "
+                "(memory of earlier runs not released), so the raw peak overstates; 'peak above resident' (the "
+                "step's own activations, gradients and optimizer state) is unaffected. The cause, found after the "
+                "run: with an 8-bit bitsandbytes optimizer the Trainer registers each model's embedding with "
+                "bitsandbytes' process-wide GlobalOptimManager, which keeps it (about 1.05 GB for this shape) after "
+                "the model is deleted. medcore now drops that reference when training ends "
+                "(`train.release_optimizer_overrides`); not yet re-measured on the GPU. The "
+                f"column 'held before the first step beyond the model' includes {adapter_text}."))
+        plotted = df.assign(memory_gb=df["memory_bytes"] / 1e9, above_gb=df["above_resident_bytes"] / 1e9,
+                            precision=df["label"])
+        if plotted[["steady_tokens_per_s", "best_qps"]].notna().any().any():
+            metrics = {"steady_tokens_per_s": "training real tokens/s (steady)",
+                       "best_qps": "scoring questions/s (best batch)", "memory_gb": "in memory (GB)",
+                       "above_gb": "training peak above resident (GB)"}
+            fig = plots.compare_bars(plotted, by="precision", metrics=metrics,
+                                     title=f"Gemma-2B shape, random weights, on {device}")
+            name = "scale_gpu.png" if len(footprints) == 1 else f"scale_gpu_{prefix}.png"
+            parts.append(_save(fig, out, name, f"Training and scoring speed and memory per precision on {device}, "
+                                               "random weights"))
+    return "\n".join(parts) + "\n" + scale_markdown(scale_dir)
+
+
+# ---- scale-out on several GPUs of one host ---------------------------------------------------------------------
+
+def _error_line(log: Path) -> str | None:
+    """The first ``SomeError: message`` line of a log (rank prefixes dropped), or None."""
+    if not log.is_file():
+        return None
+    for line in log.read_text(errors="replace").splitlines():
+        found = re.search(r"\b([A-Za-z_.]*(?:Error|Exception)): (.+)$", line)
+        if found and "ChildFailedError" not in found.group(1):
+            return f"{found.group(1)}: {found.group(2).strip()}"
+    return None
+
+
+def _summaries(folder: Path) -> list[tuple[Path, dict]]:
+    """The scale-out summary records (metrics with ``runs`` and ``training``) under ``folder``, oldest name first."""
+    found = []
+    for path in run_dirs(folder) if folder.is_dir() else []:
+        rec = load_run(path)
+        if isinstance(rec["metrics"], dict) and "runs" in rec["metrics"] and "training" in rec["metrics"]:
+            found.append((path, rec))
+    return found
+
+
+def _runs_table(summary: dict, folder: Path) -> str:
+    rows = []
+    for r in summary.get("runs", []):
+        log = folder / "logs" / f"{r['name']}.log"
+        status = r.get("status") or "?"
+        if status != "ok":
+            error = _error_line(log)
+            status = f"**{status}**" + (f" (exit {r.get('exit')})" if r.get("exit") is not None else "") + \
+                (f": `{error}`" if error else "")
+        rows.append({"run": r["name"], "role": r.get("role"), "GPUs": r.get("gpus"), "status": status,
+                     "seconds": f"{r['seconds']:.0f}" if r.get("seconds") is not None else "—",
+                     "log": f"`results/{folder.name}/logs/{log.name}`" if log.is_file() else "—"})
+    return an.markdown_table(pd.DataFrame(rows)) if rows else ""
+
+
+def _num_text(value: Any) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
+def _per_gpu(values: list | None) -> str:
+    return " / ".join(f"{v:.2f}" for v in values) if values else "—"
+
+
+def _memory_rows(training: dict, roles: tuple[str, ...]) -> pd.DataFrame:
+    names = {"single": "one GPU", "ddp": "DDP", "fsdp": "FSDP + QLoRA", "accuracy-train": "DDP (real weights)"}
+    rows = []
+    for role in roles:
+        t = training.get(role)
+        if not t:
+            continue
+        rows.append({"setup": names.get(role, role), "record": f"{t.get('run')}-train", "GPUs": t.get("gpus"),
+                     "steps": t.get("steps"), "optimizer": t.get("optimizer"),
+                     "real tokens/s": f"{t['real_tokens_per_s']:,.0f}" if t.get("real_tokens_per_s") else "—",
+                     "real tokens/s, steady": f"{t['steady_real_tokens_per_s']:,.0f}"
+                     if t.get("steady_real_tokens_per_s") else "—",
+                     "peak memory per GPU (GB)": _per_gpu(t.get("peak_memory_gb_per_gpu")),
+                     "resident memory per GPU (GB)": _per_gpu(t.get("resident_memory_gb_per_gpu"))})
+    return pd.DataFrame(rows)
+
+
+def scaleout_markdown(scaleout_dir: Path, out: Path, fsdp_dir: Path | None = None) -> str:
+    """Scale-out on the GPUs of one host from the ``scaleout-summary`` record ``python -m medcore scaleout`` writes
+    (``results/scaleout``): the runs and their status, one GPU against DDP (random weights), the real-weight DDP
+    fine-tune against the one-GPU record, and FSDP (``fsdp_dir``, else the failed run's status)."""
+    from medcore import plots
+
+    found = _summaries(scaleout_dir)
+    if not found:
+        return _note(f"No scale-out record yet: `results/{scaleout_dir.name}/` is empty or missing. Run `python -m "
+                     f"medcore scaleout --gpus 2 --parts throughput,fsdp,accuracy --results-dir "
+                     f"results/{scaleout_dir.name}` on a host with two GPUs and commit its records; this section "
+                     "then shows them.")
+    path, rec = found[-1]
+    m, env, cfg = rec["metrics"], rec["environment"] or {}, rec["config"] or {}
+    training, root = m.get("training", {}), scaleout_dir.parent.parent
+    gpus = max([r.get("gpus") or 1 for r in m.get("runs", [])] or [1])
+    model = cfg.get("model", "?")
+    parts = ["\n### The runs\n",
+             f"Record `results/{scaleout_dir.name}/{path.name}`, written by `python -m medcore scaleout --gpus "
+             f"{cfg.get('gpus', gpus)} --parts {cfg.get('parts', '?')}` on {env.get('gpu_count', gpus)} x "
+             f"{_machine(env)} (git commit `{str(env.get('git_commit'))[:10]}`). Every run is its own process with "
+             f"a {_num_text(cfg.get('run_limit'))} s limit; one that fails leaves the others. A failed run's "
+             "output is in the log named beside it.\n\n", _runs_table(m, scaleout_dir)]
+    if env.get("run_note"):
+        parts.append(f"\nRun note (from the record): *{env['run_note']}*.\n")
+
+    throughput = _memory_rows(training, ("single", "ddp", "fsdp"))
+    parts.append("\n### Throughput: one GPU against DDP (random weights, Gemma-2B shape)\n")
+    if len(throughput):
+        parts.append(_note(f"**Random weights.** `{model}` has the Gemma-2B shape with random weights: speed and "
+                           "memory only, no accuracy."))
+        single, ddp = training.get("single", {}), training.get("ddp", {})
+        speed = pd.DataFrame([{
+            "rate": label, "one GPU (tokens/s)": f"{single[key]:,.0f}", f"DDP on {ddp['gpus']} GPUs (tokens/s)":
+            f"{ddp[key]:,.0f}", "speedup": f"{m[f'speedup_{key}']:.2f}x",
+            "scaling efficiency": f"{m[f'scaling_efficiency_{key}']:.1%}"}
+            for key, label in (("real_tokens_per_s", "all steps"),
+                               ("steady_real_tokens_per_s", "steady (first steps left out)"))
+            if f"speedup_{key}" in m and single.get(key) and ddp.get(key)])
+        parts += ["\n", an.markdown_table(throughput.assign(weights=BENCH_LABEL))]
+        if len(speed):
+            ratios = ", ".join(f"{name} {t['real_tokens_per_s'] / t['steady_real_tokens_per_s']:.0%}"
+                               for name, t in (("one GPU", single), ("DDP", ddp))
+                               if t.get("real_tokens_per_s") and t.get("steady_real_tokens_per_s"))
+            parts += ["\n", an.markdown_table(speed),
+                      f"\nScaling efficiency = DDP real tokens/s / ({ddp['gpus']} x one-GPU real tokens/s); same data, "
+                      f"same per-GPU token budget ({cfg.get('token_budget', '?')}), "
+                      f"{_joined([single.get('optimizer'), ddp.get('optimizer')])}. "
+                      "The steady rate leaves out the first steps (kernel selection, allocator growth); the rate "
+                      f"over all steps as a share of the steady one: {ratios}. An efficiency above 100% means each "
+                      "DDP process ran faster than the one-GPU process; each setup was measured once, without "
+                      "repeats.\n"]
+            plotted = pd.DataFrame([{"setup": s, "real_tokens_per_s": t.get("real_tokens_per_s"),
+                                     "steady_real_tokens_per_s": t.get("steady_real_tokens_per_s"),
+                                     "peak_gb": max(t.get("peak_memory_gb_per_gpu") or [float("nan")])}
+                                    for s, t in (("one GPU", single), (f"DDP x{ddp['gpus']}", ddp))])
+            fig = plots.compare_bars(plotted, by="setup", metrics={
+                "real_tokens_per_s": "real tokens/s, all steps", "steady_real_tokens_per_s": "real tokens/s, steady",
+                "peak_gb": "peak memory per GPU (GB)"}, title=f"One GPU against DDP on {_machine(env)}: {BENCH_LABEL}")
+            parts.append(_save(fig, out, "scaleout_throughput.png", f"One GPU against DDP, {BENCH_LABEL}"))
+    else:
+        parts.append(_note("No throughput measured: the one-GPU and DDP runs left no training record (see the "
+                           "runs above)."))
+
+    parts.append("\n### Accuracy: the real-weight fine-tune with DDP against one GPU\n")
+    acc = m.get("accuracy")
+    if acc:
+        ref = Path(str(acc.get("reference_run", "")))
+        ref_train = _load(root / ref.parent / f"{ref.name.removesuffix('-fine-tuned')}-train") if ref.name else None
+        ref_n = (_load(root / ref) or {}).get("metrics", {}).get("n") if ref.name else None
+        dtrain = training.get("accuracy-train", {})
+        rows = []
+        if acc.get("reference_accuracy") is not None:
+            lo, hi = acc["reference_ci"]
+            rows.append({"model": "one GPU", "record": f"`{ref}`", "questions": ref_n or "—",
+                         "optimizer steps": (ref_train or {}).get("metrics", {}).get("global_step", "—"),
+                         "accuracy [95% CI]": f"{acc['reference_accuracy']:.1%} [{lo:.1%}, {hi:.1%}]",
+                         "inside the one-GPU interval": "—",
+                         **dict.fromkeys(("McNemar b", "McNemar c", "McNemar p"), "—")})
+        test = acc.get("mcnemar") or {}
+        inside = acc.get("inside_reference_interval")
+        rows.append({"model": f"DDP on {dtrain.get('gpus', gpus)} GPUs",
+                     "record": f"`results/{scaleout_dir.name}/{dtrain.get('run', 'scaleout-real')}-fine-tuned`",
+                     "questions": acc.get("n"), "optimizer steps": dtrain.get("steps", "—"),
+                     "accuracy [95% CI]": f"{acc['accuracy']:.1%} [{acc['ci_low']:.1%}, {acc['ci_high']:.1%}]",
+                     "inside the one-GPU interval": "—" if inside is None else "yes" if inside else "no",
+                     "McNemar b": test.get("b", "—"), "McNemar c": test.get("c", "—"),
+                     "McNemar p": f"{test['pvalue']:.2g}" if test.get("pvalue") is not None else "—"})
+        source = ((_load(scaleout_dir / f"{dtrain.get('run')}-train") or {}).get("config") or {}).get("model", {})
+        parts += [f"Real weights: `{source.get('source', '?')}` (the study profile's model), NF4 + double "
+                  "quantization + LoRA, trained with DDP with "
+                  "the global batch of the one-GPU run (per-GPU batch and token budget divided by the number of "
+                  "GPUs), then scoring the whole evaluation split. Paired on the same questions: `b` questions only "
+                  "the one-GPU model got right, `c` only the DDP one (exact McNemar test).\n\n",
+                  an.markdown_table(pd.DataFrame(rows))]
+        if dtrain:
+            parts += ["\nThe DDP fine-tune's training (real weights):\n\n",
+                      an.markdown_table(_memory_rows(training, ("accuracy-train",)))]
+    else:
+        parts.append(_note("Not measured: the summary has no accuracy (the accuracy part did not run or failed; "
+                           "see the runs above)."))
+
+    parts.append("\n### FSDP + QLoRA\n")
+    fsdp_found = _summaries(fsdp_dir) if fsdp_dir is not None else []
+    fsdp_rows = [(p, r) for p, r in fsdp_found if "fsdp" in r["metrics"].get("training", {})]
+    if "fsdp" in training:
+        fsdp_rows.insert(0, (path, rec))
+    if fsdp_rows:
+        for p, r in fsdp_rows:
+            folder = p.parent
+            parts += [f"Record `results/{folder.name}/{p.name}` ({BENCH_LABEL}): memory per GPU of FSDP (4-bit "
+                      "weights stored in bf16 and sharded) against DDP.\n\n",
+                      an.markdown_table(_memory_rows(r["metrics"]["training"], ("single", "ddp", "fsdp"))
+                                        .assign(weights=BENCH_LABEL))]
+            if folder != scaleout_dir:
+                parts += ["\n", _runs_table(r["metrics"], folder)]
+    else:
+        failed = [r for p, rec_ in [(path, rec), *fsdp_found] for r in rec_["metrics"].get("runs", [])
+                  if r.get("role") == "fsdp"]
+        text = "FSDP + QLoRA: not measured."
+        for r in failed:
+            error = _error_line(scaleout_dir / "logs" / f"{r['name']}.log")
+            code = f" (exit {r['exit']})" if r.get("exit") is not None else ""
+            said = f" with `{error}`" if error else ""
+            text += (f" The run `{r['name']}` ({r.get('gpus')} GPUs) ended **{r.get('status')}**{code}{said}; "
+                     f"its output: `results/{scaleout_dir.name}/logs/{r['name']}.log`.")
+        parts.append(_note(text))
+    return "\n".join(parts)
