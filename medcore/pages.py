@@ -314,8 +314,8 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
     """Write every generated part into ``book_dir/_generated`` (emptied first); return the substitutions."""
     import matplotlib
 
-    from medcore.pages_perf import (bench_markdown, notes_substitutions, scale_gpu_markdown, scale_markdown,
-                                    scaleout_markdown)
+    from medcore.pages_perf import (bench_markdown, bench_summary_markdown, notes_substitutions, scale_gpu_markdown,
+                                    scale_markdown, scaleout_markdown)
 
     matplotlib.use("Agg")
     out = book_dir / "_generated"
@@ -328,6 +328,7 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
     (out / "study.md").write_text(study)
     (out / "study_glance.md").write_text(glance)
     (out / "performance.md").write_text(bench_markdown(root / "results" / "bench", out)
+                                        + bench_summary_markdown(root / "results" / "bench-cpu")
                                         + scale_markdown(root / "results" / "scale"))
     (out / "scale_gpu.md").write_text(scale_gpu_markdown(root / "results" / "scale-h200", out))
     (out / "scaleout.md").write_text(scaleout_markdown(root / "results" / "scaleout", out,

@@ -128,6 +128,41 @@ def bench_markdown(bench_dir: Path, out: Path) -> str:
     return "\n".join(parts)
 
 
+def bench_summary_markdown(bench_dir: Path) -> str:
+    """One row per record in `bench_dir` (e.g. ``results/bench-cpu``): model, precision, machine, both recipes'
+    training rates and scoring rates, and their ratios; the weights of each row are stated."""
+    rows = []
+    for rpath in run_dirs(bench_dir):
+        rec = load_run(rpath)
+        m, c = rec["metrics"], rec["metrics"].get("conditions", {})
+        train = {t["recipe"]: t for t in m.get("training", [])}
+        score = {s["scorer"].split(" ")[0]: s for s in m.get("scoring", [])}
+        if "medcore" not in train or "baseline" not in train:
+            continue
+        med, base = train["medcore"], train["baseline"]
+        one, harness = score.get("medcore"), score.get("harness-style")
+        rows.append({
+            "record": rpath.name, "model": m.get("model"), "weights": "real" if m.get("real_weights") else "random",
+            "precision": f"{c.get('precision')}{' + DQ' if c.get('double_quant') and c.get('precision') != 'bf16' else ''}",
+            "machine": f"{m.get('device')} ({c.get('torch_threads')} threads)" if c.get("device_type") == "cpu"
+            else m.get("device"),
+            "training real tokens/s, medcore / baseline": f"{med['real_tokens_per_s']:,.0f} / "
+                                                          f"{base['real_tokens_per_s']:,.0f}",
+            "training ratio": f"{med['real_tokens_per_s'] / base['real_tokens_per_s']:.2f}x",
+            "training peak, medcore / baseline (GB)": f"{med['peak_memory_bytes'] / 1e9:.2f} / "
+                                                      f"{base['peak_memory_bytes'] / 1e9:.2f}",
+            "scoring questions/s, one-pass / harness": (f"{one['questions_per_s']:,.1f} / {harness['questions_per_s']:,.1f}"
+                                                        if one and harness else ""),
+            "scoring ratio": f"{one['questions_per_s'] / harness['questions_per_s']:.2f}x" if one and harness else "",
+            "questions scored": one["questions"] if one else ""})
+    if not rows:
+        return ""
+    return (f"\n## Other benchmark records (`results/{bench_dir.name}/`)\n\n"
+            "The same benchmark on other models or machines, one row per record, each with its own baseline measured "
+            "in the same run. Peak memory on a CPU is the process's resident set size sampled during the timed "
+            "steps.\n\n" + an.markdown_table(pd.DataFrame(rows)))
+
+
 def _repeat_rate(metrics: dict) -> float | None:
     """Mean real tokens/s of a bench record's ``repeat`` levers (the unchanged recipe timed again), if any."""
     rates = [lv["real_tokens_per_s"] for lv in metrics.get("levers", []) if lv.get("lever") == "repeat"

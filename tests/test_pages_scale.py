@@ -136,3 +136,20 @@ def test_committed_scale_and_scaleout_records_render(tmp_path):
         assert label in scale
     assert "model plus adapter by about" in scale and "—" not in scale.split("### Model size")[0]
     assert "**failed**" in scaleout and "scaling efficiency" in scaleout and "McNemar" in scaleout
+
+
+def test_other_bench_records_get_one_row_each_with_their_ratios(tmp_path):
+    def rec(run_id, med, base, one, harness, real):
+        metrics = {"model": "embedded:gemma-3-270m", "device": "cpu", "real_weights": real,
+                   "conditions": {"precision": "nf4", "double_quant": True, "device_type": "cpu", "torch_threads": 2},
+                   "training": [{"recipe": "medcore", "real_tokens_per_s": med, "peak_memory_bytes": 3e9},
+                                {"recipe": "baseline", "real_tokens_per_s": base, "peak_memory_bytes": 6e9}],
+                   "scoring": [{"scorer": "medcore one-pass", "questions_per_s": one, "questions": 64},
+                               {"scorer": "harness-style (4 requests)", "questions_per_s": harness, "questions": 64}]}
+        write_run_record(tmp_path, run_id, {}, metrics, extra={"real_weights": real})
+    rec("bench-a-cpu", 600.0, 200.0, 30.0, 10.0, True)
+    rec("bench-b-cpu", 500.0, 250.0, 20.0, 8.0, True)
+    text = pages_perf.bench_summary_markdown(tmp_path)
+    assert "| bench-a-cpu |" in text and "| 3.00x |" in text and "| 2.00x |" in text and "| 2.50x |" in text
+    assert "cpu (2 threads)" in text and "| real |" in text and "nf4 + DQ" in text
+    assert pages_perf.bench_summary_markdown(tmp_path / "missing") == ""
