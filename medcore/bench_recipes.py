@@ -4,7 +4,6 @@ accounting, peak memory, and the levers (one setting changed per run). ``medcore
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import resource
 import tempfile
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from medcore.prompts import IGNORE_INDEX, LETTERS, Collator
+from medcore.workflows import free_memory
 
 if TYPE_CHECKING:
     from medcore.bench import BenchConfig
@@ -116,12 +116,6 @@ class PeakMemory:
             self.peak = max(self.peak, self._rss())
         else:
             self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ---- training batches ----------------------------------------------------------------------------------------
@@ -234,7 +228,7 @@ def time_training(model, warm: Sequence[dict], timed: Sequence[dict], loss_fn: C
         seconds = time.perf_counter() - t0
     losses = [float(x) for x in losses]
     del opt
-    _free(device)
+    free_memory()
     counts = batch_tokens(timed)
     return {"steps": len(timed), "warmup_steps": len(warm), "warmup_seconds": warm_s, "seconds": seconds,
             **counts, "real_tokens_per_s": counts["real_tokens"] / seconds,
@@ -337,7 +331,7 @@ def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, dev
         one = score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)
         _sync(device)
         one_s = time.perf_counter() - t0
-    _free(device)
+    free_memory()
     harness_style_scores(model, tokenizer, records[:max(1, batch_size // 4)], batch_size)
     _sync(device)
     with PeakMemory(device) as mem_h:
@@ -345,7 +339,7 @@ def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, dev
         ref = harness_style_scores(model, tokenizer, records, batch_size)
         _sync(device)
         ref_s = time.perf_counter() - t0
-    _free(device)
+    free_memory()
     logprob = one[[f"logprob_{x}" for x in LETTERS]].to_numpy()
     keep = ~one["truncated"].to_numpy()
     agree = one["pred"].to_numpy() == ref["pred"]
@@ -455,7 +449,7 @@ def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list],
             set_attn_implementation(model, base_attn)
         if "ckpt" in variant:
             set_checkpointing(model, cfg.gradient_checkpointing)
-        _free(device)
+        free_memory()
 
 
 def run_trainer(model, tokenizer, cfg: BenchConfig, examples: list[dict]) -> dict[str, Any]:

@@ -247,8 +247,6 @@ def scale_markdown(scale_dir: Path) -> str:
     """The measured footprint per precision of every ``results/scale/*-footprint`` record (model size row)."""
     parts = []
     for run in sorted(scale_dir.glob("*-footprint")) if scale_dir.is_dir() else []:
-        from medcore.results import load_run
-
         rec = load_run(run)
         table = pd.DataFrame(rec["metrics"]["footprint"])
         cols = {"precision": "precision", "embedding_bytes": "embedding", "attention_bytes": "attention",
@@ -299,7 +297,7 @@ def scale_gpu_rows(scale_dir: Path, prefix: str) -> pd.DataFrame:
         size = sizes.get(precision, {})
         rows.append({
             "precision": precision, "label": label, "memory_bytes": size.get("total_bytes"),
-            "disk_bytes": size.get("disk_bytes"), "tokens_per_s": t.get("real_tokens_per_s"),
+            "disk_bytes": size.get("disk_bytes"), "embedding_bytes": size.get("embedding_bytes"), "tokens_per_s": t.get("real_tokens_per_s"),
             "steady_tokens_per_s": t.get("steady_real_tokens_per_s"), "examples_per_s": t.get("examples_per_s"),
             "peak_bytes": t.get("peak_memory_bytes"), "resident_bytes": t.get("resident_memory_bytes"),
             "adapter_bytes": 4 * t["parameters"]["trainable"] if t.get("parameters") else None,  # peft: fp32 LoRA
@@ -385,13 +383,15 @@ def scale_gpu_markdown(scale_dir: Path, out: Path) -> str:
             each = ", ".join(f"{v / 1e9:.1f} GB ({p})" for v, p in zip(beyond, known["label"]))
             adapter_text = (f"the adapter: {adapter.iloc[0] / 4 / 1e6:.1f} M trainable parameters in fp32, "
                             f"{adapter.iloc[0] / 1e9:.2f} GB" if len(adapter) else "the adapter")
+            emb = df["embedding_bytes"].dropna()
+            emb_text = f" ({emb.iloc[0] / 1e9:.2f} GB of bf16 embedding for this shape)" if len(emb) else ""
             parts.append("\n" + _note(
                 "The training rows ran in one process after the scoring and footprint parts; the memory allocated "
                 f"when the first training step began exceeded the model plus adapter by about {each} "
                 "(memory of earlier runs not released), so the raw peak overstates; 'peak above resident' (the "
                 "step's own activations, gradients and optimizer state) is unaffected. The cause, found after the "
                 "run: with an 8-bit bitsandbytes optimizer the Trainer registers each model's embedding with "
-                "bitsandbytes' process-wide GlobalOptimManager, which keeps it (about 1.05 GB for this shape) after "
+                f"bitsandbytes' process-wide GlobalOptimManager, which keeps it{emb_text} after "
                 "the model is deleted. medcore now drops that reference when training ends "
                 "(`train.release_optimizer_overrides`); not yet re-measured on the GPU. The "
                 f"column 'held before the first step beyond the model' includes {adapter_text}."))

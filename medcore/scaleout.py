@@ -54,6 +54,7 @@ def plan(args) -> list[dict[str, Any]]:
     common = {"model.source": args.model, "train.max_steps": args.steps, "train.token_budget": args.token_budget,
               **THROUGHPUT_SETTINGS, "results_dir": args.results_dir}
     runs = []
+    user_sets = _sets(dict(s.split("=", 1) for s in args.set))
     parts = args.parts.split(",")
     unknown = set(parts) - {"throughput", "ddp", "fsdp", "accuracy"}
     if unknown:
@@ -64,12 +65,12 @@ def plan(args) -> list[dict[str, Any]]:
             runs.append({"name": name, "role": mode, "gpus": gpus, "limit": args.run_limit,
                          "env": {"CUDA_VISIBLE_DEVICES": "0"} if gpus == 1 else {},
                          "cmd": launcher(gpus, "ddp") + ["train", "--profile", args.profile]
-                         + _sets({**common, "name": name}) + _sets(dict(s.split("=", 1) for s in args.set))})
+                         + _sets({**common, "name": name}) + user_sets})
     if "fsdp" in parts:
         name = f"scaleout-{shape}-fsdp{args.gpus}"
         runs.append({"name": name, "role": "fsdp", "gpus": args.gpus, "limit": args.run_limit, "env": {},
                      "cmd": launcher(args.gpus, "fsdp_qlora") + ["train", "--profile", args.profile]
-                     + _sets({**common, "name": name}) + _sets(dict(s.split("=", 1) for s in args.set))})
+                     + _sets({**common, "name": name}) + user_sets})
     if "accuracy" in parts:
         from medcore.config import load_profile
 

@@ -25,9 +25,7 @@ import copy
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
 from medcore import data, results, workflows
 from medcore.config import RunConfig, load_profile
@@ -58,14 +56,6 @@ def _done(cfg: RunConfig, run_id: str) -> bool:
     return (Path(cfg.results_dir) / run_id / "metrics.json").is_file()
 
 
-def _free() -> None:
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def zero_shot(cfg: RunConfig, eval_ds) -> None:
     for label in ("bf16", "nf4+dq"):
         run = _variant(cfg, f"{cfg.name}-{label.replace('+', '-')}", {})
@@ -75,7 +65,7 @@ def zero_shot(cfg: RunConfig, eval_ds) -> None:
         model, tok = workflows.load(run)
         workflows.score_and_record(run, model, tok, eval_ds, f"{run.name}-zero-shot", "zero-shot")
         del model
-        _free()
+        workflows.free_memory()
 
 
 def train_and_score(cfg: RunConfig, train_ds, eval_ds, role: str = "fine-tuned") -> Path | None:
@@ -84,13 +74,13 @@ def train_and_score(cfg: RunConfig, train_ds, eval_ds, role: str = "fine-tuned")
         return None
     start = time.perf_counter()
     _, result = workflows.finetune(cfg, datasets_=(train_ds, eval_ds))
-    _free()
+    workflows.free_memory()
     model, tok = workflows.load(cfg, adapter=result.adapter_dir)
     record = workflows.score_and_record(cfg, model, tok, eval_ds, f"{cfg.name}-{role}", role, cost=False,
                                         extra={"adapter_dir": result.adapter_dir, "train_metrics": result.metrics,
                                                "wall_seconds_train_and_score": time.perf_counter() - start})
     del model
-    _free()
+    workflows.free_memory()
     return record
 
 
@@ -134,7 +124,7 @@ def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024, train_ds=None) -> No
     big = _variant(cfg, "scale-gemma-2b-random", {"model.source": "random:gemma-2b"})
     if not _done(big, f"{big.name}-footprint"):
         workflows.footprints(big, presets=["bf16", "int8", "nf4", "nf4+dq"], error_vs_bf16=False)
-        _free()
+        workflows.free_memory()
     sample = data.stratified_subset(eval_ds, min(n_questions, len(eval_ds)), seed=0)
     for label in ("bf16", "int8", "nf4", "nf4+dq"):
         run = _variant(big, f"scale-gemma-2b-random-{label.replace('+', '-')}", {})
@@ -151,11 +141,11 @@ def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024, train_ds=None) -> No
                                  extra={"real_weights": False, "note": "random weights: size/speed only"},
                                  overwrite=True)
         del model
-        _free()
+        workflows.free_memory()
         if train_ds is not None and not _done(run, f"{run.name}-train"):
             timed = _variant(run, run.name, SCALE_TRAIN)
             workflows.finetune(timed, datasets_=(train_ds, eval_ds.select(range(min(64, len(eval_ds))))))
-            _free()
+            workflows.free_memory()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,7 +43,8 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _free() -> None:
+def free_memory() -> None:
+    """Collect garbage and hand cached CUDA blocks back (between models loaded in one process)."""
     import gc
 
     gc.collect()
@@ -229,9 +230,9 @@ def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: 
         rows.append(row)
         if model is not base:
             del model
-            _free()
+            free_memory()
     del base
-    _free()
+    free_memory()
     metrics = {"role": "footprint", "real_weights": note["real_weights"], "footprint": rows}
     pred = (pd.concat(errors, ignore_index=True).rename(columns={"rel_error": "error"})
             .assign(shape=lambda df: df["shape"].astype(str))) if errors else None
@@ -265,7 +266,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool 
     record = results.write_run_record(cfg.results_dir, f"{cfg.name}-train", cfg.to_dict(), metrics,
                                       loss_history=result.loss_history, extra=note, overwrite=True)
     del model
-    _free()
+    free_memory()
     return record, result
 
 
@@ -289,7 +290,7 @@ def before_after(cfg: RunConfig, adapter_dir: str | Path, datasets_: tuple | Non
         out["zero-shot-bf16"] = score_and_record(bf16, model, tokenizer, eval_ds, f"{cfg.name}-bf16-zero-shot",
                                                  "zero-shot", cost_questions=cost_questions)
         del model
-        _free()
+        free_memory()
     model, tokenizer = load(cfg)
     out["zero-shot"] = score_and_record(cfg, model, tokenizer, eval_ds, f"{cfg.name}-zero-shot", "zero-shot",
                                          cost_questions=cost_questions)
@@ -297,7 +298,7 @@ def before_after(cfg: RunConfig, adapter_dir: str | Path, datasets_: tuple | Non
     out["fine-tuned"] = score_and_record(cfg, model, tokenizer, eval_ds, f"{cfg.name}-fine-tuned", "fine-tuned",
                                          extra={"adapter_dir": str(adapter_dir)}, cost_questions=cost_questions)
     del model
-    _free()
+    free_memory()
     return out
 
 
