@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in PASS_THROUGH:
         import importlib
 
-        return importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:]) or 0
+        result = importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:])
+        return result if isinstance(result, int) else 0  # bench returns its metrics: not an exit status
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -163,6 +163,19 @@ def batch_tokens(batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, int]:
             "labelled": int(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches))}
 
 
+def distinct_shapes(batches: Sequence[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """The first batch of each (rows, length) shape, in order: one untimed step per shape warms the CUDA
+    kernels' and the caching allocator's state for every shape the timed steps will see."""
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    for b in batches:
+        shape = tuple(b["input_ids"].shape)
+        if shape not in seen:
+            seen.add(shape)
+            out.append(b)
+    return out
+
+
 def medcore_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     from medcore.train import answer_only_loss
 
@@ -198,10 +211,10 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def time_training(model, warm: Sequence[dict], timed: Sequence[dict], loss_fn: Callable, optimizer: str, lr: float,
-                  device: torch.device, adapter_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Warm-up steps, then timed steps (forward, backward, optimizer step) of one recipe; batches already on
-    `device`. The adapter starts from `adapter_state` and every recipe gets a fresh optimizer."""
+def _trainer_step(model, loss_fn: Callable, optimizer: str, lr: float, device: torch.device,
+                  adapter_state: dict[str, torch.Tensor] | None = None):
+    """One training step of a recipe (forward under bf16 autocast on CUDA, backward, optimizer step) and its
+    fresh optimizer; the adapter starts from `adapter_state`."""
     params = [p for p in model.parameters() if p.requires_grad]
     if adapter_state is not None:
         restore_adapter(model, adapter_state)
@@ -215,7 +228,14 @@ def time_training(model, warm: Sequence[dict], timed: Sequence[dict], loss_fn: C
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach()
+    return step, opt
 
+
+def time_training(model, warm: Sequence[dict], timed: Sequence[dict], loss_fn: Callable, optimizer: str, lr: float,
+                  device: torch.device, adapter_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Warm-up steps, then timed steps (forward, backward, optimizer step) of one recipe; batches already on
+    `device`. The adapter starts from `adapter_state` and every recipe gets a fresh optimizer."""
+    step, opt = _trainer_step(model, loss_fn, optimizer, lr, device, adapter_state)
     t0 = time.perf_counter()
     for b in warm:
         step(b)
@@ -359,6 +379,104 @@ def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, dev
             "accuracy": float(one["correct"].mean()), "mean_prompt_tokens": float(one["prompt_tokens"].mean())}
 
 
+# ---- profile ---------------------------------------------------------------------------------------------------
+
+def _us(event, name: str) -> float:
+    """An averaged profiler event's time in microseconds (torch renamed *cuda* to *device* in 2.4)."""
+    for attr in (name, name.replace("device", "cuda")):
+        if hasattr(event, attr):
+            return float(getattr(event, attr))
+    return 0.0
+
+
+def summarize_profile(prof, wall_s: float, steps: int, top: int = 15) -> dict[str, Any]:
+    """Where the time of `steps` profiled steps went: wall time, total GPU kernel time (kernels of one stream
+    do not overlap, so kernel time / wall time is the GPU's busy share), kernels and CPU-side operator calls
+    per step, and the operators with the most GPU time and the most CPU time of their own."""
+    from torch.autograd import DeviceType
+
+    events = list(prof.key_averages())
+    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+    ops = [e for e in events if getattr(e, "device_type", None) == DeviceType.CPU]
+    gpu_us = sum(_us(e, "self_device_time_total") for e in kernels)
+    aten_calls = sum(e.count for e in ops if e.key.startswith("aten::"))
+
+    def rows(items, key):
+        ranked = sorted(items, key=key, reverse=True)[:top]
+        return [{"name": e.key[:90], "calls_per_step": e.count / steps,
+                 "self_gpu_ms_per_step": _us(e, "self_device_time_total") / 1e3 / steps,
+                 "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps} for e in ranked]
+    return {"steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps, "gpu_kernel_ms_per_step": gpu_us / 1e3 / steps,
+            "gpu_busy_share": gpu_us / 1e6 / wall_s if wall_s > 0 else float("nan"),
+            "kernels_per_step": sum(e.count for e in kernels) / steps, "aten_calls_per_step": aten_calls / steps,
+            "top_gpu_ops": rows(ops, lambda e: _us(e, "self_device_time_total")),
+            "top_cpu_ops": rows(ops, lambda e: e.self_cpu_time_total)}
+
+
+def _profiled(device: torch.device):
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    return profile(activities=acts)
+
+
+def profile_training(model, batches: Sequence[dict], loss_fn: Callable, optimizer: str, lr: float,
+                     device: torch.device, adapter_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """torch.profiler over training steps of warm batches (each batch is stepped once untimed first)."""
+    step, opt = _trainer_step(model, loss_fn, optimizer, lr, device, adapter_state)
+    for b in batches:
+        step(b)
+    _sync(device)
+    with _profiled(device) as prof:
+        t0 = time.perf_counter()
+        for b in batches:
+            step(b)
+        _sync(device)
+        wall = time.perf_counter() - t0
+    del opt
+    out = summarize_profile(prof, wall, len(batches))
+    out["real_tokens_per_step"] = batch_tokens(batches)["real_tokens"] / len(batches)
+    free_memory()
+    return out
+
+
+def profile_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, device: torch.device
+                    ) -> dict[str, Any]:
+    """torch.profiler over medcore's one-pass scorer on `records` (after one untimed pass), per batch."""
+    from medcore.evaluate import score_choices
+
+    records = list(records)
+    score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)
+    _sync(device)
+    with _profiled(device) as prof:
+        t0 = time.perf_counter()
+        score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)
+        _sync(device)
+        wall = time.perf_counter() - t0
+    return {**summarize_profile(prof, wall, max(1, -(-len(records) // batch_size))), "batch_size": batch_size,
+            "questions": len(records)}
+
+
+def time_one_pass(model, tokenizer, records: Sequence[dict], batch_size: int, device: torch.device
+                  ) -> dict[str, Any]:
+    """medcore's one-pass scorer alone at one batch size (after one untimed batch): seconds, questions/s, peak."""
+    from medcore.evaluate import score_choices
+
+    records = list(records)
+    score_choices(model, tokenizer, records[:batch_size], batch_size=batch_size, progress=False)
+    _sync(device)
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        one = score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    free_memory()
+    return {"score_batch_size": batch_size, "questions": len(records), "seconds": seconds,
+            "questions_per_s": len(records) / seconds, "real_tokens": int(one["prompt_tokens"].sum()),
+            "real_tokens_per_s": float(one["prompt_tokens"].sum()) / seconds, "peak_memory_bytes": int(mem.peak),
+            "peak_memory_kind": mem.kind, "accuracy": float(one["correct"].mean())}
+
+
 # ---- levers ----------------------------------------------------------------------------------------------------
 
 def _causal(model):
@@ -400,13 +518,14 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
         if lever == "attn":
             other = "eager" if attn != "eager" else "sdpa"
             out.append({"lever": "attn", "variant": f"attention={other}", "attn": other})
-        elif lever == "compile":
-            out.append({"lever": "compile", "variant": "torch.compile(decoder body, dynamic=True)", "compile": True})
+        elif lever == "compile":  # regional: each decoder layer compiled (one compiled graph serves all layers)
+            out.append({"lever": "compile", "variant": "torch.compile(each decoder layer, dynamic=True)",
+                        "compile": True})
         elif lever == "optim":
             other = "paged_adamw_8bit" if optimizer == "adamw_torch" else "adamw_torch"
             out.append({"lever": "optim", "variant": f"optimizer={other}", "optimizer": other})
         elif lever == "budget":
-            for budget in (4096, 8192, 16384):
+            for budget in cfg.budgets:
                 if budget != cfg.token_budget:
                     rows = max(1, round(cfg.max_batch_size * budget / cfg.token_budget))
                     out.append({"lever": "budget", "variant": f"token_budget={budget} (max rows {rows})",
@@ -416,6 +535,10 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
         elif lever == "ckpt":
             on = not cfg.gradient_checkpointing
             out.append({"lever": "ckpt", "variant": f"gradient_checkpointing={'on' if on else 'off'}", "ckpt": on})
+        elif lever == "score_batch":  # the one-pass scorer alone at other batch sizes (not a training variant)
+            for size in cfg.score_batch_sizes:
+                out.append({"lever": "score_batch", "variant": f"one-pass scoring, batch {size}",
+                            "score_batch_size": size})
     return out
 
 
@@ -423,27 +546,31 @@ def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list],
               device: torch.device, pad_id: int) -> dict[str, Any]:
     """The medcore recipe with one setting changed; settings are put back whatever happens."""
     base_attn = attn_implementation(model)
-    body = _causal(model).model
+    layers = list(_causal(model).model.layers)
     try:
         if "attn" in variant:
             set_attn_implementation(model, variant["attn"])
         if variant.get("compile"):
-            body.compile(dynamic=True)
+            for layer in layers:
+                layer.compile(dynamic=True)
         if "ckpt" in variant:
             set_checkpointing(model, variant["ckpt"])
         budget = variant.get("token_budget", cfg.token_budget)
         rows = variant.get("max_batch_size", cfg.max_batch_size)
         warm = [_to(b, device) for b in medcore_batches(examples["warm"], budget, rows, pad_id, cfg.seed)[:cfg.warmup]]
         timed = [_to(b, device) for b in medcore_batches(examples["timed"], budget, rows, pad_id, cfg.seed)]
-        warm += timed if cfg.warm_all_shapes else []
+        warm += distinct_shapes(timed) if cfg.warm_all_shapes else []
         result = time_training(model, warm, timed, medcore_loss, variant.get("optimizer", optimizer),
                                cfg.learning_rate, device, state)
-        return {**variant, **result, "error": None}
+        setting = {"token_budget": budget, "max_batch_size": rows,
+                   "gradient_checkpointing": variant.get("ckpt", cfg.gradient_checkpointing)}
+        return {**setting, **variant, **result, "error": None}
     except Exception as err:  # one failed lever (OOM, a compile error) must not lose the others
         return {**variant, "error": f"{type(err).__name__}: {str(err)[:300]}"}
     finally:
         if variant.get("compile"):
-            body._compiled_call_impl = None
+            for layer in layers:
+                layer._compiled_call_impl = None
             torch._dynamo.reset()
         if "attn" in variant:
             set_attn_implementation(model, base_attn)

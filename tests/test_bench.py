@@ -40,8 +40,8 @@ def run(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = ["--", "--model", TINY, "--precision", "bf16", "--steps", "2", "--warmup", "1",
             "--baseline-batch-size", "4", "--pad-length", "128", "--token-budget", "256", "--max-batch-size", "8",
-            "--n-questions", "6", "--score-batch-size", "4", "--matmul-size", "64", "--levers", "ckpt",
-            "--source", source, "--out", str(out)]
+            "--n-questions", "6", "--score-batch-size", "4", "--matmul-size", "64", "--levers", "ckpt,score_batch",
+            "--score-batch-sizes", "2", "--profile", "--source", source, "--out", str(out)]
     return bench.main(argv), out
 
 
@@ -63,6 +63,7 @@ def test_end_to_end_writes_a_record(run, capsys):
     assert json.loads((record / "config.json").read_text())["model"] == TINY
     assert [t["conditions_match"] for t in saved["targets"]] == [False] * 5  # a CPU run is not the H200 target
     assert saved["levers"][0]["variant"] == "gradient_checkpointing=on" and saved["levers"][0]["error"] is None
+    assert saved["complete"] is True
     for row in saved["training"] + saved["scoring"]:
         assert row["seconds"] > 0 and row["peak_memory_bytes"] > 0
 
@@ -73,8 +74,10 @@ def test_both_recipes_train_on_the_same_real_tokens(run):
     assert med["examples"] == base["examples"] == 2 * 4
     assert med["real_tokens"] == base["real_tokens"] and med["labelled"] == base["labelled"] == 8
     assert base["padded_tokens"] == 8 * 128 and med["padded_tokens"] < base["padded_tokens"]
-    # warm-up: --warmup steps, then one untimed pass over the timed batches (each shape seen before the clock)
-    assert med["warmup_steps"] == 1 + med["steps"] and base["warmup_steps"] == 1 + base["steps"]
+    # warm-up: --warmup steps, then one untimed step per batch shape of the timed batches (each shape seen before
+    # the clock); the baseline's batches all share one padded shape
+    assert base["warmup_steps"] == 1 + 1 and base["steps"] == 2
+    assert 1 + 1 <= med["warmup_steps"] <= 1 + med["steps"]
     oc = metrics["objective_check"]  # same rows, same objective: the losses agree
     assert oc["abs_diff"] < 1e-3 * max(1.0, abs(oc["baseline_loss"]))
 
@@ -152,3 +155,75 @@ def test_arguments():
     again = bench.lever_variants(["repeat", "optim", "repeat"], cfg, "paged_adamw_8bit", "sdpa")
     assert [v["lever"] for v in again] == ["repeat", "optim", "repeat"]  # the drift check brackets the others
     assert set(again[0]) == {"lever", "variant"}  # it changes nothing
+    cfg = bench.parse_args(["--budgets", "4096,32768", "--score-batch-sizes", "128,512"])
+    variants = bench.lever_variants(["budget", "score_batch"], cfg, "paged_adamw_8bit", "sdpa")
+    assert [v["variant"] for v in variants] == ["token_budget=32768 (max rows 512)", "one-pass scoring, batch 128",
+                                                "one-pass scoring, batch 512"]
+    for bad in (["--budgets", "8k"], ["--budgets", "128"], ["--score-batch-sizes", "0"], ["--score-batch-sizes", ""]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+def test_distinct_shapes_keeps_the_first_batch_of_each_shape():
+    def batch(rows, length, tag):
+        return {"input_ids": torch.full((rows, length), tag)}
+    batches = [batch(2, 5, 0), batch(3, 5, 1), batch(2, 5, 2), batch(2, 6, 3), batch(3, 5, 4)]
+    assert [int(b["input_ids"][0, 0]) for b in bench.distinct_shapes(batches)] == [0, 1, 3]
+
+
+def test_scoring_lever_and_profile_are_recorded(run):
+    metrics, _ = run
+    lever = metrics["levers"][1]
+    assert lever["lever"] == "score_batch" and lever["score_batch_size"] == 2 and lever["error"] is None
+    assert lever["questions"] == metrics["scoring"][0]["questions"] == 6 and lever["questions_per_s"] > 0
+    for name in ("train", "score"):
+        prof = metrics["profile"][name]
+        assert prof["wall_ms_per_step"] > 0 and prof["aten_calls_per_step"] > 100  # a forward is many operators
+        assert prof["top_cpu_ops"] and all(o["self_cpu_ms_per_step"] >= 0 for o in prof["top_cpu_ops"])
+        assert prof["gpu_kernel_ms_per_step"] == 0  # no CUDA here: no kernel time is invented
+    assert metrics["profile"]["score"]["steps"] == 2  # 6 questions in batches of 4
+
+
+def test_a_run_stopped_midway_keeps_what_it_measured(source, tmp_path, monkeypatch):
+    calls = []
+
+    def lever_then_stop(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt  # as if the run were stopped during its second lever
+        calls.append(1)
+        return {**args[1], "real_tokens_per_s": 1.0, "examples_per_s": 1.0, "peak_memory_bytes": 1, "error": None}
+    monkeypatch.setattr(bench, "run_lever", lever_then_stop)
+    argv = ["--model", TINY, "--precision", "bf16", "--steps", "1", "--warmup", "1", "--baseline-batch-size", "2",
+            "--pad-length", "128", "--token-budget", "256", "--max-batch-size", "4", "--n-questions", "2",
+            "--score-batch-size", "2", "--matmul-size", "32", "--levers", "repeat,ckpt", "--source", source,
+            "--out", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(argv)
+    saved = json.loads((tmp_path / "bench-tiny-gemma-cpu" / "metrics.json").read_text())
+    assert saved["complete"] is False and [r["lever"] for r in saved["levers"]] == ["repeat"]
+    assert [r["recipe"] for r in saved["training"]] == ["medcore", "baseline"] and len(saved["scoring"]) == 2
+
+
+def test_memory_target_reads_the_row_at_4096_tokens_with_checkpointing():
+    cond = {"device_type": "cuda", "model": "random:gemma-2b", "precision": "nf4", "token_budget": 16384,
+            "gradient_checkpointing": True}
+    m = {"training": [{"recipe": "medcore", "real_tokens_per_s": 9000.0, "mfu": 0.36, "peak_memory_bytes": 9e9},
+                      {"recipe": "baseline", "real_tokens_per_s": 3000.0, "mfu": 0.1, "peak_memory_bytes": 17e9}],
+         "scoring": [{"questions": 4183, "questions_per_s": 500.0}, {"questions": 4183, "questions_per_s": 150.0}],
+         "levers": [{"lever": "budget", "variant": "token_budget=8192", "token_budget": 8192,
+                     "gradient_checkpointing": True, "peak_memory_bytes": 6.5e9},
+                    {"lever": "budget", "variant": "token_budget=4096", "token_budget": 4096,
+                     "gradient_checkpointing": True, "peak_memory_bytes": 3.7e9}]}
+    memory = bench.targets(m, cond)[4]
+    assert memory["measured"] == pytest.approx(3.7) and memory["met"] and memory["conditions_match"]
+    assert "token_budget=4096" in memory["target"]
+    m["levers"].pop()  # no row at the target's setting: the base row is shown, not under the conditions
+    memory = bench.targets(m, cond)[4]
+    assert memory["measured"] == pytest.approx(9.0) and not memory["met"] and not memory["conditions_match"]
+
+
+def test_cli_exit_status_is_zero_after_a_bench(monkeypatch):
+    from medcore.__main__ import main as cli
+
+    monkeypatch.setattr(bench, "main", lambda argv: {"record": "somewhere"})  # bench returns its metrics
+    assert cli(["bench", "--model", TINY]) == 0
