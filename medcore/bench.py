@@ -64,6 +64,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from medcore.workflows import free_memory
 from medcore.bench_recipes import (  # re-exported: bench.<name> keeps working for tests and callers
     PeakMemory,
     _to,
@@ -362,6 +363,9 @@ def format_report(m: dict[str, Any]) -> str:
         text += ["", f"one-pass scoring at other batch sizes ({one['questions']} questions; base = batch "
                  f"{s['batch_size']} above)", _table(["variant", "seconds", "q/s", "peak", "MFU", "vs base"], sv)]
     for name, pr in (m.get("profile") or {}).items():
+        if "error" in pr:
+            text += ["", f"profile, {name}: failed: {pr['error']}"]
+            continue
         unit = "step" if name == "train" else "batch"
         text += ["", f"profile, {name}: {pr['wall_ms_per_step']:.1f} ms per {unit} wall, "
                  f"{pr['gpu_kernel_ms_per_step']:.1f} ms of GPU kernels ({_f(pr['gpu_busy_share'], '%')} busy), "
@@ -396,6 +400,15 @@ def _versions() -> dict[str, str | None]:
             out[name] = None
     out["torch"] = torch.__version__
     return out
+
+
+def _guarded(fn, *args) -> dict[str, Any]:
+    """A profile is an aid, not a measurement the record depends on: its failure is recorded, not raised."""
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001 - e.g. no CUPTI for the CUDA profiler
+        free_memory()
+        return {"error": f"{type(err).__name__}: {str(err)[:300]}"}
 
 
 def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
@@ -462,11 +475,8 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
         print(f"[bench] training {name}: {row['real_tokens_per_s']:.1f} real tokens/s", flush=True)
     profile = {}
     if cfg.profile:  # the first few timed batches of the medcore recipe (stepped once untimed first)
-        profile["train"] = profile_training(model, med_timed[:6], medcore_loss, optimizer, cfg.learning_rate,
-                                            device, state)
-        print(f"[bench] profile, training: {profile['train']['wall_ms_per_step']:.1f} ms/step wall, "
-              f"{profile['train']['gpu_kernel_ms_per_step']:.1f} ms of GPU kernels "
-              f"({profile['train']['gpu_busy_share']:.0%} busy)", flush=True)
+        profile["train"] = _guarded(profile_training, model, med_timed[:6], medcore_loss, optimizer,
+                                    cfg.learning_rate, device, state)
     del med_warm, med_timed, base_warm, base_timed
     if cfg.with_trainer:
         restore_adapter(model, state)
@@ -487,9 +497,11 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
           flush=True)
 
     if cfg.profile:
-        profile["score"] = profile_scoring(model, tokenizer, score_records[:4 * score_bs], score_bs, device)
-        print(f"[bench] profile, scoring: {profile['score']['wall_ms_per_step']:.1f} ms/batch wall, "
-              f"{profile['score']['gpu_kernel_ms_per_step']:.1f} ms of GPU kernels", flush=True)
+        profile["score"] = _guarded(profile_scoring, model, tokenizer, score_records[:4 * score_bs], score_bs, device)
+    for name, pr in profile.items():
+        print(f"[bench] profile, {name}: " + (f"failed: {pr['error']}" if "error" in pr else
+              f"{pr['wall_ms_per_step']:.1f} ms per step wall, {pr['gpu_kernel_ms_per_step']:.1f} ms of GPU kernels "
+              f"({pr['gpu_busy_share']:.0%} busy)"), flush=True)
 
     v = _versions()
     conditions = {
