@@ -373,7 +373,8 @@ def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, dev
     ]
     for row in rows:
         row["real_tokens_per_s"] = row["real_tokens"] / row["seconds"]
-    return {"rows": rows, "batch_size": batch_size, "agreement": float(agree[keep].mean()) if keep.any() else None,
+    return {"rows": rows, "batch_size": batch_size, "pred": (one["pred"].to_numpy(), logprob),
+            "agreement": float(agree[keep].mean()) if keep.any() else None,
             "compared": int(keep.sum()), "truncated": int((~keep).sum()),
             "max_abs_logprob_diff": float(np.abs(logprob[keep] - ref["loglik"][keep]).max()) if keep.any() else None,
             "accuracy": float(one["correct"].mean()), "mean_prompt_tokens": float(one["prompt_tokens"].mean())}
@@ -457,24 +458,62 @@ def profile_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, 
             "questions": len(records)}
 
 
-def time_one_pass(model, tokenizer, records: Sequence[dict], batch_size: int, device: torch.device
-                  ) -> dict[str, Any]:
-    """medcore's one-pass scorer alone at one batch size (after one untimed batch): seconds, questions/s, peak."""
+@contextlib.contextmanager
+def cudnn_attention(enabled: bool | None):
+    """SDPA's cuDNN backend on or off inside the block (None: left as it is). cuDNN builds an execution plan
+    for every new (batch, length) shape; the other backends (flash, memory-efficient) do not."""
+    if enabled is None or not torch.cuda.is_available():
+        yield
+        return
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def time_one_pass(model, tokenizer, records: Sequence[dict], batch_size: int, device: torch.device,
+                  cold: bool = False, autocast: bool = False, cudnn: bool | None = None,
+                  reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """medcore's one-pass scorer alone at one batch size: seconds, questions/s and peak memory of a pass after
+    one untimed batch; with `cold`, the first pass over the questions is timed too (``cold_seconds``: every
+    batch shape new to the process), then a second, warm one. `reference`: the chosen letters and log-probabilities
+    of another scoring of the same questions, to compare with."""
     from medcore.evaluate import score_choices
 
     records = list(records)
-    score_choices(model, tokenizer, records[:batch_size], batch_size=batch_size, progress=False)
-    _sync(device)
-    with PeakMemory(device) as mem:
-        t0 = time.perf_counter()
-        one = score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)
+
+    def one_pass():
+        return score_choices(model, tokenizer, records, batch_size=batch_size, progress=False, autocast=autocast)
+    out: dict[str, Any] = {"score_batch_size": batch_size, "questions": len(records), "autocast": autocast,
+                           "cudnn_attention": cudnn}
+    with cudnn_attention(cudnn):
+        if cold:
+            _sync(device)
+            t0 = time.perf_counter()
+            one_pass()
+            _sync(device)
+            out["cold_seconds"] = time.perf_counter() - t0
+        else:
+            score_choices(model, tokenizer, records[:batch_size], batch_size=batch_size, progress=False,
+                          autocast=autocast)
         _sync(device)
-        seconds = time.perf_counter() - t0
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            one = one_pass()
+            _sync(device)
+            seconds = time.perf_counter() - t0
     free_memory()
-    return {"score_batch_size": batch_size, "questions": len(records), "seconds": seconds,
-            "questions_per_s": len(records) / seconds, "real_tokens": int(one["prompt_tokens"].sum()),
-            "real_tokens_per_s": float(one["prompt_tokens"].sum()) / seconds, "peak_memory_bytes": int(mem.peak),
-            "peak_memory_kind": mem.kind, "accuracy": float(one["correct"].mean())}
+    out.update({"seconds": seconds, "questions_per_s": len(records) / seconds,
+                "real_tokens": int(one["prompt_tokens"].sum()),
+                "real_tokens_per_s": float(one["prompt_tokens"].sum()) / seconds, "peak_memory_bytes": int(mem.peak),
+                "peak_memory_kind": mem.kind, "accuracy": float(one["correct"].mean())})
+    if reference is not None:  # (chosen letters, n x 4 log-probabilities) of the base scoring
+        logprob = one[[f"logprob_{x}" for x in LETTERS]].to_numpy()
+        out["agreement_with_base_scoring"] = float((one["pred"].to_numpy() == reference[0]).mean())
+        out["max_abs_logprob_diff_vs_base"] = float(np.abs(logprob - reference[1]).max())
+    return out
 
 
 # ---- levers ----------------------------------------------------------------------------------------------------
@@ -511,6 +550,12 @@ def set_checkpointing(model, on: bool) -> None:
         causal.gradient_checkpointing_disable()
 
 
+def cold_sizes(batch_size: int) -> tuple[int, int]:
+    """Two scoring batch sizes near `batch_size` but not it (about 1/16 below and above): their batch shapes
+    are new to a process that scored at `batch_size`, so their first pass is a cold one."""
+    return max(1, min(batch_size - 1, batch_size * 15 // 16)), max(batch_size + 1, batch_size * 17 // 16)
+
+
 def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn: str) -> list[dict[str, Any]]:
     """One dict per variant: the lever, a label, and the setting it changes from the base run."""
     out = []
@@ -539,6 +584,16 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
             for size in cfg.score_batch_sizes:
                 out.append({"lever": "score_batch", "variant": f"one-pass scoring, batch {size}",
                             "score_batch_size": size})
+        elif lever == "score_autocast":  # the one-pass scorer under bf16 autocast (LoRA inputs stay bf16)
+            out.append({"lever": "score_autocast", "variant": "one-pass scoring under bf16 autocast",
+                        "score_batch_size": None, "autocast": True})
+        elif lever == "cudnn":  # SDPA's cuDNN backend off: training (warm) and cold scoring passes
+            out.append({"lever": "cudnn", "variant": "cuDNN attention off (SDPA: flash / memory-efficient)",
+                        "cudnn": False})
+            for size, on in zip(cold_sizes(cfg.score_batch_size or 64), (True, False)):
+                out.append({"lever": "score_cold", "variant": f"one-pass scoring, batch {size}, cold then warm, "
+                            f"cuDNN attention {'on' if on else 'off'}", "score_batch_size": size, "cudnn": on,
+                            "cold": True})
     return out
 
 
@@ -547,12 +602,15 @@ def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list],
     """The medcore recipe with one setting changed; settings are put back whatever happens."""
     base_attn = attn_implementation(model)
     layers = list(_causal(model).model.layers)
+    stack = contextlib.ExitStack()
     try:
         if "attn" in variant:
             set_attn_implementation(model, variant["attn"])
         if variant.get("compile"):
             for layer in layers:
                 layer.compile(dynamic=True)
+        if "cudnn" in variant:
+            stack.enter_context(cudnn_attention(variant["cudnn"]))
         if "ckpt" in variant:
             set_checkpointing(model, variant["ckpt"])
         budget = variant.get("token_budget", cfg.token_budget)
@@ -568,6 +626,7 @@ def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list],
     except Exception as err:  # one failed lever (OOM, a compile error) must not lose the others
         return {**variant, "error": f"{type(err).__name__}: {str(err)[:300]}"}
     finally:
+        stack.close()
         if variant.get("compile"):
             for layer in layers:
                 layer._compiled_call_impl = None

@@ -40,7 +40,7 @@ def run(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = ["--", "--model", TINY, "--precision", "bf16", "--steps", "2", "--warmup", "1",
             "--baseline-batch-size", "4", "--pad-length", "128", "--token-budget", "256", "--max-batch-size", "8",
-            "--n-questions", "6", "--score-batch-size", "4", "--matmul-size", "64", "--levers", "ckpt,score_batch",
+            "--n-questions", "6", "--score-batch-size", "4", "--matmul-size", "64", "--levers", "ckpt,score_batch,score_autocast,cudnn",
             "--score-batch-sizes", "2", "--profile", "--source", source, "--out", str(out)]
     return bench.main(argv), out
 
@@ -159,6 +159,7 @@ def test_arguments():
     variants = bench.lever_variants(["budget", "score_batch"], cfg, "paged_adamw_8bit", "sdpa")
     assert [v["variant"] for v in variants] == ["token_budget=32768 (max rows 512)", "one-pass scoring, batch 128",
                                                 "one-pass scoring, batch 512"]
+    assert bench.cold_sizes(256) == (240, 272) and bench.cold_sizes(4) == (3, 5) and bench.cold_sizes(1) == (1, 2)
     for bad in (["--budgets", "8k"], ["--budgets", "128"], ["--score-batch-sizes", "0"], ["--score-batch-sizes", ""]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
@@ -182,6 +183,13 @@ def test_scoring_lever_and_profile_are_recorded(run):
         assert prof["top_cpu_ops"] and all(o["self_cpu_ms_per_step"] >= 0 for o in prof["top_cpu_ops"])
         assert prof["gpu_kernel_ms_per_step"] == 0  # no CUDA here: no kernel time is invented
     assert metrics["profile"]["score"]["steps"] == 2  # 6 questions in batches of 4
+    autocast, cudnn_off, *cold = metrics["levers"][2:]
+    assert autocast["autocast"] is True and autocast["score_batch_size"] == 4
+    # the adapter's path in bf16 instead of float32: the scores move by bf16 rounding only
+    assert autocast["max_abs_logprob_diff_vs_base"] < 0.05
+    assert cudnn_off["cudnn"] is False and cudnn_off["error"] is None and cudnn_off["real_tokens_per_s"] > 0
+    assert [(r["score_batch_size"], r["cudnn"]) for r in cold] == [(3, True), (4 + 1, False)]
+    assert all(r["cold_seconds"] > 0 and r["seconds"] > 0 for r in cold)
 
 
 def test_a_run_stopped_midway_keeps_what_it_measured(source, tmp_path, monkeypatch):

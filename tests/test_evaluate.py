@@ -197,3 +197,23 @@ def test_one_pass_equals_four_pass_on_embedded_gemma(medmcqa_dir):
     padded = score_choices(model, tok, qs, batch_size=8, max_length=1024, progress=False)
     np.testing.assert_allclose(padded[LP], ref[LL], atol=0.15)  # bf16: padded batches round differently
     assert (padded["pred"] == ref["pred"]).mean() >= 0.9
+
+
+def test_autocast_scoring_keeps_the_adapter_and_rounds_only(tok, questions):
+    """bf16 autocast (the bench's faster scoring path) on a bf16 model with an fp32 LoRA adapter that moves the
+    scores: the adapter still counts, and the scores move by bf16 rounding only."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(TINY, dtype=torch.bfloat16),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # the adapter in float32, as peft keeps it for training
+    plain = score_choices(model, tok, questions[:6], batch_size=3, max_length=2048, progress=False)
+    cast = score_choices(model, tok, questions[:6], batch_size=3, max_length=2048, progress=False, autocast=True)
+    with model.disable_adapter():
+        base = score_choices(model, tok, questions[:6], batch_size=3, max_length=2048, progress=False, autocast=True)
+    moved = np.abs(plain[LP].to_numpy() - base[LP].to_numpy()).max()
+    rounding = np.abs(plain[LP].to_numpy() - cast[LP].to_numpy()).max()
+    assert moved > 0.1 and rounding < moved / 5, (moved, rounding)
