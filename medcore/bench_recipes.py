@@ -302,7 +302,8 @@ def harness_requests(tokenizer, records: Sequence[dict]) -> list[tuple[int, int,
     return out
 
 
-def harness_style_scores(model, tokenizer, records: Sequence[dict], batch_size: int) -> dict[str, Any]:
+def harness_style_scores(model, tokenizer, records: Sequence[dict], batch_size: int, autocast: bool = False
+                         ) -> dict[str, Any]:
     """Log-likelihoods (n x 4) the harness way: every request a sequence, batches of `batch_size` requests
     sorted by length (longest first, as the harness), right-padded, the model's own forward (head at every
     position), log-softmax over every real position, continuation log-probabilities summed."""
@@ -314,7 +315,8 @@ def harness_style_scores(model, tokenizer, records: Sequence[dict], batch_size: 
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        cast = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 width = max(len(inputs[i]) for i in chunk)
@@ -338,42 +340,47 @@ def harness_style_scores(model, tokenizer, records: Sequence[dict], batch_size: 
             "real_tokens": int(sum(len(x) for x in inputs))}
 
 
-def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, device: torch.device) -> dict[str, Any]:
-    """Both scorers on the same questions after one untimed batch each; their agreement on the chosen letter."""
+def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, device: torch.device,
+                 autocast: bool = False) -> dict[str, Any]:
+    """Both scorers on the same questions, each timed twice: a first pass (``cold_seconds``: every batch shape
+    new to the scorer, as when a split is scored once) and a second one (``seconds``: warm, the steady state).
+    Their agreement on the chosen letter, from the warm passes. `autocast`: both under bf16 autocast."""
     from medcore.evaluate import score_choices
 
     records = list(records)
     n = len(records)
-    score_choices(model, tokenizer, records[:batch_size], batch_size=batch_size, progress=False)
-    _sync(device)
-    with PeakMemory(device) as mem_one:
-        t0 = time.perf_counter()
-        one = score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)
+
+    def timed(fn):
         _sync(device)
-        one_s = time.perf_counter() - t0
-    free_memory()
-    harness_style_scores(model, tokenizer, records[:max(1, batch_size // 4)], batch_size)
-    _sync(device)
-    with PeakMemory(device) as mem_h:
-        t0 = time.perf_counter()
-        ref = harness_style_scores(model, tokenizer, records, batch_size)
-        _sync(device)
-        ref_s = time.perf_counter() - t0
-    free_memory()
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            out = fn()
+            _sync(device)
+            seconds = time.perf_counter() - t0
+        free_memory()
+        return out, seconds, mem
+    one_pass = lambda: score_choices(model, tokenizer, records, batch_size=batch_size, progress=False,  # noqa: E731
+                                     autocast=autocast)
+    harness = lambda: harness_style_scores(model, tokenizer, records, batch_size, autocast=autocast)  # noqa: E731
+    _, one_cold, _ = timed(one_pass)
+    one, one_s, mem_one = timed(one_pass)
+    _, ref_cold, _ = timed(harness)
+    ref, ref_s, mem_h = timed(harness)
     logprob = one[[f"logprob_{x}" for x in LETTERS]].to_numpy()
     keep = ~one["truncated"].to_numpy()
     agree = one["pred"].to_numpy() == ref["pred"]
     rows = [
         {"scorer": "medcore one-pass (score_choices)", "questions": n, "forward_sequences": n,
-         "real_tokens": int(one["prompt_tokens"].sum()), "seconds": one_s, "questions_per_s": n / one_s,
-         "peak_memory_bytes": int(mem_one.peak), "peak_memory_kind": mem_one.kind},
+         "real_tokens": int(one["prompt_tokens"].sum()), "seconds": one_s, "cold_seconds": one_cold,
+         "questions_per_s": n / one_s, "peak_memory_bytes": int(mem_one.peak), "peak_memory_kind": mem_one.kind},
         {"scorer": "harness-style (4 requests/question)", "questions": n, "forward_sequences": ref["requests"],
-         "real_tokens": ref["real_tokens"], "seconds": ref_s, "questions_per_s": n / ref_s,
+         "real_tokens": ref["real_tokens"], "seconds": ref_s, "cold_seconds": ref_cold, "questions_per_s": n / ref_s,
          "peak_memory_bytes": int(mem_h.peak), "peak_memory_kind": mem_h.kind},
     ]
     for row in rows:
         row["real_tokens_per_s"] = row["real_tokens"] / row["seconds"]
-    return {"rows": rows, "batch_size": batch_size, "pred": (one["pred"].to_numpy(), logprob),
+        row["autocast"] = autocast
+    return {"rows": rows, "batch_size": batch_size, "autocast": autocast, "pred": (one["pred"].to_numpy(), logprob),
             "agreement": float(agree[keep].mean()) if keep.any() else None,
             "compared": int(keep.sum()), "truncated": int((~keep).sum()),
             "max_abs_logprob_diff": float(np.abs(logprob[keep] - ref["loglik"][keep]).max()) if keep.any() else None,
@@ -564,8 +571,8 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
             other = "eager" if attn != "eager" else "sdpa"
             out.append({"lever": "attn", "variant": f"attention={other}", "attn": other})
         elif lever == "compile":  # regional: each decoder layer compiled (one compiled graph serves all layers)
-            out.append({"lever": "compile", "variant": "torch.compile(each decoder layer, dynamic=True)",
-                        "compile": True})
+            out.append({"lever": "compile", "variant": "eager (no torch.compile)" if cfg.compile
+                        else "torch.compile(each decoder layer, dynamic=True)", "compile": not cfg.compile})
         elif lever == "optim":
             other = "paged_adamw_8bit" if optimizer == "adamw_torch" else "adamw_torch"
             out.append({"lever": "optim", "variant": f"optimizer={other}", "optimizer": other})
@@ -584,9 +591,10 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
             for size in cfg.score_batch_sizes:
                 out.append({"lever": "score_batch", "variant": f"one-pass scoring, batch {size}",
                             "score_batch_size": size})
-        elif lever == "score_autocast":  # the one-pass scorer under bf16 autocast (LoRA inputs stay bf16)
-            out.append({"lever": "score_autocast", "variant": "one-pass scoring under bf16 autocast",
-                        "score_batch_size": None, "autocast": True})
+        elif lever == "score_autocast":  # the one-pass scorer with bf16 autocast toggled (LoRA inputs stay bf16)
+            out.append({"lever": "score_autocast", "variant": "one-pass scoring without autocast" if cfg.score_autocast
+                        else "one-pass scoring under bf16 autocast", "score_batch_size": None,
+                        "autocast": not cfg.score_autocast})
         elif lever == "cudnn":  # SDPA's cuDNN backend off: training (warm) and cold scoring passes
             out.append({"lever": "cudnn", "variant": "cuDNN attention off (SDPA: flash / memory-efficient)",
                         "cudnn": False})
@@ -600,15 +608,15 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
 def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list], optimizer: str, state,
               device: torch.device, pad_id: int) -> dict[str, Any]:
     """The medcore recipe with one setting changed; settings are put back whatever happens."""
+    from medcore.train import compile_decoder_layers
+
     base_attn = attn_implementation(model)
-    layers = list(_causal(model).model.layers)
     stack = contextlib.ExitStack()
     try:
         if "attn" in variant:
             set_attn_implementation(model, variant["attn"])
-        if variant.get("compile"):
-            for layer in layers:
-                layer.compile(dynamic=True)
+        if variant.get("compile", cfg.compile):  # compiled code is kept between levers: compiling once is enough
+            stack.callback(compile_decoder_layers(model))
         if "cudnn" in variant:
             stack.enter_context(cudnn_attention(variant["cudnn"]))
         if "ckpt" in variant:
@@ -620,17 +628,13 @@ def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list],
         warm += distinct_shapes(timed) if cfg.warm_all_shapes else []
         result = time_training(model, warm, timed, medcore_loss, variant.get("optimizer", optimizer),
                                cfg.learning_rate, device, state)
-        setting = {"token_budget": budget, "max_batch_size": rows,
+        setting = {"token_budget": budget, "max_batch_size": rows, "compile": variant.get("compile", cfg.compile),
                    "gradient_checkpointing": variant.get("ckpt", cfg.gradient_checkpointing)}
         return {**setting, **variant, **result, "error": None}
     except Exception as err:  # one failed lever (OOM, a compile error) must not lose the others
         return {**variant, "error": f"{type(err).__name__}: {str(err)[:300]}"}
     finally:
         stack.close()
-        if variant.get("compile"):
-            for layer in layers:
-                layer._compiled_call_impl = None
-            torch._dynamo.reset()
         if "attn" in variant:
             set_attn_implementation(model, base_attn)
         if "ckpt" in variant:

@@ -35,7 +35,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import datasets
 import torch
@@ -389,6 +389,29 @@ def _peak_memory(on_cuda: bool, was_reset: bool) -> dict[str, Any]:
             "peak_memory_kind": "process_rss_lifetime"}
 
 
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers of a causal LM, under a peft wrapper or not (``model.model.layers`` in transformers)."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(causal, "model", None), "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(causal).__name__} has no model.layers to compile; set train.compile=false")
+    return list(layers)
+
+
+def compile_decoder_layers(model: torch.nn.Module) -> Callable[[], None]:
+    """Regional compilation: ``torch.compile`` each decoder layer (``dynamic=True``: token-budget batches vary in
+    shape). The layers share their code, so one compiled graph serves all of them and compiling costs about
+    what one layer costs. Returns the function that puts the layers back to eager."""
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+
+    def undo() -> None:
+        for layer in layers:
+            layer._compiled_call_impl = None
+    return undo
+
+
 def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.Dataset,
           eval_ds: datasets.Dataset | None, output_dir: str | Path, resume: bool = False,
           callbacks: list[TrainerCallback] | None = None) -> TrainResult:
@@ -429,11 +452,14 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     checkpoint = last_checkpoint(output_dir) if resume else None
     start_step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     was_reset = _reset_peak_memory(on_cuda)
+    uncompile = compile_decoder_layers(model) if cfg.train.compile else None
     start = time.perf_counter()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         release_optimizer_overrides(model)
+        if uncompile:  # evaluation and scoring afterwards run eager (no second compile for inference)
+            uncompile()
     wall = time.perf_counter() - start
     adapter_dir = output_dir / "adapter"
     save_error = None
