@@ -10,17 +10,19 @@ PNG figures that the hand-written pages include (``{include} _generated/<name>.m
   ablations on a CPU (``results/ablations-cpu/``);
 - ``run.md`` - the command, the notebooks and the machine of the run (reproducibility page).
 
-The Performance page's parts are made in :mod:`medcore.pages_perf`, which :func:`write_generated` calls:
+The Performance page's parts are made in :mod:`medcore.pages_bench` (the benchmark) and :mod:`medcore.pages_perf`
+(model size, the GPU scale table, scale-out), which :func:`write_generated` calls:
 
-- ``performance.md`` - the benchmark (``results/bench/``, random weights of the Gemma-2B shape) and the
+- ``performance.md`` - the benchmark (``results/bench/``, random weights of the Gemma-2B shape), the other H200
+  and CPU benchmark records (``results/bench-h200-other/``, ``results/bench-cpu/``) and the
   model-size tables (``results/scale/``), and the measured cells of the performance notes;
 - ``scale_gpu.md`` - the results table per precision at the Gemma-2B shape (``results/scale-h200/``, random
   weights): size, training and scoring speed and memory;
 - ``scaleout.md`` - one GPU against DDP (random weights) and the real-weight DDP fine-tune against the one-GPU
   record (``results/scaleout/``), FSDP from ``results/scaleout-fsdp/`` when it exists.
 
-The helpers both modules use (``_save``, ``_note``, ``_fmt``) live here; ``pages_perf`` imports them, and this
-module imports ``pages_perf`` only inside :func:`write_generated`, so neither import is circular.
+The helpers these modules use (``_save``, ``_note``, ``_fmt``) live here; ``pages_bench`` and ``pages_perf`` import
+them, and this module imports them only inside :func:`write_generated`, so no import is circular.
 """
 from __future__ import annotations
 
@@ -314,8 +316,8 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
     """Write every generated part into ``book_dir/_generated`` (emptied first); return the substitutions."""
     import matplotlib
 
-    from medcore.pages_perf import (bench_markdown, bench_summary_markdown, notes_substitutions, scale_gpu_markdown,
-                                    scale_markdown, scaleout_markdown)
+    from medcore.pages_bench import bench_markdown, bench_summary_markdown, notes_substitutions
+    from medcore.pages_perf import scale_gpu_markdown, scale_markdown, scaleout_markdown
 
     matplotlib.use("Agg")
     out = book_dir / "_generated"
@@ -328,7 +330,9 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
     (out / "study.md").write_text(study)
     (out / "study_glance.md").write_text(glance)
     (out / "performance.md").write_text(bench_markdown(root / "results" / "bench", out)
-                                        + bench_summary_markdown(root / "results" / "bench-cpu")
+                                        + bench_summary_markdown(root / "results" / "bench-h200-other",
+                                                                 "Other models and precisions on the H200")
+                                        + bench_summary_markdown(root / "results" / "bench-cpu", "On a CPU")
                                         + scale_markdown(root / "results" / "scale"))
     (out / "scale_gpu.md").write_text(scale_gpu_markdown(root / "results" / "scale-h200", out))
     (out / "scaleout.md").write_text(scaleout_markdown(root / "results" / "scaleout", out,

@@ -1,5 +1,5 @@
 """Tables from run records (medcore.analysis) and the book's generated parts (medcore.pages and
-medcore.pages_perf), on small synthetic records and on the committed GPU study and benchmark records."""
+medcore.pages_bench), on small synthetic records and on the committed GPU study and benchmark records."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from medcore import analysis as an
-from medcore import pages, pages_perf, results, stats
+from medcore import pages, pages_bench, results, stats
 from medcore.study import ABLATIONS
 from medcore.config import load_profile
 from medcore.results import load_runs, write_run_record
@@ -158,8 +158,8 @@ def test_pages_from_synthetic_study_records(records, tmp_path):
     assert "Not run on the GPU" in text and "abl-dora" in text  # every ablation of the study driver is missing here
     empty, _ = pages.study_markdown(tmp_path / "none", out)
     assert "No study record" in empty
-    assert "No benchmark record" in pages_perf.bench_markdown(tmp_path / "none", out)
-    assert set(pages_perf.notes_substitutions(tmp_path / "none").values()) == {"no benchmark record yet"}
+    assert "No benchmark record" in pages_bench.bench_markdown(tmp_path / "none", out)
+    assert set(pages_bench.notes_substitutions(tmp_path / "none").values()) == {"no benchmark record yet"}
 
 
 @pytest.mark.skipif(not (STUDY / "study-fine-tuned").is_dir(), reason="the GPU study records are not committed")
@@ -190,17 +190,23 @@ def test_study_page_shows_the_committed_records(tmp_path):
 @pytest.mark.skipif(not any(BENCH.glob("*/metrics.json")), reason="no committed benchmark record")
 def test_performance_page_and_notes_come_from_the_bench_record(tmp_path):
     (out := tmp_path / "gen").mkdir()
-    text = pages_perf.bench_markdown(BENCH, out)
+    text = pages_bench.bench_markdown(BENCH, out)
     records = [json.loads((d / "metrics.json").read_text()) for d in results.run_dirs(BENCH)]
     m = records[-1]  # the page shows the record named last; the levers come from every record
-    assert text.count(pages_perf.BENCH_LABEL) >= 5  # every table says random weights
-    assert f"{m['score_seconds_4183']:.3g}" in text and "not met" in text
-    subs = pages_perf.notes_substitutions(BENCH)
-    assert set(subs) == {f"measured_{k}" for k in pages_perf.NOTES_CELLS}
+    assert text.count(pages_bench.BENCH_LABEL) >= 5  # every table says random weights
+    for row in m["scoring"]:  # both passes of both scorers, as recorded
+        assert f"| {row['seconds']:.3g} |" in text or f"| {row['seconds']:.2f} |" in text
+    for t in m["targets"]:  # every target shown; one not measured under its conditions here names its record
+        line = next(x for x in text.splitlines() if x.startswith(f"| {t['target'].split(' (')[0]}"))
+        assert ("this page's record" in line) == t["conditions_match"]
+        assert (" met |" in line or "not met" in line) and "random weights" in line
+    subs = pages_bench.notes_substitutions(BENCH)
+    assert set(subs) == {f"measured_{k}" for k in pages_bench.NOTES_CELLS}
     assert subs["measured_train_ratio"].startswith(f"**{m['train_speedup_real_tokens']:.2f}x**")
     measured = {lever["lever"] for r in records for lever in r["levers"] if not lever.get("error")}
-    for lever in ("attn", "compile", "optim", "ckpt", "repeat"):
+    for lever in ("attn", "compile", "optim", "ckpt", "repeat", "cudnn", "score_batch", "score_autocast", "score_cold"):
         assert (subs[f"measured_lever_{lever}"] == "not measured") == (lever not in measured)
+    assert (subs["measured_profile_train"] == "not measured") == (not any("profile" in r for r in records))
     repeats = [lv["real_tokens_per_s"] for lv in m["levers"] if lv["lever"] == "repeat"]
     if repeats:  # the base row against the unchanged recipe re-timed: the page says which was cold
         base = {t["recipe"]: t for t in m["training"]}

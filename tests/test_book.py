@@ -28,7 +28,7 @@ import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from medcore.analysis import RANDOM_LABEL
-from medcore.pages_perf import BENCH_LABEL
+from medcore.pages_bench import BENCH_LABEL
 from medcore.pipeline import NOTEBOOKS, _write_status, build_book, read_status
 from medcore.results import write_run_record
 

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 
 import pytest
 
-from medcore import pages_perf
+from medcore import pages_bench, pages_perf
 from medcore.results import write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_scaleout_section_shows_efficiency_failed_run_and_accuracy(tmp_path):
     assert "| so-fsdp2 | fsdp | 2 | **failed** (exit 1): `ValueError: Cannot flatten integer dtype tensors` | 40 |" in text
     assert "`results/scaleout/logs/so-fsdp2.log`" in text
     assert "| steady (first steps left out) | 6,000 | 10,800 | 1.80x | 90.0% |" in text
-    assert text.count(pages_perf.BENCH_LABEL) >= 2 and "Random weights" in text
+    assert text.count(pages_bench.BENCH_LABEL) >= 2 and "Random weights" in text
     assert "4.31 / 4.32" in text and "2.20 / 2.20" in text
     assert "32.0% [30.0%, 34.0%]" in text and "31.0% [29.0%, 33.0%]" in text
     assert "| yes | 40 | 52 | 0.25 |" in text
@@ -149,7 +149,7 @@ def test_other_bench_records_get_one_row_each_with_their_ratios(tmp_path):
         write_run_record(tmp_path, run_id, {}, metrics, extra={"real_weights": real})
     rec("bench-a-cpu", 600.0, 200.0, 30.0, 10.0, True)
     rec("bench-b-cpu", 500.0, 250.0, 20.0, 8.0, True)
-    text = pages_perf.bench_summary_markdown(tmp_path)
+    text = pages_bench.bench_summary_markdown(tmp_path)
     assert "| bench-a-cpu |" in text and "| 3.00x |" in text and "| 2.00x |" in text and "| 2.50x |" in text
     assert "cpu (2 threads)" in text and "| real |" in text and "nf4 + DQ" in text
-    assert pages_perf.bench_summary_markdown(tmp_path / "missing") == ""
+    assert pages_bench.bench_summary_markdown(tmp_path / "missing") == ""
