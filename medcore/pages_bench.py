@@ -172,8 +172,9 @@ def _profile_tables(records: list[tuple[Path, dict]]) -> list[str]:
             top = pd.DataFrame(pr["top_gpu_ops"][:8]).rename(columns={
                 "name": "operator (most GPU time)", "calls_per_step": f"calls per {unit}",
                 "self_gpu_ms_per_step": "GPU ms", "self_cpu_ms_per_step": "CPU ms (own)"})
-            parts += [f"\n### Profile: {unit}s of `{rpath.name}` (torch.profiler, {BENCH_LABEL})\n",
-                      f"{pr['steps']} warm {unit}s: **{pr['wall_ms_per_step']:.0f} ms** of wall time per {unit}, of "
+            units = "training steps" if name == "train" else "scoring batches"
+            parts += [f"\n### Profile: {units} of `{rpath.name}` (torch.profiler, {BENCH_LABEL})\n",
+                      f"{pr['steps']} warm {units}: **{pr['wall_ms_per_step']:.0f} ms** of wall time per {unit}, of "
                       f"which the GPU ran kernels for **{pr['gpu_kernel_ms_per_step']:.0f} ms** "
                       f"({pr['gpu_busy_share']:.0%} busy); {pr['kernels_per_step']:,.0f} kernels and "
                       f"{pr['aten_calls_per_step']:,.0f} PyTorch operator calls per {unit}.\n\n",

@@ -56,7 +56,7 @@ def _fake_project(tmp: Path, finished: list[str], records: bool = True) -> tuple
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
     if records:
-        for part in ("study", "bench", "scale-h200", "scaleout"):
+        for part in ("study", "bench", "bench-h200-other", "bench-cpu", "scale-h200", "scaleout"):
             if (ROOT / "results" / part).is_dir():
                 shutil.copytree(ROOT / "results" / part, root / "results" / part)
     (root / "notebooks").mkdir()
@@ -198,6 +198,9 @@ def test_browser_shows_results_tables_and_figures(built_book):
         assert "scaleout-gemma-2b-ddp2" in perf_dom and "scaling efficiency" in perf_dom
     if (ROOT / "results" / "scale-h200").is_dir():
         assert "NF4+DQ" in perf_dom and "Random weights" in perf_dom
+    for part in ("bench-h200-other", "bench-cpu"):  # the other benchmark records, a row each
+        for record in (ROOT / "results" / part).glob("*/metrics.json"):
+            assert record.parent.name in perf_dom
     assert all(i.is_file() and i.stat().st_size > 0 for i in _images(perf_dom, html / "book"))
 
     notes_dom = _browse(html / "book" / "performance_notes.html", shots / "performance_notes.png", profile)
