@@ -404,7 +404,10 @@ def summarize_profile(prof, wall_s: float, steps: int, top: int = 15) -> dict[st
     from torch.autograd import DeviceType
 
     events = list(prof.key_averages())
-    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+    # CUPTI reports "Command Buffer Full" (the CPU waiting for room in the launch queue) as a device event: it
+    # is not a kernel, and counting it would overstate the GPU's busy time
+    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA
+               and e.key != "Command Buffer Full"]
     ops = [e for e in events if getattr(e, "device_type", None) == DeviceType.CPU]
     gpu_us = sum(_us(e, "self_device_time_total") for e in kernels)
     aten_calls = sum(e.count for e in ops if e.key.startswith("aten::"))
