@@ -116,7 +116,8 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORE_TARGET_QUESTIONS = 4183  # the MedMCQA validation split
-LEVERS = ("attn", "compile", "optim", "budget", "ckpt", "repeat", "cudnn", "score_batch", "score_autocast")
+LEVERS = ("attn", "compile", "optim", "budget", "ckpt", "repeat", "cudnn", "lora_cast", "score_batch",
+          "score_autocast")
 TARGET_CONDITIONS = "CUDA, random:gemma-2b, nf4 + double quantization"
 
 

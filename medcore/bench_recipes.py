@@ -590,6 +590,9 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
         elif lever == "ckpt":
             on = not cfg.gradient_checkpointing
             out.append({"lever": "ckpt", "variant": f"gradient_checkpointing={'on' if on else 'off'}", "ckpt": on})
+        elif lever == "lora_cast":  # peft's copy of each LoRA input to the adapter's float32 turned off
+            out.append({"lever": "lora_cast", "variant": "LoRA inputs left in bf16 under autocast "
+                        "(peft's input casting off)", "lora_cast": False})
         elif lever == "score_batch":  # the one-pass scorer alone at other batch sizes (not a training variant)
             for size in cfg.score_batch_sizes:
                 out.append({"lever": "score_batch", "variant": f"one-pass scoring, batch {size}",
@@ -622,6 +625,12 @@ def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list],
             stack.callback(compile_decoder_layers(model))
         if "cudnn" in variant:
             stack.enter_context(cudnn_attention(variant["cudnn"]))
+        if variant.get("lora_cast") is False:
+            if device.type != "cuda":  # without autocast the bf16 input would meet the float32 adapter weights
+                raise ValueError("lora_cast needs bf16 autocast, which the bench uses on CUDA only")
+            from peft.helpers import disable_input_dtype_casting
+
+            stack.enter_context(disable_input_dtype_casting(model))
         if "ckpt" in variant:
             set_checkpointing(model, variant["ckpt"])
         budget = variant.get("token_budget", cfg.token_budget)

@@ -259,7 +259,7 @@ def _measured(value: float, unit: str) -> str:
 NOTES_CELLS = ("train_ratio", "train_mfu", "baseline_mfu", "train_peak", "baseline_peak", "score_seconds",
                "score_ratio", "lever_attn", "lever_compile", "lever_optim", "lever_budget_8192", "lever_budget_16384",
                "lever_ckpt", "lever_repeat", "matmul", "lever_budget_4096", "lever_budget_32768", "lever_budget_65536",
-               "lever_cudnn",
+               "lever_cudnn", "lever_lora_cast",
                "lever_score_batch", "lever_score_autocast", "lever_score_cold", "profile_train")
 
 
