@@ -340,6 +340,18 @@ def harness_style_scores(model, tokenizer, records: Sequence[dict], batch_size: 
             "real_tokens": int(sum(len(x) for x in inputs))}
 
 
+def _timed_pass(fn: Callable, device: torch.device) -> tuple[Any, float, PeakMemory]:
+    """`fn()` timed (CUDA synchronised on both sides) with its peak memory; memory is freed afterwards."""
+    _sync(device)
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    free_memory()
+    return out, seconds, mem
+
+
 def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, device: torch.device,
                  autocast: bool = False) -> dict[str, Any]:
     """Both scorers on the same questions, each timed twice: a first pass (``cold_seconds``: every batch shape
@@ -349,16 +361,7 @@ def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, dev
 
     records = list(records)
     n = len(records)
-
-    def timed(fn):
-        _sync(device)
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            out = fn()
-            _sync(device)
-            seconds = time.perf_counter() - t0
-        free_memory()
-        return out, seconds, mem
+    timed = lambda fn: _timed_pass(fn, device)  # noqa: E731
     one_pass = lambda: score_choices(model, tokenizer, records, batch_size=batch_size, progress=False,  # noqa: E731
                                      autocast=autocast)
     harness = lambda: harness_style_scores(model, tokenizer, records, batch_size, autocast=autocast)  # noqa: E731
@@ -500,21 +503,11 @@ def time_one_pass(model, tokenizer, records: Sequence[dict], batch_size: int, de
                            "cudnn_attention": cudnn}
     with cudnn_attention(cudnn):
         if cold:
-            _sync(device)
-            t0 = time.perf_counter()
-            one_pass()
-            _sync(device)
-            out["cold_seconds"] = time.perf_counter() - t0
+            out["cold_seconds"] = _timed_pass(one_pass, device)[1]
         else:
             score_choices(model, tokenizer, records[:batch_size], batch_size=batch_size, progress=False,
                           autocast=autocast)
-        _sync(device)
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            one = one_pass()
-            _sync(device)
-            seconds = time.perf_counter() - t0
-    free_memory()
+        one, seconds, mem = _timed_pass(one_pass, device)
     out.update({"seconds": seconds, "questions_per_s": len(records) / seconds,
                 "real_tokens": int(one["prompt_tokens"].sum()),
                 "real_tokens_per_s": float(one["prompt_tokens"].sum()) / seconds, "peak_memory_bytes": int(mem.peak),
