@@ -3,8 +3,8 @@
 Both sides run on the same quantized model with the same adapter (NF4 + double quantization, bf16 compute,
 LoRA r=16 on every linear layer; ``--precision bf16`` for an unquantized base) and the same MedMCQA questions.
 
-Training (a plain loop: forward, backward, optimizer step, after ``--warmup`` untimed steps and one untimed pass over
-the timed batches (``--no-warm-shapes`` leaves that out); *not* the Trainer,
+Training (a plain loop: forward, backward, optimizer step, after ``--warmup`` untimed steps and one untimed step for
+each batch shape among the timed batches (``--no-warm-shapes`` leaves that out); *not* the Trainer,
 so that both recipes are timed the same way and data loading stays outside the clock. The pass over the timed
 batches is there because token-budget batches come in many shapes and, on the H200, a step of a shape not seen
 before was measured slower: the medcore row of ``bench-gemma-2b-nvidia-h200-levers`` (3 warm-up steps only) gave
@@ -28,7 +28,10 @@ the same learning rate, bf16 autocast on CUDA, and start from the same adapter w
 (non-padding) tokens/s, examples/s, padding share, peak memory (CUDA allocator peak during the timed steps; on
 CPU the peak resident set size sampled during them).
 
-Scoring, on ``--n-questions`` questions (default all on CUDA, 64 on CPU), both after one untimed batch:
+Scoring, on ``--n-questions`` questions (default all on CUDA, 64 on CPU), each scorer timed twice: the first pass
+of the process (``cold_seconds``; the 10-s target reads it) and a second pass (``seconds``, questions/s and the
+ratio); ``--score-autocast`` runs both under bf16 autocast. The adapter scored is the one the timed training left.
+The two scorers:
 
 * **medcore**: :func:`medcore.evaluate.score_choices` (one forward per question, the head at the last position);
 * **harness-style**: the lm-evaluation-harness's four log-likelihood requests per question (context +
@@ -43,9 +46,16 @@ CPU). Model FLOPs count 6 x non-embedding parameters per trained real token and 
 with LoRA the hardware does ~4N per token without checkpointing (no weight gradients) and ~6N with it, so
 without checkpointing the 6N figure overstates the hardware's utilisation by up to 1.5x.
 
-``--levers attn,compile,optim,budget,ckpt`` (or ``all``) reruns the medcore training recipe once per variant,
-changing one setting at a time (attention sdpa/eager, ``torch.compile`` of the decoder body, the other optimizer,
-token budgets 4096/8192/16384 with the row cap scaled alongside, gradient checkpointing toggled); each is a row.
+``--compile`` compiles each decoder layer for medcore's recipe (``train.compile``). ``--profile`` adds a
+torch.profiler summary of warm training steps and scoring batches (GPU busy share, operator calls, top operators).
+
+``--levers`` (comma list, or ``all``) reruns the medcore training recipe once per variant, changing one setting at a
+time: ``attn`` (sdpa/eager), ``compile`` (toggled), ``optim`` (the other optimizer), ``budget`` (``--budgets``, the
+row cap scaled alongside), ``ckpt`` (toggled), ``repeat`` (unchanged: the drift check), ``cudnn`` (SDPA's cuDNN
+backend off, plus cold-then-warm scoring passes at two new batch sizes with it on and off), ``lora_cast`` (peft's
+float32 copy of LoRA inputs off under autocast; CUDA only). The scoring levers time the one-pass scorer alone:
+``score_batch`` (``--score-batch-sizes``) and ``score_autocast`` (toggled). Each is a row; the record is rewritten
+after every lever, so a run stopped midway keeps what it measured.
 
 Prints a table with ratios (medcore / baseline), the fraction of the ceiling, and whether each target of issue
 #7 is met, and writes a run record (``results.write_run_record``) to ``--out``/``bench-<model>-<device>``.
@@ -267,9 +277,9 @@ def targets(metrics: dict[str, Any], cond: dict[str, Any]) -> list[dict[str, Any
 
 
 def memory_target_row(metrics: dict[str, Any], cond: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The training row measured at the memory target's setting (4,096 tokens per batch, checkpointing on,
-    the base optimizer, no compile): the medcore row if the run's base recipe is that, else the first lever
-    row that is (a budget or checkpointing lever); (the medcore row, None) if no row is."""
+    """The training row measured at the memory target's setting (4,096 tokens per batch, checkpointing on):
+    the medcore row if the run's base recipe is that, else the first budget or checkpointing lever row that
+    is; (the medcore row, None) if no row is. A row's other settings (compile, optimizer) are the run's."""
     med = next(r for r in metrics["training"] if r["recipe"] == "medcore")
     if cond["token_budget"] == 4096 and cond["gradient_checkpointing"]:
         return med, "medcore"
