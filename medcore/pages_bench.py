@@ -57,6 +57,7 @@ def bench_markdown(bench_dir: Path, out: Path) -> str:
     parts += _main_tables(m, c, weights, out)
     records = _records(bench_dir)
     parts += _lever_tables(records, weights)
+    parts += _budget_figure(records, weights, out)
     parts += _profile_tables(records)
     parts += _targets_table(m, records, weights)
     return "\n".join(parts)
@@ -159,6 +160,31 @@ def _lever_tables(records: list[tuple[Path, dict]], weights: str) -> list[str]:
                   "counted only in records that score every lever with the adapter the base scoring used (records "
                   "made before that fix say *not checked*).\n\n", an.markdown_table(_fmt(pd.DataFrame(score_rows)))]
     return parts
+
+
+def _budget_figure(records: list[tuple[Path, dict]], weights: str, out: Path) -> list[str]:
+    """Speed and peak memory against tokens per batch: every record's base row and its budget levers, one line
+    per recipe setting (checkpointing, compile) and record."""
+    rows = []
+    for rpath, rec in records:
+        rm, c = rec["metrics"], rec["metrics"].get("conditions", {})
+        med = next((t for t in rm.get("training", []) if t["recipe"] == "medcore"), None)
+        if med is None or c.get("device_type") != "cuda":
+            continue
+        label = (f"{rpath.name.removeprefix('bench-gemma-2b-nvidia-h200') or 'first'}: checkpointing "
+                 f"{'on' if c.get('gradient_checkpointing') else 'off'}{', compiled' if c.get('compile') else ''}"
+                 f"{'' if 'warm_all_shapes' in c else ', timed cold'}")  # records before the per-shape warm-up
+        points = [(c.get("token_budget"), med)] + [(lv["token_budget"], lv) for lv in rm.get("levers", [])
+                                                    if lv.get("lever") == "budget" and not lv.get("error")]
+        rows += [{"token_budget": b, "real_tokens_per_s": r["real_tokens_per_s"],
+                  "peak_memory_gb": r["peak_memory_bytes"] / 1e9, "recipe": label} for b, r in points]
+    if len({r["token_budget"] for r in rows}) < 2:
+        return []
+    from medcore import plots
+
+    fig = plots.budget_curves(pd.DataFrame(rows), title=f"medcore's training recipe by token budget ({weights})")
+    return ["\nEach record's base row and its token-budget levers, one line per record (its suffix) and setting:\n",
+            _save(fig, out, "bench_budgets.png", f"Training speed and peak memory by token budget, {weights}")]
 
 
 def _profile_tables(records: list[tuple[Path, dict]]) -> list[str]:

@@ -14,6 +14,7 @@ Figures:
 * :func:`quantization_error_plot` - per-layer quantization error by precision and module kind;
 * :func:`cost_bars` - latency and peak memory by precision or model;
 * :func:`compare_bars` - one panel per measured quantity, one bar per setting (cost, benchmark recipes);
+* :func:`budget_curves` - training speed and peak memory against the token budget, one line per recipe;
 * :func:`reliability_diagram` - calibration of the chosen letter's probability;
 * :func:`position_bias` - how often each letter is predicted, against how often it is the answer;
 * :func:`ablation_plot` - accuracy with intervals for each ablation setting;
@@ -224,6 +225,29 @@ def compare_bars(df: pd.DataFrame, by: str, metrics: dict[str, str], title: str 
         ax.set_ylabel(label)
         ax.set_xlabel("")
         ax.tick_params(axis="x", labelrotation=20)
+    return _finish(fig, title)
+
+
+def budget_curves(df: pd.DataFrame, hue: str = "recipe", title: str | None = None) -> Figure:
+    """Training real tokens/s and peak memory against tokens per batch (log2 axis), one line per ``hue`` level.
+
+    Columns: token_budget, real_tokens_per_s, peak_memory_gb, ``hue``.
+    """
+    _require(df, ["token_budget", "real_tokens_per_s", "peak_memory_gb", hue], "budget_curves")
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    data = df.sort_values("token_budget")
+    for ax, (column, label) in zip(axes, (("real_tokens_per_s", "real tokens/s"),
+                                          ("peak_memory_gb", "peak memory (GB)"))):
+        sns.lineplot(data=data, x="token_budget", y=column, hue=hue, style=hue, markers=True, dashes=False,
+                     errorbar=None, ax=ax)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(data["token_budget"].unique()), [f"{int(v):,}" for v in sorted(data["token_budget"].unique())])
+        ax.set_xlabel("tokens per batch")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+    axes[0].get_legend().remove()
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), title=None, frameon=False)
     return _finish(fig, title)
 
 

@@ -159,3 +159,17 @@ def test_compare_bars_one_panel_per_quantity_with_values():
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["bf16", "nf4+dq"]
     with pytest.raises(ValueError, match="qps"):
         plots.compare_bars(df.drop(columns="qps"), by="precision", metrics={"qps": "questions/s"})
+
+
+def test_budget_curves_one_line_per_recipe_on_a_log2_axis():
+    df = pd.DataFrame({"token_budget": [4096, 8192, 16384, 16384, 4096],
+                       "real_tokens_per_s": [11e3, 17e3, 22e3, 29e3, 8e3], "peak_memory_gb": [3.7, 5.1, 7.9, 9.0, 3.7],
+                       "recipe": ["eager", "eager", "eager", "compiled", "compiled"]})
+    fig = plots.budget_curves(df, title="t")
+    speed, memory = fig.axes[:2]
+    assert speed.get_xscale() == "log" and speed.get_ylabel() == "real tokens/s"
+    assert len(speed.lines) >= 2 and {t.get_text() for t in memory.get_legend().get_texts()} >= {"eager", "compiled"}
+    ys = sorted(max(line.get_ydata()) for line in speed.lines if len(line.get_ydata()))
+    assert ys[-1] == 29e3 and speed.get_legend() is None  # one legend, beside the memory panel
+    with pytest.raises(ValueError, match="peak_memory_gb"):
+        plots.budget_curves(df.drop(columns="peak_memory_gb"))
