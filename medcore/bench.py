@@ -74,10 +74,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from medcore.train import compile_decoder_layers
-from medcore.workflows import free_memory
 from medcore.bench_recipes import (  # re-exported: bench.<name> keeps working for tests and callers
-    PeakMemory,
     _to,
     adapter_state,
     attn_implementation,
@@ -85,15 +82,16 @@ from medcore.bench_recipes import (  # re-exported: bench.<name> keeps working f
     baseline_loss,
     batch_tokens,
     encode_training_examples,
-    harness_requests,
     harness_style_scores,
     distinct_shapes,
     cold_sizes,
+    compiled_layers,
+    free_memory,
     lever_variants,
-    make_optimizer,
     matmul_rate,
     medcore_batches,
     medcore_loss,
+    medcore_step_batches,
     mfu,
     non_embedding_parameters,
     objective_check,
@@ -104,7 +102,6 @@ from medcore.bench_recipes import (  # re-exported: bench.<name> keeps working f
     run_lever,
     run_trainer,
     score_flops_per_token,
-    set_attn_implementation,
     set_checkpointing,
     time_one_pass,
     time_scoring,
@@ -116,18 +113,19 @@ __all__ = [
     "ROOT", "SCORE_TARGET_QUESTIONS", "LEVERS", "TARGET_CONDITIONS", "BenchConfig", "parse_args", "default_source",
     "load_records", "targets", "format_report", "run_bench", "main",
     # from medcore.bench_recipes
-    "PeakMemory", "adapter_state", "attn_implementation", "baseline_batches", "baseline_loss", "batch_tokens",
-    "encode_training_examples", "harness_requests", "harness_style_scores", "lever_variants", "make_optimizer",
-    "matmul_rate", "medcore_batches", "medcore_loss", "mfu", "non_embedding_parameters", "objective_check",
-    "resolve_optimizer", "restore_adapter", "run_lever", "run_trainer", "score_flops_per_token",
-    "set_attn_implementation", "set_checkpointing", "time_scoring", "time_training", "train_flops_per_token",
-    "cold_sizes", "distinct_shapes", "profile_training", "profile_scoring", "time_one_pass", "memory_target_row",
+    "adapter_state", "attn_implementation", "baseline_batches", "baseline_loss", "batch_tokens",
+    "encode_training_examples", "harness_style_scores", "lever_variants", "matmul_rate", "medcore_batches",
+    "medcore_loss", "mfu", "non_embedding_parameters", "objective_check", "resolve_optimizer", "restore_adapter",
+    "run_lever", "run_trainer", "score_flops_per_token", "set_checkpointing", "time_scoring", "time_training",
+    "train_flops_per_token", "cold_sizes", "distinct_shapes", "profile_training", "profile_scoring",
+    "time_one_pass", "memory_target_row",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORE_TARGET_QUESTIONS = 4183  # the MedMCQA validation split
 LEVERS = ("attn", "compile", "optim", "budget", "ckpt", "repeat", "cudnn", "lora_cast", "score_batch",
           "score_autocast")
+SCORING_VARIANTS = ("score_batch", "score_autocast", "score_cold")  # variants that time the one-pass scorer
 TARGET_CONDITIONS = "CUDA, random:gemma-2b, nf4 + double quantization"
 
 
@@ -485,26 +483,18 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
     attn = attn_implementation(model)
 
     check = objective_check(model, examples["timed"][:min(4, n_timed)], cfg.pad_length, pad_id, device)
-    med_warm = [_to(b, device) for b in medcore_batches(examples["warm"], cfg.token_budget, cfg.max_batch_size,
-                                                       pad_id, cfg.seed)[:cfg.warmup]]
-    med_timed = [_to(b, device) for b in medcore_batches(examples["timed"], cfg.token_budget, cfg.max_batch_size,
-                                                        pad_id, cfg.seed)]
+    med_warm, med_timed = medcore_step_batches(examples, cfg.token_budget, cfg.max_batch_size, cfg, pad_id, device)
     base_warm = [_to(b, device) for b in baseline_batches(examples["warm"][:cfg.warmup * cfg.baseline_batch_size],
                                                          cfg.baseline_batch_size, cfg.pad_length, pad_id)]
     base_timed = [_to(b, device) for b in baseline_batches(examples["timed"], cfg.baseline_batch_size,
                                                           cfg.pad_length, pad_id)]
-    if cfg.warm_all_shapes:  # token-budget batches differ in shape; the first step of each shape is slow on CUDA
-        med_warm, base_warm = med_warm + distinct_shapes(med_timed), base_warm + distinct_shapes(base_timed)
     training = []
     for name, warm, timed, loss_fn in (("medcore", med_warm, med_timed, medcore_loss),
                                        ("baseline", base_warm, base_timed, baseline_loss)):
-        uncompile = compile_decoder_layers(model) if cfg.compile and name == "medcore" else None
-        try:
+        # token-budget batches differ in shape; the first step of each shape is slow on CUDA (warm_shapes)
+        with compiled_layers(model, cfg.compile and name == "medcore"):
             row = {"recipe": name, **time_training(model, warm, timed, loss_fn, optimizer, cfg.learning_rate,
-                                                   device, state)}
-        finally:
-            if uncompile:
-                uncompile()
+                                                   device, state, warm_shapes=cfg.warm_all_shapes)}
         training.append(row)
         print(f"[bench] training {name}: {row['real_tokens_per_s']:.1f} real tokens/s", flush=True)
     profile = {}
@@ -586,10 +576,12 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
                                            "kind": "bench"}, overwrite=True)
             metrics["record"] = str(path)
 
-    save(final=False)
-    for variant in lever_variants(cfg.levers, cfg, optimizer, attn):
-        if "score_batch_size" in variant:  # a scoring lever
-            size = variant["score_batch_size"] or score_bs
+    variants = lever_variants(cfg.levers, cfg, optimizer, attn)
+    if variants:  # the record so far, before the levers run
+        save(final=False)
+    for i, variant in enumerate(variants):
+        if variant["lever"] in SCORING_VARIANTS:
+            size = variant.get("score_batch_size") or score_bs
             restore_adapter(model, scored)
             row = {**variant, **time_one_pass(model, tokenizer, score_records, size, device,
                                               cold=variant.get("cold", False),
@@ -604,8 +596,9 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
                 row["mfu"] = mfu(row["real_tokens_per_s"], ftrain, matmul["flops"])
             print(f"[bench] lever {row['variant']}: {row.get('real_tokens_per_s', row.get('error'))}", flush=True)
         levers.append(row)
-        save(final=False)
-    save(final=True)
+        save(final=i == len(variants) - 1)
+    if not variants:
+        save(final=True)
     print(format_report(metrics), flush=True)
     if write:
         print(f"[bench] record written to {metrics['record']}", flush=True)

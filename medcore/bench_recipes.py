@@ -16,10 +16,17 @@ import numpy as np
 import torch
 
 from medcore.prompts import IGNORE_INDEX, LETTERS, Collator
-from medcore.workflows import free_memory
 
 if TYPE_CHECKING:
     from medcore.bench import BenchConfig
+
+
+def free_memory() -> None:
+    """:func:`medcore.workflows.free_memory`, imported when first needed: importing ``workflows`` loads
+    transformers, peft and datasets, which `python -m medcore bench --help` should not wait for."""
+    from medcore.workflows import free_memory as free
+
+    free()
 
 
 # ---- ceiling and FLOP accounting -----------------------------------------------------------------------------
@@ -213,8 +220,8 @@ def _autocast(device: torch.device):
 
 def _trainer_step(model, loss_fn: Callable, optimizer: str, lr: float, device: torch.device,
                   adapter_state: dict[str, torch.Tensor] | None = None):
-    """One training step of a recipe (forward under bf16 autocast on CUDA, backward, optimizer step) and its
-    fresh optimizer; the adapter starts from `adapter_state`."""
+    """One training step of a recipe (forward under bf16 autocast on CUDA, backward, optimizer step) with its own
+    fresh optimizer (released with the step function); the adapter starts from `adapter_state`."""
     params = [p for p in model.parameters() if p.requires_grad]
     if adapter_state is not None:
         restore_adapter(model, adapter_state)
@@ -228,14 +235,17 @@ def _trainer_step(model, loss_fn: Callable, optimizer: str, lr: float, device: t
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach()
-    return step, opt
+    return step
 
 
 def time_training(model, warm: Sequence[dict], timed: Sequence[dict], loss_fn: Callable, optimizer: str, lr: float,
-                  device: torch.device, adapter_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+                  device: torch.device, adapter_state: dict[str, torch.Tensor] | None = None,
+                  warm_shapes: bool = False) -> dict[str, Any]:
     """Warm-up steps, then timed steps (forward, backward, optimizer step) of one recipe; batches already on
-    `device`. The adapter starts from `adapter_state` and every recipe gets a fresh optimizer."""
-    step, opt = _trainer_step(model, loss_fn, optimizer, lr, device, adapter_state)
+    `device`. With `warm_shapes` the warm-up also steps once per batch shape of `timed` (:func:`distinct_shapes`).
+    The adapter starts from `adapter_state` and every recipe gets a fresh optimizer."""
+    step = _trainer_step(model, loss_fn, optimizer, lr, device, adapter_state)
+    warm = list(warm) + (distinct_shapes(timed) if warm_shapes else [])
     t0 = time.perf_counter()
     for b in warm:
         step(b)
@@ -247,7 +257,7 @@ def time_training(model, warm: Sequence[dict], timed: Sequence[dict], loss_fn: C
         _sync(device)
         seconds = time.perf_counter() - t0
     losses = [float(x) for x in losses]
-    del opt
+    del step
     free_memory()
     counts = batch_tokens(timed)
     return {"steps": len(timed), "warmup_steps": len(warm), "warmup_seconds": warm_s, "seconds": seconds,
@@ -437,7 +447,7 @@ def _profiled(device: torch.device):
 def profile_training(model, batches: Sequence[dict], loss_fn: Callable, optimizer: str, lr: float,
                      device: torch.device, adapter_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """torch.profiler over training steps of warm batches (each batch is stepped once untimed first)."""
-    step, opt = _trainer_step(model, loss_fn, optimizer, lr, device, adapter_state)
+    step = _trainer_step(model, loss_fn, optimizer, lr, device, adapter_state)
     for b in batches:
         step(b)
     _sync(device)
@@ -447,7 +457,7 @@ def profile_training(model, batches: Sequence[dict], loss_fn: Callable, optimize
             step(b)
         _sync(device)
         wall = time.perf_counter() - t0
-    del opt
+    del step
     out = summarize_profile(prof, wall, len(batches))
     out["real_tokens_per_step"] = batch_tokens(batches)["real_tokens"] / len(batches)
     free_memory()
@@ -592,8 +602,7 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
                             "score_batch_size": size})
         elif lever == "score_autocast":  # the one-pass scorer with bf16 autocast toggled (LoRA inputs stay bf16)
             out.append({"lever": "score_autocast", "variant": "one-pass scoring without autocast" if cfg.score_autocast
-                        else "one-pass scoring under bf16 autocast", "score_batch_size": None,
-                        "autocast": not cfg.score_autocast})
+                        else "one-pass scoring under bf16 autocast", "autocast": not cfg.score_autocast})
         elif lever == "cudnn":  # SDPA's cuDNN backend off: training (warm) and cold scoring passes
             out.append({"lever": "cudnn", "variant": "cuDNN attention off (SDPA: flash / memory-efficient)",
                         "cudnn": False})
@@ -604,18 +613,40 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
     return out
 
 
+@contextlib.contextmanager
+def compiled_layers(model, on: bool):
+    """Each decoder layer compiled inside the block (``train.compile_decoder_layers``), eager again after it.
+    Compiled code stays cached between blocks: compiling once per process is enough."""
+    if not on:
+        yield
+        return
+    from medcore.train import compile_decoder_layers
+
+    undo = compile_decoder_layers(model)
+    try:
+        yield
+    finally:
+        undo()
+
+
+def medcore_step_batches(examples: dict[str, list], budget: int, rows: int, cfg: BenchConfig, pad_id: int,
+                         device: torch.device) -> tuple[list[dict], list[dict]]:
+    """The medcore recipe's warm-up batches (``--warmup`` of them, from the warm-up examples) and timed batches,
+    on `device`, at a token budget and row cap."""
+    warm = medcore_batches(examples["warm"], budget, rows, pad_id, cfg.seed)[:cfg.warmup]
+    timed = medcore_batches(examples["timed"], budget, rows, pad_id, cfg.seed)
+    return [_to(b, device) for b in warm], [_to(b, device) for b in timed]
+
+
 def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list], optimizer: str, state,
               device: torch.device, pad_id: int) -> dict[str, Any]:
     """The medcore recipe with one setting changed; settings are put back whatever happens."""
-    from medcore.train import compile_decoder_layers
-
     base_attn = attn_implementation(model)
     stack = contextlib.ExitStack()
     try:
         if "attn" in variant:
             set_attn_implementation(model, variant["attn"])
-        if variant.get("compile", cfg.compile):  # compiled code is kept between levers: compiling once is enough
-            stack.callback(compile_decoder_layers(model))
+        stack.enter_context(compiled_layers(model, variant.get("compile", cfg.compile)))
         if "cudnn" in variant:
             stack.enter_context(cudnn_attention(variant["cudnn"]))
         if variant.get("lora_cast") is False:
@@ -628,11 +659,9 @@ def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list],
             set_checkpointing(model, variant["ckpt"])
         budget = variant.get("token_budget", cfg.token_budget)
         rows = variant.get("max_batch_size", cfg.max_batch_size)
-        warm = [_to(b, device) for b in medcore_batches(examples["warm"], budget, rows, pad_id, cfg.seed)[:cfg.warmup]]
-        timed = [_to(b, device) for b in medcore_batches(examples["timed"], budget, rows, pad_id, cfg.seed)]
-        warm += distinct_shapes(timed) if cfg.warm_all_shapes else []
+        warm, timed = medcore_step_batches(examples, budget, rows, cfg, pad_id, device)
         result = time_training(model, warm, timed, medcore_loss, variant.get("optimizer", optimizer),
-                               cfg.learning_rate, device, state)
+                               cfg.learning_rate, device, state, warm_shapes=cfg.warm_all_shapes)
         setting = {"token_budget": budget, "max_batch_size": rows, "compile": variant.get("compile", cfg.compile),
                    "gradient_checkpointing": variant.get("ckpt", cfg.gradient_checkpointing)}
         return {**setting, **variant, **result, "error": None}

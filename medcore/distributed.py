@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -45,7 +44,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 from accelerate import PartialState
-from accelerate.utils import DistributedType, gather_object
+from accelerate.utils import DistributedType, gather_object, parse_flag_from_env
 from transformers import TrainerCallback
 
 CONFIG_DIR = Path(__file__).parent / "accelerate"
@@ -66,8 +65,7 @@ def local_device(state: PartialState) -> torch.device:
 def is_fsdp(state: PartialState) -> bool:
     """Launched with an FSDP config. PartialState reports such a launch as MULTI_GPU (only AcceleratorState, made
     later by the Trainer, turns it into FSDP), so the launcher's ``ACCELERATE_USE_FSDP`` is read as well."""
-    return state.distributed_type == DistributedType.FSDP or \
-        os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return state.distributed_type == DistributedType.FSDP or parse_flag_from_env("ACCELERATE_USE_FSDP")
 
 
 def config_path(name: str) -> Path:

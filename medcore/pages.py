@@ -142,7 +142,7 @@ def study_markdown(study_dir: Path, out: Path) -> tuple[str, str]:
               "differ by more than chance, and the interval of the difference is a paired bootstrap.\n\n",
               an.markdown_table(an.format_paired_tests(tests))]
 
-    parts += ["\n### The answer-letter prior\n", _letter_prior(study_dir, main)]
+    parts += ["\n### The answer-letter prior\n", _letter_prior(runs, main)]
 
     labels = dict(zip(main["run"], main["model"]))
     parts.append("\n### By tier and by choice type\n")
@@ -212,17 +212,17 @@ def study_markdown(study_dir: Path, out: Path) -> tuple[str, str]:
     return "\n".join(parts), facts + "\n" + glance
 
 
-def _letter_prior(study_dir: Path, main: pd.DataFrame) -> str:
+def _letter_prior(runs: pd.DataFrame, main: pd.DataFrame) -> str:
     """Predicted-letter shares of each scoring record beside the key's, and the always-the-commonest-letter score.
 
     A fine-tuned model can gain accuracy by learning which letter the key favours rather than medicine; this
     table lets the reader see whether the gain exceeds what that prior alone gives.
     """
-    from medcore.results import load_run
-
+    shares = runs.set_index("run_id")["letters"] if "letters" in runs else pd.Series(dtype=object)
     rows, key = [], None
     for run, model in zip(main["run"], main["model"]):
-        letters = pd.DataFrame(load_run(study_dir / run)["metrics"].get("letters") or [])
+        value = shares.get(run)  # the records' metrics, already loaded (load_runs)
+        letters = pd.DataFrame(value if isinstance(value, list) else [])
         if letters.empty:
             continue
         key = letters
@@ -294,7 +294,7 @@ def cpu_ablation_markdown(abl_dir: Path, zero_shot_dir: Path, out: Path) -> str:
             table = pd.concat([table, pd.DataFrame([{"run": f"{zero_shot_dir.name}/demo-zero-shot",
                                "setting": "zero-shot nf4+dq (no adapter)", "ablation": "zero-shot", "accuracy": k / n,
                                "ci_low": lo, "ci_high": hi, "n": n, "precision": "nf4+dq"}])], ignore_index=True)
-    env = load_runs(abl_dir).iloc[0]
+    env = runs.iloc[0]
     shown = pd.DataFrame({"setting": table["setting"], "record": table["run"], "questions": table["n"].astype(int),
                           "accuracy [95% CI]": [f"{a:.1%} [{lo:.1%}, {hi:.1%}]" for a, lo, hi in zip(
                               table["accuracy"], table["ci_low"], table["ci_high"])],

@@ -6,6 +6,7 @@ precisions or machines), one row each.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -18,13 +19,9 @@ BENCH_LABEL = "random weights (Gemma-2B shape)"
 
 
 def _records(bench_dir: Path) -> list[tuple[Path, dict]]:
+    """Every record of `bench_dir`, loaded once, in name order. The headline is the last: records are named so
+    that the newest sorts last."""
     return [(p, load_run(p)) for p in run_dirs(bench_dir)]
-
-
-def _bench_record(bench_dir: Path) -> tuple[Path, dict] | None:
-    """The headline: the record named last (records are named so that the newest sorts last)."""
-    records = run_dirs(bench_dir)
-    return (records[-1], load_run(records[-1])) if records else None
 
 
 def _is_scoring(lever: dict) -> bool:
@@ -38,11 +35,11 @@ def _setting(c: dict) -> str:
 
 def bench_markdown(bench_dir: Path, out: Path) -> str:
     """The performance page's body: the headline record, then the levers, profiles and targets of every record."""
-    found = _bench_record(bench_dir)
-    if found is None:
+    records = _records(bench_dir)
+    if not records:
         return _note(f"No benchmark record yet: `results/{bench_dir.name}/` is empty or missing. Run "
                      "`python -m medcore bench` on a GPU and commit its record; this page then shows it.")
-    path, rec = found
+    path, rec = records[-1]
     m, env = rec["metrics"], rec["environment"] or {}
     weights = BENCH_LABEL if not m.get("real_weights") else "real weights"
     c = m.get("conditions", {})
@@ -55,7 +52,6 @@ def bench_markdown(bench_dir: Path, out: Path) -> str:
         parts.append(_note(f"`{path.name}` stopped before its levers finished (`complete: false`): its training and "
                            "scoring rows are complete; the levers it lists are the ones it finished."))
     parts += _main_tables(m, c, weights, out)
-    records = _records(bench_dir)
     parts += _lever_tables(records, weights)
     parts += _budget_figure(records, weights, out)
     parts += _profile_tables(records)
@@ -166,12 +162,14 @@ def _budget_figure(records: list[tuple[Path, dict]], weights: str, out: Path) ->
     """Speed and peak memory against tokens per batch: every record's base row and its budget levers, one line
     per recipe setting (checkpointing, compile) and record."""
     rows = []
+    names = [p.name for p, _ in records]
+    shared = os.path.commonprefix(names) if len(names) > 1 else ""  # a line is named by the rest of its name
     for rpath, rec in records:
         rm, c = rec["metrics"], rec["metrics"].get("conditions", {})
         med = next((t for t in rm.get("training", []) if t["recipe"] == "medcore"), None)
         if med is None or c.get("device_type") != "cuda":
             continue
-        label = (f"{rpath.name.removeprefix('bench-gemma-2b-nvidia-h200') or 'first'}: checkpointing "
+        label = (f"{rpath.name.removeprefix(shared) or 'first'}: checkpointing "
                  f"{'on' if c.get('gradient_checkpointing') else 'off'}{', compiled' if c.get('compile') else ''}"
                  f"{'' if 'warm_all_shapes' in c else ', timed cold'}")  # records before the per-shape warm-up
         points = [(c.get("token_budget"), med)] + [(lv["token_budget"], lv) for lv in rm.get("levers", [])
@@ -239,8 +237,7 @@ def bench_summary_markdown(bench_dir: Path, title: str | None = None) -> str:
     """One row per record in `bench_dir` (e.g. ``results/bench-cpu``): model, precision, machine, both recipes'
     training rates and scoring rates, and their ratios; the weights of each row are stated."""
     rows = []
-    for rpath in run_dirs(bench_dir):
-        rec = load_run(rpath)
+    for rpath, rec in _records(bench_dir):
         m, c = rec["metrics"], rec["metrics"].get("conditions", {})
         train = {t["recipe"]: t for t in m.get("training", [])}
         score = {s["scorer"].split(" ")[0]: s for s in m.get("scoring", [])}
@@ -293,10 +290,10 @@ def notes_substitutions(bench_dir: Path) -> dict[str, str]:
     """Values of the measured cells of ``book/performance_notes.md`` (``{{ measured_<cell> }}``), every one
     read from the bench record; "not measured" where the record has no such measurement."""
     values = dict.fromkeys(NOTES_CELLS, "not measured")
-    found = _bench_record(bench_dir)
-    if found is None:
+    records = _records(bench_dir)
+    if not records:
         return {f"measured_{k}": "no benchmark record yet" for k in NOTES_CELLS}
-    path, rec = found
+    path, rec = records[-1]
     m = rec["metrics"]
     src = f" (`{path.name}`, {BENCH_LABEL})" if not m.get("real_weights") else f" (`{path.name}`)"
     targets = {t["target"]: t for t in m.get("targets", [])}
@@ -316,7 +313,7 @@ def notes_substitutions(bench_dir: Path) -> dict[str, str]:
                       baseline_peak=f"**{base['peak_memory_bytes'] / 1e9:.2f} GB**")
         memory = next((t for t in m.get("targets", []) if t["target"].startswith("QLoRA training peak")), None)
         if memory and not memory["conditions_match"]:  # the headline is not at 4,096 tokens: the record that is
-            found_in = _target_elsewhere(memory, _records(bench_dir))
+            found_in = _target_elsewhere(memory, records)
             if found_in:
                 t, where = found_in
                 values["train_peak"] = (f"**{t['measured']:.2f} GB**: target {t['goal']} "
@@ -335,8 +332,8 @@ def notes_substitutions(bench_dir: Path) -> dict[str, str]:
                                      f"questions/s){target('scoring questions/s')}")
     lever_cells: dict[str, str] = {}
     repeat_from = None
-    for rpath in run_dirs(bench_dir):  # in name order (a record named later replaces a lever measured earlier)
-        rm = load_run(rpath)["metrics"]
+    for rpath, rrec in records:  # in name order (a record named later replaces a lever measured earlier)
+        rm = rrec["metrics"]
         rtrain = {t["recipe"]: t for t in rm.get("training", [])}
         rsrc = f" (`{rpath.name}`, {BENCH_LABEL})" if not rm.get("real_weights") else f" (`{rpath.name}`)"
         warm = _repeat_rate(rm)

@@ -37,7 +37,7 @@ def scale_markdown(scale_dir: Path) -> str:
         env = rec["environment"]
         weights = "real" if env.get("real_weights") else "**random**"
         parts += [f"\n### Model size: `{rec['config']['model']['source']}` ({weights} weights)\n",
-                  f"Measured on {env.get('device_name') or env.get('device') or env.get('platform', '?')} "
+                  f"Measured on {_machine(env)} "
                   f"(record `results/{scale_dir.name}/{run.name}`): bytes of every tensor by module kind, "
                   "the quantization constants (absmax, and with double quantization their own 8-bit "
                   "constants), and the saved checkpoint on disk. bitsandbytes leaves the embedding in bf16.\n\n",
@@ -204,7 +204,7 @@ def _error_line(log: Path) -> str | None:
 def _summaries(folder: Path) -> list[tuple[Path, dict]]:
     """The scale-out summary records (metrics with ``runs`` and ``training``) under ``folder``, oldest name first."""
     found = []
-    for path in run_dirs(folder) if folder.is_dir() else []:
+    for path in run_dirs(folder):
         rec = load_run(path)
         if isinstance(rec["metrics"], dict) and "runs" in rec["metrics"] and "training" in rec["metrics"]:
             found.append((path, rec))
@@ -368,14 +368,14 @@ def scaleout_markdown(scaleout_dir: Path, out: Path, fsdp_dir: Path | None = Non
             if folder != scaleout_dir:
                 parts += ["\n", _runs_table(r["metrics"], folder)]
     else:
-        failed = [r for p, rec_ in [(path, rec), *fsdp_found] for r in rec_["metrics"].get("runs", [])
+        failed = [(p.parent, r) for p, rec_ in [(path, rec), *fsdp_found] for r in rec_["metrics"].get("runs", [])
                   if r.get("role") == "fsdp"]
         text = "FSDP + QLoRA: not measured."
-        for r in failed:
-            error = _error_line(scaleout_dir / "logs" / f"{r['name']}.log")
+        for folder, r in failed:  # each run's log lies beside its own summary record
+            error = _error_line(folder / "logs" / f"{r['name']}.log")
             code = f" (exit {r['exit']})" if r.get("exit") is not None else ""
             said = f" with `{error}`" if error else ""
             text += (f" The run `{r['name']}` ({r.get('gpus')} GPUs) ended **{r.get('status')}**{code}{said}; "
-                     f"its output: `results/{scaleout_dir.name}/logs/{r['name']}.log`.")
+                     f"its output: `results/{folder.name}/logs/{r['name']}.log`.")
         parts.append(_note(text))
     return "\n".join(parts)

@@ -146,6 +146,8 @@ def environment_info() -> dict[str, Any]:
     except ImportError:
         info["cuda_available"] = False
     info["device"] = info.get("gpu") or f"cpu ({platform.processor() or platform.machine()})"
+    if os.environ.get("MEDCORE_RUN_NOTE"):  # how the run shared its machine, say; shown beside its figures
+        info["run_note"] = os.environ["MEDCORE_RUN_NOTE"]
     info.update(_git_commit())
     return info
 
@@ -171,8 +173,6 @@ def write_run_record(results_dir: str | Path, run_id: str, config: dict, metrics
     extra = dict(extra or {})
     env = {**environment_info(), **extra}
     env["real_weights"] = extra.get("real_weights", (metrics or {}).get("real_weights"))
-    if os.environ.get("MEDCORE_RUN_NOTE"):  # how the run shared its machine, say; shown beside its figures
-        env.setdefault("run_note", os.environ["MEDCORE_RUN_NOTE"])
     tmp = results_dir / f".tmp-{run_id}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from medcore import results
-from medcore.distributed import config_path
 
 THROUGHPUT_SETTINGS = {"train.gradient_checkpointing": "true", "train.max_batch_size": "128",
                        "train.optimizer": "adamw_torch", "train.eval_steps": "1000000",
@@ -40,6 +39,8 @@ def launcher(gpus: int, mode: str) -> list[str]:
     """The command prefix: one plain process for one GPU, else ``accelerate launch`` with a shipped config."""
     if gpus == 1:
         return [sys.executable, "-m", "medcore.distributed"]
+    from medcore.distributed import config_path  # here: the orchestrating process only launches subprocesses
+
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(mode)),
             "--num_processes", str(gpus), "-m", "medcore.distributed"]
 
@@ -154,12 +155,12 @@ def summarize(done: list[dict[str, Any]], results_dir: Path, reference: Path | N
         m = json.loads(fine.read_text())
         acc = {"accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"]}
         if reference is not None and (reference / "metrics.json").is_file():
-            from medcore import stats
+            from medcore.analysis import paired_test
 
             r = json.loads((reference / "metrics.json").read_text())
-            a = results.load_predictions(fine.parent).set_index("id")["correct"]
-            b = results.load_predictions(reference).set_index("id")["correct"].reindex(a.index)
-            test = stats.mcnemar_exact(b.to_numpy(bool), a.to_numpy(bool))  # b: only the one-GPU run right
+            # matched by question id; b: only the one-GPU run right, c: only the DDP run right
+            paired = paired_test(results.load_predictions(reference), results.load_predictions(fine.parent))
+            test = {k: paired[k] for k in ("b", "c", "n", "pvalue")}
             acc.update(reference_run=str(reference), reference_accuracy=r["accuracy"],
                        reference_ci=[r["ci_low"], r["ci_high"]],
                        inside_reference_interval=bool(r["ci_low"] <= m["accuracy"] <= r["ci_high"]),

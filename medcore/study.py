@@ -73,8 +73,7 @@ def train_and_score(cfg: RunConfig, train_ds, eval_ds, role: str = "fine-tuned")
     if _done(cfg, f"{cfg.name}-{role}"):
         return None
     start = time.perf_counter()
-    _, result = workflows.finetune(cfg, datasets_=(train_ds, eval_ds))
-    workflows.free_memory()
+    _, result = workflows.finetune(cfg, datasets_=(train_ds, eval_ds))  # frees its model's memory itself
     model, tok = workflows.load(cfg, adapter=result.adapter_dir)
     record = workflows.score_and_record(cfg, model, tok, eval_ds, f"{cfg.name}-{role}", role, cost=False,
                                         extra={"adapter_dir": result.adapter_dir, "train_metrics": result.metrics,
@@ -145,7 +144,6 @@ def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024, train_ds=None) -> No
         if train_ds is not None and not _done(run, f"{run.name}-train"):
             timed = _variant(run, run.name, SCALE_TRAIN)
             workflows.finetune(timed, datasets_=(train_ds, eval_ds.select(range(min(64, len(eval_ds))))))
-            workflows.free_memory()
 
 
 def main(argv: list[str] | None = None) -> None:

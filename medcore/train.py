@@ -391,7 +391,9 @@ def _peak_memory(on_cuda: bool, was_reset: bool) -> dict[str, Any]:
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The decoder layers of a causal LM, under a peft wrapper or not (``model.model.layers`` in transformers)."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from medcore.evaluate import _causal_lm
+
+    causal = _causal_lm(model)
     layers = getattr(getattr(causal, "model", None), "layers", None)
     if layers is None:
         raise ValueError(f"{type(causal).__name__} has no model.layers to compile; set train.compile=false")
