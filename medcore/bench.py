@@ -14,13 +14,14 @@ also times :func:`medcore.train.train` on the same examples as a check that the 
 * **medcore**: the examples of ``--steps`` baseline batches (the *same* examples, so the same real tokens), in
   token-budget batches (``prompts.token_budget_batches``: length-sorted, ``--token-budget`` tokens per batch
   padding included, at most ``--max-batch-size`` rows), the LM head at the labelled positions only
-  (``train.answer_only_loss``); optional gradient checkpointing. Its number of steps is however many budget
-  batches those examples fill.
+  (``train.answer_only_loss``); optional gradient checkpointing; under CUDA's bf16 autocast, LoRA inputs left in
+  bf16 (``train.lora_inputs_in_bf16``: peft's float32 copy of each, which autocast casts back, skipped). Its number
+  of steps is however many budget batches those examples fill.
 * **baseline**, as the usual QLoRA tutorials write it: ``--steps`` batches of ``--baseline-batch-size`` (16)
   examples padded to ``--pad-length`` (256), loss from ``model(input_ids, attention_mask, labels).loss`` (the
   LM head and the cross-entropy over every position). Labels are the same answer-only labels, so both minimise
-  the same objective (``objective_check`` in the record compares the two losses on one batch). Tutorials also
-  call peft's ``prepare_model_for_kbit_training``, which casts the frozen embedding to fp32 (about 2 GB more for
+  the same objective (``objective_check`` in the record compares the two losses on one batch). The baseline keeps
+  peft's defaults, including its float32 copy of each LoRA input. Tutorials also call peft's ``prepare_model_for_kbit_training``, which casts the frozen embedding to fp32 (about 2 GB more for
   Gemma-2B); that is *not* reproduced here, which flatters the baseline's memory.
 
 Both use the same optimizer (``--optimizer auto``: paged 8-bit AdamW on CUDA, AdamW on CPU, as ``train.py``),
@@ -52,8 +53,8 @@ torch.profiler summary of warm training steps and scoring batches (GPU busy shar
 ``--levers`` (comma list, or ``all``) reruns the medcore training recipe once per variant, changing one setting at a
 time: ``attn`` (sdpa/eager), ``compile`` (toggled), ``optim`` (the other optimizer), ``budget`` (``--budgets``, the
 row cap scaled alongside), ``ckpt`` (toggled), ``repeat`` (unchanged: the drift check), ``cudnn`` (SDPA's cuDNN
-backend off, plus cold-then-warm scoring passes at two new batch sizes with it on and off), ``lora_cast`` (peft's
-float32 copy of LoRA inputs off under autocast; CUDA only). The scoring levers time the one-pass scorer alone:
+backend off, plus cold-then-warm scoring passes at two new batch sizes with it on and off), ``peft_cast`` (peft's
+float32 copy of each LoRA input kept, as peft does by default; medcore skips it under autocast; CUDA only). The scoring levers time the one-pass scorer alone:
 ``score_batch`` (``--score-batch-sizes``) and ``score_autocast`` (toggled). Each is a row; the record is rewritten
 after every lever, so a run stopped midway keeps what it measured.
 
@@ -63,6 +64,7 @@ Prints a table with ratios (medcore / baseline), the fraction of the ceiling, an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import random
 import re
@@ -85,12 +87,12 @@ from medcore.bench_recipes import (  # re-exported: bench.<name> keeps working f
     harness_style_scores,
     distinct_shapes,
     cold_sizes,
-    compiled_layers,
     free_memory,
     lever_variants,
     matmul_rate,
     medcore_batches,
     medcore_loss,
+    medcore_recipe,
     medcore_step_batches,
     mfu,
     non_embedding_parameters,
@@ -123,7 +125,7 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORE_TARGET_QUESTIONS = 4183  # the MedMCQA validation split
-LEVERS = ("attn", "compile", "optim", "budget", "ckpt", "repeat", "cudnn", "lora_cast", "score_batch",
+LEVERS = ("attn", "compile", "optim", "budget", "ckpt", "repeat", "cudnn", "peft_cast", "score_batch",
           "score_autocast")
 SCORING_VARIANTS = ("score_batch", "score_autocast", "score_cold")  # variants that time the one-pass scorer
 TARGET_CONDITIONS = "CUDA, random:gemma-2b, nf4 + double quantization"
@@ -492,15 +494,16 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
     for name, warm, timed, loss_fn in (("medcore", med_warm, med_timed, medcore_loss),
                                        ("baseline", base_warm, base_timed, baseline_loss)):
         # token-budget batches differ in shape; the first step of each shape is slow on CUDA (warm_shapes)
-        with compiled_layers(model, cfg.compile and name == "medcore"):
+        with (medcore_recipe(model, device, cfg.compile) if name == "medcore" else contextlib.nullcontext()):
             row = {"recipe": name, **time_training(model, warm, timed, loss_fn, optimizer, cfg.learning_rate,
                                                    device, state, warm_shapes=cfg.warm_all_shapes)}
         training.append(row)
         print(f"[bench] training {name}: {row['real_tokens_per_s']:.1f} real tokens/s", flush=True)
     profile = {}
     if cfg.profile:  # the first few timed batches of the medcore recipe (stepped once untimed first)
-        profile["train"] = _guarded(profile_training, model, med_timed[:6], medcore_loss, optimizer,
-                                    cfg.learning_rate, device, state)
+        with medcore_recipe(model, device, compile=False):  # eager: the profile reads operator calls
+            profile["train"] = _guarded(profile_training, model, med_timed[:6], medcore_loss, optimizer,
+                                        cfg.learning_rate, device, state)
     del med_warm, med_timed, base_warm, base_timed
     if cfg.with_trainer:
         restore_adapter(model, state)
@@ -541,6 +544,7 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
         "score_batch_size": score_bs, "steps": cfg.steps, "warmup": cfg.warmup,
         "warm_all_shapes": cfg.warm_all_shapes,
         "gradient_checkpointing": cfg.gradient_checkpointing, "compile": cfg.compile,
+        "lora_inputs_bf16": device.type == "cuda",  # medcore's row skips peft's float32 copy (autocast only)
         "score_autocast": cfg.score_autocast, "optimizer": optimizer, "attn_implementation": attn,
         "learning_rate": cfg.learning_rate, "source": source, "n_questions_scored": len(score_records),
         "mean_prompt_tokens": sc["mean_prompt_tokens"],

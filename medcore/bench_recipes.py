@@ -593,9 +593,9 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
         elif lever == "ckpt":
             on = not cfg.gradient_checkpointing
             out.append({"lever": "ckpt", "variant": f"gradient_checkpointing={'on' if on else 'off'}", "ckpt": on})
-        elif lever == "lora_cast":  # peft's copy of each LoRA input to the adapter's float32 turned off
-            out.append({"lever": "lora_cast", "variant": "LoRA inputs left in bf16 under autocast "
-                        "(peft's input casting off)", "lora_cast": False})
+        elif lever == "peft_cast":  # peft's copy of each LoRA input to the adapter's float32, which medcore skips
+            out.append({"lever": "peft_cast", "variant": "peft's float32 copy of each LoRA input kept (peft's "
+                        "default; medcore skips it under autocast)", "lora_input_float32": True})
         elif lever == "score_batch":  # the one-pass scorer alone at other batch sizes (not a training variant)
             for size in cfg.score_batch_sizes:
                 out.append({"lever": "score_batch", "variant": f"one-pass scoring, batch {size}",
@@ -611,6 +611,18 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
                             f"cuDNN attention {'on' if on else 'off'}", "score_batch_size": size, "cudnn": on,
                             "cold": True})
     return out
+
+
+@contextlib.contextmanager
+def medcore_recipe(model, device: torch.device, compile: bool, lora_input_float32: bool = False):
+    """medcore's training settings that live on the model rather than in the batches: each decoder layer compiled
+    (``train.compile``) and, under CUDA's bf16 autocast, LoRA inputs left in bf16 (``train.lora_inputs_in_bf16``:
+    peft's float32 copy skipped unless `lora_input_float32`). Both put back after the block."""
+    from peft.helpers import disable_input_dtype_casting
+
+    with compiled_layers(model, compile), disable_input_dtype_casting(
+            model, active=device.type == "cuda" and not lora_input_float32):
+        yield
 
 
 @contextlib.contextmanager
@@ -646,15 +658,12 @@ def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list],
     try:
         if "attn" in variant:
             set_attn_implementation(model, variant["attn"])
-        stack.enter_context(compiled_layers(model, variant.get("compile", cfg.compile)))
+        if variant.get("lora_input_float32") and device.type != "cuda":  # no autocast: nothing to compare
+            raise ValueError("peft_cast needs bf16 autocast, which the bench uses on CUDA only")
+        stack.enter_context(medcore_recipe(model, device, variant.get("compile", cfg.compile),
+                                           variant.get("lora_input_float32", False)))
         if "cudnn" in variant:
             stack.enter_context(cudnn_attention(variant["cudnn"]))
-        if variant.get("lora_cast") is False:
-            if device.type != "cuda":  # without autocast the bf16 input would meet the float32 adapter weights
-                raise ValueError("lora_cast needs bf16 autocast, which the bench uses on CUDA only")
-            from peft.helpers import disable_input_dtype_casting
-
-            stack.enter_context(disable_input_dtype_casting(model))
         if "ckpt" in variant:
             set_checkpointing(model, variant["ckpt"])
         budget = variant.get("token_budget", cfg.token_budget)

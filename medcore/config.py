@@ -76,6 +76,9 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     compile: bool = False  # torch.compile each decoder layer (regional); +32 % on the H200 bench, 80 s-2 min to compile
     optimizer: str = "auto"  # auto: paged 8-bit AdamW on GPU, AdamW on CPU
+    # peft's float32 copy of each LoRA input under bf16 autocast (autocast casts it back to bf16 for the matmul);
+    # off by default for lora/rslora: +21 % real tokens/s, 2.1 GB less on the H200 bench (bf16 Gemma-2B shape)
+    lora_input_float32: bool = False
     eval_steps: int = 50
     save_steps: int = 50
     logging_steps: int = 5

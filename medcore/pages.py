@@ -338,6 +338,6 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
     (out / "scaleout.md").write_text(scaleout_markdown(root / "results" / "scaleout", out,
                                                        fsdp_dir=root / "results" / "scaleout-fsdp"))
     (out / "run.md").write_text(run_markdown(run_dir, status))
-    subs = notes_substitutions(root / "results" / "bench")
+    subs = notes_substitutions(root / "results" / "bench", more=[root / "results" / "bench-h200-other"])
     (out / "substitutions.json").write_text(json.dumps(subs, indent=1))
     return subs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -30,7 +31,18 @@ def _is_scoring(lever: dict) -> bool:
 
 def _setting(c: dict) -> str:
     return (f"{c.get('token_budget')} tokens, checkpointing {'on' if c.get('gradient_checkpointing') else 'off'}"
-            f"{', compiled layers' if c.get('compile') else ''}")
+            f"{', compiled layers' if c.get('compile') else ''}"
+            f"{', LoRA inputs bf16' if c.get('lora_inputs_bf16') else ''}")
+
+
+def _source(rpath: Path, m: dict) -> str:
+    """How a measured cell names its record: the name, and for random weights which shape and precision."""
+    c = m.get("conditions", {})
+    if m.get("real_weights"):
+        return f" (`{rpath.name}`)"
+    if m.get("model") == "random:gemma-2b" and c.get("precision", "nf4") == "nf4":
+        return f" (`{rpath.name}`, {BENCH_LABEL})"
+    return f" (`{rpath.name}`, random weights, `{m.get('model')}` shape, {c.get('precision')})"
 
 
 def bench_markdown(bench_dir: Path, out: Path) -> str:
@@ -111,7 +123,7 @@ def _main_tables(m: dict, c: dict, weights: str, out: Path) -> list[str]:
     return parts
 
 
-def _lever_tables(records: list[tuple[Path, dict]], weights: str) -> list[str]:
+def _lever_tables(records: list[tuple[Path, dict]], weights: str, level: str = "##") -> list[str]:
     train_rows, score_rows = [], []
     for rpath, rec in records:  # every bench record's levers, in name order
         rm = rec["metrics"]
@@ -146,12 +158,12 @@ def _lever_tables(records: list[tuple[Path, dict]], weights: str) -> list[str]:
                     "weights": weights})
     parts = []
     if train_rows:
-        parts += [f"\n## Training levers ({weights})\n", "One setting of the medcore recipe changed at a time, "
+        parts += [f"\n{level} Training levers ({weights})\n", "One setting of the medcore recipe changed at a time, "
                   "against the record's own medcore row (the base row, whose setting is shown). Where a record "
                   "re-times the unchanged recipe (`medcore recipe again, unchanged`), the last column compares with "
                   "the mean of those repeats.\n\n", an.markdown_table(_fmt(pd.DataFrame(train_rows)))]
     if score_rows:
-        parts += [f"\n## Scoring levers ({weights})\n", "medcore's one-pass scorer alone, one setting changed, on "
+        parts += [f"\n{level} Scoring levers ({weights})\n", "medcore's one-pass scorer alone, one setting changed, on "
                   "the record's questions. *First pass*: every batch shape new to the process. *Same choices* is "
                   "counted only in records that score every lever with the adapter the base scoring used (records "
                   "made before that fix say *not checked*).\n\n", an.markdown_table(_fmt(pd.DataFrame(score_rows)))]
@@ -237,7 +249,8 @@ def bench_summary_markdown(bench_dir: Path, title: str | None = None) -> str:
     """One row per record in `bench_dir` (e.g. ``results/bench-cpu``): model, precision, machine, both recipes'
     training rates and scoring rates, and their ratios; the weights of each row are stated."""
     rows = []
-    for rpath, rec in _records(bench_dir):
+    records = _records(bench_dir)
+    for rpath, rec in records:
         m, c = rec["metrics"], rec["metrics"].get("conditions", {})
         train = {t["recipe"]: t for t in m.get("training", [])}
         score = {s["scorer"].split(" ")[0]: s for s in m.get("scoring", [])}
@@ -262,10 +275,13 @@ def bench_summary_markdown(bench_dir: Path, title: str | None = None) -> str:
             "questions scored": one["questions"] if one else ""})
     if not rows:
         return ""
+    weights = " and ".join(sorted({"real weights" if rec["metrics"].get("real_weights") else "random weights"
+                                   for _, rec in records}))
     return (f"\n## {title or 'Other benchmark records'} (`results/{bench_dir.name}/`)\n\n"
             "The same benchmark on other models, precisions or machines, one row per record, each with its own "
             "baseline measured in the same run. Peak memory on a CPU is the process's resident set size sampled "
-            "during the timed steps.\n\n" + an.markdown_table(pd.DataFrame(rows)))
+            "during the timed steps.\n\n" + an.markdown_table(pd.DataFrame(rows))
+            + "\n".join(_lever_tables(records, f"{weights}; model and precision in each record's name", "###")))
 
 
 def _repeat_rate(metrics: dict) -> float | None:
@@ -282,13 +298,15 @@ def _measured(value: float, unit: str) -> str:
 NOTES_CELLS = ("train_ratio", "train_mfu", "baseline_mfu", "train_peak", "baseline_peak", "score_seconds",
                "score_ratio", "lever_attn", "lever_compile", "lever_optim", "lever_budget_8192", "lever_budget_16384",
                "lever_ckpt", "lever_repeat", "matmul", "lever_budget_4096", "lever_budget_32768", "lever_budget_65536",
-               "lever_cudnn", "lever_lora_cast",
+               "lever_cudnn", "lever_lora_cast", "lever_peft_cast",
                "lever_score_batch", "lever_score_autocast", "lever_score_cold", "profile_train")
 
 
-def notes_substitutions(bench_dir: Path) -> dict[str, str]:
+def notes_substitutions(bench_dir: Path, more: Sequence[Path] = ()) -> dict[str, str]:
     """Values of the measured cells of ``book/performance_notes.md`` (``{{ measured_<cell> }}``), every one
-    read from the bench record; "not measured" where the record has no such measurement."""
+    read from the bench record; "not measured" where the record has no such measurement. Records in the folders
+    `more` (other models and precisions) fill only the lever cells that no record of `bench_dir` fills, each of
+    their levers added to the cell."""
     values = dict.fromkeys(NOTES_CELLS, "not measured")
     records = _records(bench_dir)
     if not records:
@@ -335,8 +353,7 @@ def notes_substitutions(bench_dir: Path) -> dict[str, str]:
     for rpath, rrec in records:  # in name order (a record named later replaces a lever measured earlier)
         rm = rrec["metrics"]
         rtrain = {t["recipe"]: t for t in rm.get("training", [])}
-        rsrc = f" (`{rpath.name}`, {BENCH_LABEL})" if not rm.get("real_weights") else f" (`{rpath.name}`)"
-        warm = _repeat_rate(rm)
+        rsrc = _source(rpath, rm)
         scoring = [lv for lv in rm.get("levers", []) if _is_scoring(lv) and not lv.get("error")]
         for kind, cell in (("score_batch", "score_batch"), ("score_autocast", "score_autocast"),
                            ("score_cold", "score_cold")):
@@ -351,18 +368,23 @@ def notes_substitutions(bench_dir: Path) -> dict[str, str]:
         for lever in rm.get("levers", []):
             if lever.get("error") or "medcore" not in rtrain or _is_scoring(lever):
                 continue
-            base = rtrain["medcore"]
-            gain = lever["real_tokens_per_s"] / base["real_tokens_per_s"] - 1
-            text = (f"**{gain:+.0%} real tokens/s** against the base row, peak {lever['peak_memory_bytes'] / 1e9:.2f} GB "
-                    f"({(lever['peak_memory_bytes'] - base['peak_memory_bytes']) / 1e9:+.2f} GB)")
-            if warm:
-                text += f"; {lever['real_tokens_per_s'] / warm - 1:+.0%} against the repeats' mean"
+            text = _lever_text(lever, rtrain["medcore"], rm)
             key = f"budget_{lever['token_budget']}" if lever["lever"] == "budget" else lever["lever"]
             if key == "repeat":  # the first repeat of a record is the one shown (the notes say so)
                 if repeat_from == rpath:
                     continue
                 repeat_from = rpath
             lever_cells[key] = text + rsrc
+    added: dict[str, list[str]] = {}
+    for rpath, rrec in [r for folder in more for r in _records(folder)]:
+        rm = rrec["metrics"]
+        base = next((t for t in rm.get("training", []) if t["recipe"] == "medcore"), None)
+        for lever in rm.get("levers", []):
+            if (base is None or lever.get("error") or _is_scoring(lever) or lever["lever"] in ("repeat", "budget")
+                    or lever["lever"] in lever_cells):
+                continue
+            added.setdefault(lever["lever"], []).append(_lever_text(lever, base, rm, rate=True) + _source(rpath, rm))
+    lever_cells.update({k: "; ".join(v) for k, v in added.items()})
     values.update({f"lever_{k}": v for k, v in lever_cells.items()})
     if m.get("matmul_tflops"):
         values["matmul"] = f"{m['matmul_tflops']:.0f} TFLOP/s"
@@ -370,6 +392,18 @@ def notes_substitutions(bench_dir: Path) -> dict[str, str]:
     # record, already name theirs)
     return {f"measured_{k}": (v + src if v != "not measured" and not k.startswith(("lever_", "profile_"))
                               and "(`" not in v else v) for k, v in values.items()}
+
+
+def _lever_text(lever: dict, base: dict, m: dict, rate: bool = False) -> str:
+    """One training lever in words: its change against the base row (whose rate is given with `rate`) and the
+    record's repeats, and its peak memory."""
+    gain = lever["real_tokens_per_s"] / base["real_tokens_per_s"] - 1
+    against = f"the base row ({base['real_tokens_per_s']:,.0f})" if rate else "the base row"
+    extra = (lever["peak_memory_bytes"] - base["peak_memory_bytes"]) / 1e9
+    text = (f"**{gain:+.0%} real tokens/s** against {against}, peak {lever['peak_memory_bytes'] / 1e9:.2f} GB "
+            f"({extra:+.2f} GB)")
+    warm = _repeat_rate(m)
+    return text + (f"; {lever['real_tokens_per_s'] / warm - 1:+.0%} against the repeats' mean" if warm else "")
 
 
 def _scoring_cell(lever: dict) -> str:

@@ -16,7 +16,9 @@ A NaN or infinite loss or gradient stops training with :class:`NonFiniteLossErro
 optimizer step, so every checkpoint holds finite weights. Before the model runs, examples are checked: one whose
 choices alone exceed ``data.max_length`` raises (or with ``data.on_invalid="skip"`` is dropped and counted), one
 longer than ``train.token_budget`` raises a ConfigError naming it; questions cut to fit are counted.
-bf16 autocast on CUDA; on CPU the model computes in the dtypes it was loaded with.
+bf16 autocast on CUDA; on CPU the model computes in the dtypes it was loaded with. Under autocast, peft's copy of
+each LoRA input to the adapter's float32 is skipped (:func:`lora_inputs_in_bf16`; ``train.lora_input_float32``
+keeps it): autocast would cast it back to bf16 before the matmul, so the copies cost time and memory for nothing.
 
 :func:`train` returns a :class:`TrainResult` and writes it to ``<output_dir>/train_result.json``: the loss history
 (train loss, learning rate, eval loss per logged step), throughput (real, non-padding tokens/s and examples/s over
@@ -400,6 +402,22 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(layers)
 
 
+def lora_inputs_in_bf16(model: torch.nn.Module, cfg: RunConfig, on_cuda: bool):
+    """Context in which peft's LoRA layers leave their input in bf16 instead of copying it to the adapter's
+    float32 (``peft.helpers.disable_input_dtype_casting``), when training runs under bf16 autocast (CUDA), the
+    method is lora or rslora, and ``train.lora_input_float32`` is off; otherwise a context that changes nothing.
+
+    Under autocast the float32 copy is cast back to bf16 for the matmul, so loss and gradients are unchanged with
+    LoRA dropout 0 (tested); with dropout the mask scales the bf16 input instead of its float32 copy, as peft's
+    4-bit layer does under autocast anyway. DoRA keeps the copy: its magnitude terms use the input outside the
+    matmuls and come out differently (by about 1e-3 in the loss on the test model).
+    """
+    from peft.helpers import disable_input_dtype_casting
+
+    active = on_cuda and cfg.lora.method in ("lora", "rslora") and not cfg.train.lora_input_float32
+    return disable_input_dtype_casting(model, active=active)
+
+
 def compile_decoder_layers(model: torch.nn.Module) -> Callable[[], None]:
     """Regional compilation: ``torch.compile`` each decoder layer (``dynamic=True``: token-budget batches vary in
     shape). The layers share their code, so one compiled graph serves all of them and compiling costs about
@@ -457,7 +475,8 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     uncompile = compile_decoder_layers(model) if cfg.train.compile else None
     start = time.perf_counter()
     try:
-        output = trainer.train(resume_from_checkpoint=checkpoint)
+        with lora_inputs_in_bf16(model, cfg, on_cuda):
+            output = trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         release_optimizer_overrides(model)
         if uncompile:  # evaluation and scoring afterwards run eager (no second compile for inference)

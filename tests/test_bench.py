@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from medcore import bench, models
+from medcore import bench, lora, models
+from medcore.config import LoraConfig
 from medcore.evaluate import harness_loglikelihood_choices, score_choices
 from medcore.prompts import IGNORE_INDEX
 
@@ -40,7 +41,7 @@ def run(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = ["--", "--model", TINY, "--precision", "bf16", "--steps", "2", "--warmup", "1",
             "--baseline-batch-size", "4", "--pad-length", "128", "--token-budget", "256", "--max-batch-size", "8",
-            "--n-questions", "6", "--score-batch-size", "4", "--matmul-size", "64", "--levers", "ckpt,score_batch,score_autocast,cudnn,lora_cast",
+            "--n-questions", "6", "--score-batch-size", "4", "--matmul-size", "64", "--levers", "ckpt,score_batch,score_autocast,cudnn,peft_cast",
             "--score-batch-sizes", "2", "--profile", "--source", source, "--out", str(out)]
     return bench.main(argv), out
 
@@ -188,9 +189,9 @@ def test_scoring_lever_and_profile_are_recorded(run):
         assert prof["top_cpu_ops"] and all(o["self_cpu_ms_per_step"] >= 0 for o in prof["top_cpu_ops"])
         assert prof["gpu_kernel_ms_per_step"] == 0  # no CUDA here: no kernel time is invented
     assert metrics["profile"]["score"]["steps"] == 2  # 6 questions in batches of 4
-    autocast, cudnn_off, *cold, lora_cast = metrics["levers"][2:]
+    autocast, cudnn_off, *cold, peft_cast = metrics["levers"][2:]
     # the CPU bench runs without autocast: the lever is refused with its reason, and the run goes on
-    assert lora_cast["lever"] == "lora_cast" and "needs bf16 autocast" in lora_cast["error"]
+    assert peft_cast["lever"] == "peft_cast" and "needs bf16 autocast" in peft_cast["error"]
     assert autocast["autocast"] is True and autocast["score_batch_size"] == 4
     # the adapter's path in bf16 instead of float32: the scores move by bf16 rounding only
     assert autocast["max_abs_logprob_diff_vs_base"] < 0.05
@@ -244,36 +245,19 @@ def test_cli_exit_status_is_zero_after_a_bench(monkeypatch):
     assert cli(["bench", "--model", TINY]) == 0
 
 
-def test_lora_inputs_left_in_bf16_under_autocast_change_nothing_but_the_copies():
-    """The lora_cast lever: under bf16 autocast, peft's copy of each LoRA input to float32 is undone by autocast
-    before the matmul (bf16 -> float32 -> bf16 is exact), so turning it off gives the same loss and gradients
-    (LoRA dropout 0: dropout would scale the copy in float32 instead of bf16)."""
-    from peft import LoraConfig, get_peft_model
-    from peft.helpers import disable_input_dtype_casting
+def test_medcore_recipe_leaves_lora_inputs_in_bf16_under_cuda_autocast_only():
+    """The bench's medcore rows skip peft's float32 copy of each LoRA input where they run under autocast (CUDA),
+    as train.train does (its equivalence test is in test_train); the peft_cast lever and CPU runs keep it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    torch.manual_seed(0)
-    model = get_peft_model(models.load_model(TINY, dtype=torch.bfloat16),
-                           LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False))
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    ids = torch.randint(5, 200, (2, 12))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-             "labels": torch.full_like(ids, IGNORE_INDEX).index_fill_(1, torch.tensor([11]), 7)}
+    model = lora.attach_adapter(models.load_model(TINY), LoraConfig(r=4), quantized=False)
 
-    seen = []
-    first_a = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
-    first_a.register_forward_hook(lambda mod, args, out: seen.append(args[0].dtype))
-
-    def loss_and_grads():
-        model.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = bench.medcore_loss(model, batch)
-        loss.backward()
-        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
-    loss, grads = loss_and_grads()
-    with disable_input_dtype_casting(model):
-        loss_off, grads_off = loss_and_grads()
-    assert seen == [torch.float32, torch.bfloat16]  # the copy to float32 is what the lever removes
-    assert loss_off == pytest.approx(loss, abs=1e-6)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_off)) and any(g.abs().sum() > 0 for g in grads)
+    def flags():
+        return {m.cast_input_dtype_enabled for m in model.modules() if isinstance(m, BaseTunerLayer)}
+    with bench.medcore_recipe(model, torch.device("cuda"), compile=False):
+        assert flags() == {False}
+    assert flags() == {True}
+    with bench.medcore_recipe(model, torch.device("cuda"), compile=False, lora_input_float32=True):
+        assert flags() == {True}
+    with bench.medcore_recipe(model, torch.device("cpu"), compile=False):
+        assert flags() == {True}

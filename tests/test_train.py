@@ -184,3 +184,73 @@ def test_compiled_decoder_layers_train_like_eager_and_are_put_back(tmp_path, tok
     assert all(layer._compiled_call_impl is None for layer in train.decoder_layers(model))
     with pytest.raises(ValueError, match="model.layers"):
         train.decoder_layers(torch.nn.Linear(2, 2))
+
+
+def _cast_flags(model) -> set[bool]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {m.cast_input_dtype_enabled for m in model.modules() if isinstance(m, BaseTunerLayer)}
+
+
+def _loss_and_grads(model, batch, context):
+    model.zero_grad()
+    with context, torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = train.answer_only_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    loss.backward()
+    return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_lora_inputs_left_in_bf16_under_autocast_change_nothing_for_lora(method):
+    """Under bf16 autocast peft copies each LoRA input to the adapter's float32 and autocast casts it back for the
+    matmul; without the copy (train.lora_inputs_in_bf16) LoRA's loss and gradients are the same (dropout 0).
+    DoRA keeps the copy: its magnitude terms use the input outside the matmuls and would change."""
+    cfg = config()
+    cfg.lora = LoraConfig(method=method, r=4, alpha=8, dropout=0.0)
+    model = adapted(dtype=torch.bfloat16, lora_cfg=cfg.lora)
+    for p in model.parameters():  # peft's float32 adapter weights, as attach_adapter leaves them on a GPU
+        if p.requires_grad:
+            p.data = p.data.float()
+    for name, p in model.named_parameters():  # non-zero B, so the adapter contributes
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    ids = torch.randint(5, 200, (2, 12))
+    labels = torch.full_like(ids, train.IGNORE_INDEX).index_fill_(1, torch.tensor([11]), 7)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    seen = []
+    first_a = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
+    first_a.register_forward_hook(lambda mod, args, out: seen.append(args[0].dtype))
+
+    loss, grads = _loss_and_grads(model, batch, train.lora_inputs_in_bf16(model, cfg, on_cuda=False))
+    inside = train.lora_inputs_in_bf16(model, cfg, on_cuda=True)
+    with inside:
+        flags_inside = _cast_flags(model)
+    loss_off, grads_off = _loss_and_grads(model, batch, train.lora_inputs_in_bf16(model, cfg, on_cuda=True))
+    assert _cast_flags(model) == {True}  # put back afterwards
+    assert any(g.abs().sum() > 0 for g in grads)
+    if method == "lora":
+        assert flags_inside == {False} and seen == [torch.float32, torch.bfloat16]
+        assert loss_off == pytest.approx(loss, abs=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_off))
+    else:
+        assert flags_inside == {True} and set(seen) == {torch.float32}
+    cfg.lora.method, cfg.train.lora_input_float32 = "lora", True  # the setting that keeps peft's copy
+    with train.lora_inputs_in_bf16(model, cfg, on_cuda=True):
+        assert _cast_flags(model) == {True}
+
+
+def test_training_runs_with_lora_inputs_left_in_bf16(tmp_path, tokenizer, data, monkeypatch):
+    """train.train enters lora_inputs_in_bf16 around the Trainer: during the steps peft's input copy is off (here
+    forced as if under CUDA autocast), afterwards it is back on for scoring."""
+    cfg = config(epochs=1, eval_steps=100)
+    model = adapted(lora_cfg=cfg.lora)
+    real = train.lora_inputs_in_bf16
+    monkeypatch.setattr(train, "lora_inputs_in_bf16", lambda m, c, on_cuda: real(m, c, True))
+    during = []
+
+    class Spy(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            during.append(_cast_flags(model))
+    train.train(cfg, model, tokenizer, data[0].select(range(8)), None, tmp_path, callbacks=[Spy()])
+    assert during and all(flags == {False} for flags in during)
+    assert _cast_flags(model) == {True}
