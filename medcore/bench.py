@@ -21,8 +21,9 @@ also times :func:`medcore.train.train` on the same examples as a check that the 
   examples padded to ``--pad-length`` (256), loss from ``model(input_ids, attention_mask, labels).loss`` (the
   LM head and the cross-entropy over every position). Labels are the same answer-only labels, so both minimise
   the same objective (``objective_check`` in the record compares the two losses on one batch). The baseline keeps
-  peft's defaults, including its float32 copy of each LoRA input. Tutorials also call peft's ``prepare_model_for_kbit_training``, which casts the frozen embedding to fp32 (about 2 GB more for
-  Gemma-2B); that is *not* reproduced here, which flatters the baseline's memory.
+  peft's defaults, including its float32 copy of each LoRA input. Tutorials also call peft's
+  ``prepare_model_for_kbit_training``, which casts the frozen embedding to fp32 (about 2 GB more for Gemma-2B);
+  that is *not* reproduced here, which flatters the baseline's memory.
 
 Both use the same optimizer (``--optimizer auto``: paged 8-bit AdamW on CUDA, AdamW on CPU, as ``train.py``),
 the same learning rate, bf16 autocast on CUDA, and start from the same adapter weights. Reported: real
@@ -54,9 +55,9 @@ torch.profiler summary of warm training steps and scoring batches (GPU busy shar
 time: ``attn`` (sdpa/eager), ``compile`` (toggled), ``optim`` (the other optimizer), ``budget`` (``--budgets``, the
 row cap scaled alongside), ``ckpt`` (toggled), ``repeat`` (unchanged: the drift check), ``cudnn`` (SDPA's cuDNN
 backend off, plus cold-then-warm scoring passes at two new batch sizes with it on and off), ``peft_cast`` (peft's
-float32 copy of each LoRA input kept, as peft does by default; medcore skips it under autocast; CUDA only). The scoring levers time the one-pass scorer alone:
-``score_batch`` (``--score-batch-sizes``) and ``score_autocast`` (toggled). Each is a row; the record is rewritten
-after every lever, so a run stopped midway keeps what it measured.
+float32 copy of each LoRA input kept, as peft does by default; medcore skips it under autocast; CUDA only). The
+scoring levers time the one-pass scorer alone: ``score_batch`` (``--score-batch-sizes``) and ``score_autocast``
+(toggled). Each is a row; the record is rewritten after every lever, so a run stopped midway keeps what it measured.
 
 Prints a table with ratios (medcore / baseline), the fraction of the ceiling, and whether each target of issue
 #7 is met, and writes a run record (``results.write_run_record``) to ``--out``/``bench-<model>-<device>``.

@@ -258,8 +258,10 @@ def bench_summary_markdown(bench_dir: Path, title: str | None = None) -> str:
             continue
         med, base = train["medcore"], train["baseline"]
         one, harness = score.get("medcore"), score.get("harness-style")
+        stopped = " (stopped in its levers: `complete: false`)" if m.get("complete") is False else ""
         rows.append({
-            "record": rpath.name, "model": m.get("model"), "weights": "real" if m.get("real_weights") else "random",
+            "record": rpath.name + stopped, "model": m.get("model"),
+            "weights": "real" if m.get("real_weights") else "random",
             "precision": f"{c.get('precision')}{' + DQ' if c.get('double_quant') and c.get('precision') != 'bf16' else ''}",
             "machine": f"{m.get('device')} ({c.get('torch_threads')} threads)" if c.get("device_type") == "cpu"
             else m.get("device"),
@@ -281,7 +283,7 @@ def bench_summary_markdown(bench_dir: Path, title: str | None = None) -> str:
             "The same benchmark on other models, precisions or machines, one row per record, each with its own "
             "baseline measured in the same run. Peak memory on a CPU is the process's resident set size sampled "
             "during the timed steps.\n\n" + an.markdown_table(pd.DataFrame(rows))
-            + "\n".join(_lever_tables(records, f"{weights}; model and precision in each record's name", "###")))
+            + "\n".join(_lever_tables(records, weights, "###")))
 
 
 def _repeat_rate(metrics: dict) -> float | None:

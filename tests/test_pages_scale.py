@@ -152,4 +152,46 @@ def test_other_bench_records_get_one_row_each_with_their_ratios(tmp_path):
     text = pages_bench.bench_summary_markdown(tmp_path)
     assert "| bench-a-cpu |" in text and "| 3.00x |" in text and "| 2.00x |" in text and "| 2.50x |" in text
     assert "cpu (2 threads)" in text and "| real |" in text and "nf4 + DQ" in text
+    assert "Training levers" not in text  # these records have no levers
     assert pages_bench.bench_summary_markdown(tmp_path / "missing") == ""
+
+
+def _bench_record(folder, run_id, model, precision, base_rate, levers, complete=True):
+    metrics = {"model": model, "device": "NVIDIA H200", "real_weights": False, "complete": complete,
+               "conditions": {"precision": precision, "double_quant": precision == "nf4", "device_type": "cuda",
+                              "token_budget": 16384, "gradient_checkpointing": True, "lora_inputs_bf16": True},
+               "training": [{"recipe": "medcore", "real_tokens_per_s": base_rate, "examples_per_s": 1.0,
+                             "peak_memory_bytes": 10e9, "mfu": 0.3},
+                            {"recipe": "baseline", "real_tokens_per_s": 1000.0, "examples_per_s": 1.0,
+                             "peak_memory_bytes": 18e9, "mfu": 0.02}],
+               "scoring": [], "levers": [{"examples_per_s": 1.0, "mfu": 0.3, "error": None, **lv} for lv in levers]}
+    write_run_record(folder, run_id, {}, metrics, extra={"real_weights": False})
+
+
+def test_other_records_show_their_levers_and_fill_only_the_notes_cells_the_headline_left(tmp_path):
+    """Records of other models and precisions: their levers get a table under the summary, a stopped record
+    says so, and in the notes each of their levers is listed (with record, shape and precision) in a cell the
+    headline's folder did not fill; the headline's own cells and repeats are not touched."""
+    bench, other = tmp_path / "bench", tmp_path / "other"
+    peft = {"lever": "peft_cast", "variant": "peft's float32 copy kept"}
+    _bench_record(bench, "bench-x", "random:gemma-2b", "nf4", 20000.0,
+                  [{"lever": "compile", "variant": "compiled", "real_tokens_per_s": 26000.0, "peak_memory_bytes": 11e9}])
+    _bench_record(other, "bench-b16", "random:gemma-2b", "bf16", 24000.0,
+                  [{**peft, "real_tokens_per_s": 19800.0, "peak_memory_bytes": 13e9},
+                   {"lever": "repeat", "variant": "again", "real_tokens_per_s": 24000.0, "peak_memory_bytes": 10e9},
+                   {"lever": "compile", "variant": "compiled", "real_tokens_per_s": 99000.0, "peak_memory_bytes": 9e9}])
+    _bench_record(other, "bench-small", "random:gemma-3-270m", "nf4", 30000.0,
+                  [{**peft, "real_tokens_per_s": 30000.0, "peak_memory_bytes": 10e9}], complete=False)
+    subs = pages_bench.notes_substitutions(bench, more=[other])
+    cell = subs["measured_lever_peft_cast"]
+    assert cell.count("real tokens/s") == 2 and "**-18% real tokens/s** against the base row (24,000)" in cell
+    assert "+3.00 GB" in cell and "-18% against the repeats' mean" in cell and "bf16)" in cell
+    assert "`bench-small`, random weights, `random:gemma-3-270m` shape, nf4" in cell and "**+0% real" in cell
+    assert subs["measured_lever_compile"].startswith("**+30% real tokens/s**") and "bench-b16" not in \
+        subs["measured_lever_compile"]  # the headline folder's cell stays its own
+    assert "bench-b16" not in subs["measured_lever_repeat"]
+    assert pages_bench.notes_substitutions(bench)["measured_lever_peft_cast"] == "not measured"
+    text = pages_bench.bench_summary_markdown(other)
+    assert "### Training levers (random weights)" in text and "| bench-b16 |" in text.split("Training levers")[1]
+    assert "bench-small (stopped in its levers: `complete: false`)" in text
+    assert "LoRA inputs bf16" in text
