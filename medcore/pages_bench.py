@@ -306,7 +306,10 @@ NOTES_CELLS = ("train_ratio", "train_mfu", "baseline_mfu", "train_peak", "baseli
 
 def notes_substitutions(bench_dir: Path, more: Sequence[Path] = ()) -> dict[str, str]:
     """Values of the measured cells of ``book/performance_notes.md`` (``{{ measured_<cell> }}``), every one
-    read from the bench record; "not measured" where the record has no such measurement. Records in the folders
+    read from the bench record; "not measured" where the record has no such measurement. A lever cell shows the
+    record named last that has the lever, except a token-budget cell, which lists every record's row at that
+    budget with the row's setting (records timed cold, before the per-shape warm-up, left out). Records in the
+    folders
     `more` (other models and precisions) fill only the lever cells that no record of `bench_dir` fills, each of
     their levers added to the cell."""
     values = dict.fromkeys(NOTES_CELLS, "not measured")
@@ -376,7 +379,13 @@ def notes_substitutions(bench_dir: Path, more: Sequence[Path] = ()) -> dict[str,
                 if repeat_from == rpath:
                     continue
                 repeat_from = rpath
-            lever_cells[key] = text + rsrc
+            if lever["lever"] == "budget":  # every warm-timed record's row at a budget, with setting and record
+                if "warm_all_shapes" not in rm.get("conditions", {}):  # timed cold (before the per-shape warm-up)
+                    continue
+                setting = "; " + _setting({**rm.get("conditions", {}), **lever}).split(", ", 1)[1]
+                lever_cells[key] = (lever_cells[key] + "; " if key in lever_cells else "") + text + setting + rsrc
+            else:
+                lever_cells[key] = text + rsrc
     added: dict[str, list[str]] = {}
     for rpath, rrec in [r for folder in more for r in _records(folder)]:
         rm = rrec["metrics"]

@@ -159,7 +159,8 @@ def test_other_bench_records_get_one_row_each_with_their_ratios(tmp_path):
 def _bench_record(folder, run_id, model, precision, base_rate, levers, complete=True):
     metrics = {"model": model, "device": "NVIDIA H200", "real_weights": False, "complete": complete,
                "conditions": {"precision": precision, "double_quant": precision == "nf4", "device_type": "cuda",
-                              "token_budget": 16384, "gradient_checkpointing": True, "lora_inputs_bf16": True},
+                              "token_budget": 16384, "gradient_checkpointing": True, "lora_inputs_bf16": True,
+                              "warm_all_shapes": True},
                "training": [{"recipe": "medcore", "real_tokens_per_s": base_rate, "examples_per_s": 1.0,
                              "peak_memory_bytes": 10e9, "mfu": 0.3},
                             {"recipe": "baseline", "real_tokens_per_s": 1000.0, "examples_per_s": 1.0,
@@ -174,8 +175,12 @@ def test_other_records_show_their_levers_and_fill_only_the_notes_cells_the_headl
     headline's folder did not fill; the headline's own cells and repeats are not touched."""
     bench, other = tmp_path / "bench", tmp_path / "other"
     peft = {"lever": "peft_cast", "variant": "peft's float32 copy kept"}
+    budget = {"lever": "budget", "variant": "4096", "token_budget": 4096, "peak_memory_bytes": 4e9}
     _bench_record(bench, "bench-x", "random:gemma-2b", "nf4", 20000.0,
-                  [{"lever": "compile", "variant": "compiled", "real_tokens_per_s": 26000.0, "peak_memory_bytes": 11e9}])
+                  [{"lever": "compile", "variant": "compiled", "real_tokens_per_s": 26000.0, "peak_memory_bytes": 11e9},
+                   {**budget, "real_tokens_per_s": 8000.0}])
+    _bench_record(bench, "bench-y", "random:gemma-2b", "nf4", 30000.0,
+                  [{**budget, "real_tokens_per_s": 12000.0, "compile": True}])
     _bench_record(other, "bench-b16", "random:gemma-2b", "bf16", 24000.0,
                   [{**peft, "real_tokens_per_s": 19800.0, "peak_memory_bytes": 13e9},
                    {"lever": "repeat", "variant": "again", "real_tokens_per_s": 24000.0, "peak_memory_bytes": 10e9},
@@ -191,6 +196,11 @@ def test_other_records_show_their_levers_and_fill_only_the_notes_cells_the_headl
         subs["measured_lever_compile"]  # the headline folder's cell stays its own
     assert "bench-b16" not in subs["measured_lever_repeat"]
     assert pages_bench.notes_substitutions(bench)["measured_lever_peft_cast"] == "not measured"
+    # a token-budget cell lists every record's row at that budget, with the row's setting
+    assert subs["measured_lever_budget_4096"] == (
+        "**-60% real tokens/s** against the base row, peak 4.00 GB (-6.00 GB); checkpointing on, LoRA inputs bf16 "
+        "(`bench-x`, random weights (Gemma-2B shape)); **-60% real tokens/s** against the base row, peak 4.00 GB "
+        "(-6.00 GB); checkpointing on, compiled layers, LoRA inputs bf16 (`bench-y`, random weights (Gemma-2B shape))")
     text = pages_bench.bench_summary_markdown(other)
     assert "### Training levers (random weights)" in text and "| bench-b16 |" in text.split("Training levers")[1]
     assert "bench-small (stopped in its levers: `complete: false`)" in text
