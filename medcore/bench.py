@@ -451,10 +451,6 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
     optimizer = resolve_optimizer(cfg.optimizer, device)
     n_questions = cfg.n_questions if cfg.n_questions is not None else (None if device.type == "cuda" else 64)
     score_bs = cfg.score_batch_size or (64 if device.type == "cuda" else 16)
-    matmul = matmul_rate(device, cfg.matmul_size or (8192 if device.type == "cuda" else 1024),
-                         reps=10 if device.type == "cuda" else 3, warmup=3 if device.type == "cuda" else 1)
-    print(f"[bench] bf16 {matmul['size']}^3 matmul: {_rate(matmul['flops'])}", flush=True)
-
     source = cfg.source or default_source()
     records = load_records(source)
     order = list(range(len(records)))
@@ -465,8 +461,13 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
     n_timed = cfg.steps * cfg.baseline_batch_size
     n_warm = cfg.warmup * max(cfg.baseline_batch_size, cfg.max_batch_size)
     if n_timed + n_warm > len(records):
+        most = max(0, (len(records) - n_warm) // cfg.baseline_batch_size)
         raise ValueError(f"{len(records)} questions from {source} cannot feed {cfg.steps} steps of "
-                         f"{cfg.baseline_batch_size} plus warm-up ({n_timed + n_warm}); use fewer --steps/--warmup")
+                         f"{cfg.baseline_batch_size} plus warm-up ({n_timed + n_warm}); use at most --steps {most} "
+                         f"with --warmup {cfg.warmup}, or fewer warm-up steps")
+    matmul = matmul_rate(device, cfg.matmul_size or (8192 if device.type == "cuda" else 1024),  # after the checks
+                         reps=10 if device.type == "cuda" else 3, warmup=3 if device.type == "cuda" else 1)
+    print(f"[bench] bf16 {matmul['size']}^3 matmul: {_rate(matmul['flops'])}", flush=True)
     encoded = encode_training_examples(records[:n_timed + n_warm], tokenizer, cfg.pad_length)
     examples = {"timed": encoded[:n_timed], "warm": encoded[n_timed:]}
 

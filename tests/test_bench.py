@@ -261,3 +261,15 @@ def test_medcore_recipe_leaves_lora_inputs_in_bf16_under_cuda_autocast_only():
         assert flags() == {True}
     with bench.medcore_recipe(model, torch.device("cpu"), compile=False):
         assert flags() == {True}
+
+
+def test_too_few_questions_are_refused_before_any_measurement(source, tmp_path, monkeypatch):
+    """--steps beyond the questions: a clear error with the largest --steps that fits, before the ceiling matmul
+    or the model load spend any time."""
+    monkeypatch.setattr(bench, "matmul_rate", lambda *a, **k: pytest.fail("measured before the check"))
+    argv = ["--model", TINY, "--steps", "20", "--warmup", "1", "--baseline-batch-size", "4", "--max-batch-size", "8",
+            "--pad-length", "128", "--token-budget", "256", "--source", source, "--out", str(tmp_path)]
+    with pytest.raises(ValueError, match=r"48 questions .* cannot feed 20 steps of 4 plus warm-up \(88\); "
+                                         r"use at most --steps 10 with --warmup 1"):
+        bench.main(argv)
+    assert not any(tmp_path.iterdir())  # no record
