@@ -112,17 +112,6 @@ from medcore.bench_recipes import (  # re-exported: bench.<name> keeps working f
     train_flops_per_token,
 )
 
-__all__ = [
-    "ROOT", "SCORE_TARGET_QUESTIONS", "LEVERS", "TARGET_CONDITIONS", "BenchConfig", "parse_args", "default_source",
-    "load_records", "targets", "format_report", "run_bench", "main",
-    # from medcore.bench_recipes
-    "adapter_state", "attn_implementation", "baseline_batches", "baseline_loss", "batch_tokens",
-    "encode_training_examples", "harness_style_scores", "lever_variants", "matmul_rate", "medcore_batches",
-    "medcore_loss", "mfu", "non_embedding_parameters", "objective_check", "resolve_optimizer", "restore_adapter",
-    "run_lever", "run_trainer", "score_flops_per_token", "set_checkpointing", "time_scoring", "time_training",
-    "train_flops_per_token", "cold_sizes", "distinct_shapes", "profile_training", "profile_scoring",
-    "time_one_pass", "memory_target_row",
-]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORE_TARGET_QUESTIONS = 4183  # the MedMCQA validation split
@@ -371,8 +360,8 @@ def format_report(m: dict[str, Any]) -> str:
              _table(["", "one-pass", "harness-style", "one-pass/harness"], sc_rows),
              f"  same choices on {_f(s['agreement'], '%')} of {s['compared']} questions (max |logprob diff| "
              f"{_f(s['max_abs_logprob_diff'])}); accuracy {_f(s['accuracy'], '%')}"]
-    train_levers = [r for r in m.get("levers", []) if "score_batch_size" not in r]
-    score_levers = [r for r in m.get("levers", []) if "score_batch_size" in r]
+    train_levers = [r for r in m.get("levers", []) if r.get("lever") not in SCORING_VARIANTS]
+    score_levers = [r for r in m.get("levers", []) if r.get("lever") in SCORING_VARIANTS]
     if train_levers:
         lv = []
         for r in train_levers:
@@ -474,8 +463,8 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = quantize.load_quantized(cfg.model, QuantConfig(cfg.precision, double_quant=True), device=device)
     load_s = time.perf_counter() - t0
-    n_params = non_embedding_parameters(model)
     info = models.describe_model(model)
+    n_params = int(info["params_non_embedding"])
     torch.manual_seed(cfg.seed)
     lora_cfg = LoraConfig(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.05, targets="all-linear")
     model = lora.attach_adapter(model, lora_cfg, quantized=cfg.precision != "bf16")

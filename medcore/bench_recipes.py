@@ -246,16 +246,9 @@ def time_training(model, warm: Sequence[dict], timed: Sequence[dict], loss_fn: C
     The adapter starts from `adapter_state` and every recipe gets a fresh optimizer."""
     step = _trainer_step(model, loss_fn, optimizer, lr, device, adapter_state)
     warm = list(warm) + (distinct_shapes(timed) if warm_shapes else [])
-    t0 = time.perf_counter()
-    for b in warm:
-        step(b)
-    _sync(device)
-    warm_s = time.perf_counter() - t0
+    warm_s = _clock(lambda: [step(b) for b in warm], device)[1]
     with PeakMemory(device) as mem:
-        t0 = time.perf_counter()
-        losses = [step(b) for b in timed]
-        _sync(device)
-        seconds = time.perf_counter() - t0
+        losses, seconds = _clock(lambda: [step(b) for b in timed], device)
     losses = [float(x) for x in losses]
     del step
     free_memory()
@@ -350,16 +343,28 @@ def harness_style_scores(model, tokenizer, records: Sequence[dict], batch_size: 
             "real_tokens": int(sum(len(x) for x in inputs))}
 
 
+def _clock(fn: Callable, device: torch.device) -> tuple[Any, float]:
+    """`fn()` and its seconds, CUDA synchronised at the end (the caller syncs before, where it must)."""
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
 def _timed_pass(fn: Callable, device: torch.device) -> tuple[Any, float, PeakMemory]:
     """`fn()` timed (CUDA synchronised on both sides) with its peak memory; memory is freed afterwards."""
     _sync(device)
     with PeakMemory(device) as mem:
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        seconds = time.perf_counter() - t0
+        out, seconds = _clock(fn, device)
     free_memory()
     return out, seconds, mem
+
+
+def _cold_then_warm(fn: Callable, device: torch.device) -> tuple[Any, float, float, PeakMemory]:
+    """`fn` timed twice: the first pass (every shape new) and a second, warm one (its output and peak memory)."""
+    cold = _timed_pass(fn, device)[1]
+    out, seconds, mem = _timed_pass(fn, device)
+    return out, cold, seconds, mem
 
 
 def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, device: torch.device,
@@ -371,14 +376,11 @@ def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, dev
 
     records = list(records)
     n = len(records)
-    timed = lambda fn: _timed_pass(fn, device)  # noqa: E731
     one_pass = lambda: score_choices(model, tokenizer, records, batch_size=batch_size, progress=False,  # noqa: E731
                                      autocast=autocast)
     harness = lambda: harness_style_scores(model, tokenizer, records, batch_size, autocast=autocast)  # noqa: E731
-    _, one_cold, _ = timed(one_pass)
-    one, one_s, mem_one = timed(one_pass)
-    _, ref_cold, _ = timed(harness)
-    ref, ref_s, mem_h = timed(harness)
+    one, one_cold, one_s, mem_one = _cold_then_warm(one_pass, device)
+    ref, ref_cold, ref_s, mem_h = _cold_then_warm(harness, device)
     logprob = one[[f"logprob_{x}" for x in LETTERS]].to_numpy()
     keep = ~one["truncated"].to_numpy()
     agree = one["pred"].to_numpy() == ref["pred"]
@@ -448,16 +450,11 @@ def profile_training(model, batches: Sequence[dict], loss_fn: Callable, optimize
                      device: torch.device, adapter_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """torch.profiler over training steps of warm batches (each batch is stepped once untimed first)."""
     step = _trainer_step(model, loss_fn, optimizer, lr, device, adapter_state)
-    for b in batches:
-        step(b)
-    _sync(device)
+    steps = lambda: [step(b) for b in batches]  # noqa: E731
+    _clock(steps, device)
     with _profiled(device) as prof:
-        t0 = time.perf_counter()
-        for b in batches:
-            step(b)
-        _sync(device)
-        wall = time.perf_counter() - t0
-    del step
+        wall = _clock(steps, device)[1]
+    del step, steps
     out = summarize_profile(prof, wall, len(batches))
     out["real_tokens_per_step"] = batch_tokens(batches)["real_tokens"] / len(batches)
     free_memory()
@@ -470,13 +467,10 @@ def profile_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, 
     from medcore.evaluate import score_choices
 
     records = list(records)
-    score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)
-    _sync(device)
+    one_pass = lambda: score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)  # noqa: E731
+    _clock(one_pass, device)
     with _profiled(device) as prof:
-        t0 = time.perf_counter()
-        score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)
-        _sync(device)
-        wall = time.perf_counter() - t0
+        wall = _clock(one_pass, device)[1]
     return {**summarize_profile(prof, wall, max(1, -(-len(records) // batch_size))), "batch_size": batch_size,
             "questions": len(records)}
 
@@ -513,11 +507,11 @@ def time_one_pass(model, tokenizer, records: Sequence[dict], batch_size: int, de
                            "cudnn_attention": cudnn}
     with cudnn_attention(cudnn):
         if cold:
-            out["cold_seconds"] = _timed_pass(one_pass, device)[1]
+            one, out["cold_seconds"], seconds, mem = _cold_then_warm(one_pass, device)
         else:
             score_choices(model, tokenizer, records[:batch_size], batch_size=batch_size, progress=False,
                           autocast=autocast)
-        one, seconds, mem = _timed_pass(one_pass, device)
+            one, seconds, mem = _timed_pass(one_pass, device)
     out.update({"seconds": seconds, "questions_per_s": len(records) / seconds,
                 "real_tokens": int(one["prompt_tokens"].sum()),
                 "real_tokens_per_s": float(one["prompt_tokens"].sum()) / seconds, "peak_memory_bytes": int(mem.peak),
@@ -615,30 +609,17 @@ def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn
 
 @contextlib.contextmanager
 def medcore_recipe(model, device: torch.device, compile: bool, lora_input_float32: bool = False):
-    """medcore's training settings that live on the model rather than in the batches: each decoder layer compiled
-    (``train.compile``) and, under CUDA's bf16 autocast, LoRA inputs left in bf16 (``train.lora_inputs_in_bf16``:
-    peft's float32 copy skipped unless `lora_input_float32`). Both put back after the block."""
+    """medcore's training settings that live on the model rather than in the batches, as ``train.train`` sets
+    them: each decoder layer compiled (``train.compiled_layers``) and, under CUDA's bf16 autocast, LoRA inputs
+    left in bf16 (``train.skips_lora_input_copy``: peft's float32 copy skipped unless `lora_input_float32`).
+    Both put back after the block."""
     from peft.helpers import disable_input_dtype_casting
 
-    with compiled_layers(model, compile), disable_input_dtype_casting(
-            model, active=device.type == "cuda" and not lora_input_float32):
-        yield
+    from medcore.train import compiled_layers, skips_lora_input_copy
 
-
-@contextlib.contextmanager
-def compiled_layers(model, on: bool):
-    """Each decoder layer compiled inside the block (``train.compile_decoder_layers``), eager again after it.
-    Compiled code stays cached between blocks: compiling once per process is enough."""
-    if not on:
+    skip = skips_lora_input_copy("lora", device.type == "cuda", lora_input_float32)  # the bench's adapter is LoRA
+    with compiled_layers(model, compile), disable_input_dtype_casting(model, active=skip):
         yield
-        return
-    from medcore.train import compile_decoder_layers
-
-    undo = compile_decoder_layers(model)
-    try:
-        yield
-    finally:
-        undo()
 
 
 def medcore_step_batches(examples: dict[str, list], budget: int, rows: int, cfg: BenchConfig, pad_id: int,

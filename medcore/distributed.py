@@ -47,7 +47,7 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType, gather_object, parse_flag_from_env
 from transformers import TrainerCallback
 
-CONFIG_DIR = Path(__file__).parent / "accelerate"
+from medcore.scaleout import CONFIG_DIR, config_path  # noqa: F401 - the shipped configs, named with the launcher
 
 
 # ---- processes -----------------------------------------------------------------------------------------------
@@ -66,11 +66,6 @@ def is_fsdp(state: PartialState) -> bool:
     """Launched with an FSDP config. PartialState reports such a launch as MULTI_GPU (only AcceleratorState, made
     later by the Trainer, turns it into FSDP), so the launcher's ``ACCELERATE_USE_FSDP`` is read as well."""
     return state.distributed_type == DistributedType.FSDP or parse_flag_from_env("ACCELERATE_USE_FSDP")
-
-
-def config_path(name: str) -> Path:
-    """A shipped accelerate config: ``ddp`` or ``fsdp_qlora``."""
-    return CONFIG_DIR / f"{name}.yaml"
 
 
 # ---- sharded evaluation --------------------------------------------------------------------------------------

@@ -180,8 +180,8 @@ def study_markdown(study_dir: Path, out: Path) -> tuple[str, str]:
                               "machine": ["shared (see note)" if isinstance(n, str) and n else "own GPU"
                                           for n in ablations["run_note"]]})
         parts.append(an.markdown_table(_fmt(shown)))
-        for note in sorted({n for n in ablations["run_note"] if isinstance(n, str) and n}):
-            runs_noted = ", ".join(f"`{r}`" for r, n in zip(ablations["run"], ablations["run_note"]) if n == note)
+        for note, group in ablations.dropna(subset=["run_note"]).groupby("run_note"):
+            runs_noted = ", ".join(f"`{r}`" for r in group["run"])
             parts.append("\n" + _note(f"{runs_noted}: {note}. Compare their training seconds and examples/s "
                                        "with each other, not with the runs that had a GPU of their own."))
         if ablations["train_resident_memory_gb"].notna().any():
@@ -316,7 +316,7 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
     """Write every generated part into ``book_dir/_generated`` (emptied first); return the substitutions."""
     import matplotlib
 
-    from medcore.pages_bench import bench_markdown, bench_summary_markdown, notes_substitutions
+    from medcore.pages_bench import bench_records, bench_markdown, bench_summary_markdown, notes_substitutions
     from medcore.pages_perf import scale_gpu_markdown, scale_markdown, scaleout_markdown
 
     matplotlib.use("Agg")
@@ -329,15 +329,16 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
     study += cpu_ablation_markdown(root / "results" / "ablations-cpu", root / "results" / "demo-cpu", out)
     (out / "study.md").write_text(study)
     (out / "study_glance.md").write_text(glance)
-    (out / "performance.md").write_text(bench_markdown(root / "results" / "bench", out)
+    bench, other = bench_records(root / "results" / "bench"), bench_records(root / "results" / "bench-h200-other")
+    (out / "performance.md").write_text(bench_markdown(root / "results" / "bench", out, bench)
                                         + bench_summary_markdown(root / "results" / "bench-h200-other",
-                                                                 "Other models and precisions on the H200")
+                                                                 "Other models and precisions on the H200", other)
                                         + bench_summary_markdown(root / "results" / "bench-cpu", "On a CPU")
                                         + scale_markdown(root / "results" / "scale"))
     (out / "scale_gpu.md").write_text(scale_gpu_markdown(root / "results" / "scale-h200", out))
     (out / "scaleout.md").write_text(scaleout_markdown(root / "results" / "scaleout", out,
                                                        fsdp_dir=root / "results" / "scaleout-fsdp"))
     (out / "run.md").write_text(run_markdown(run_dir, status))
-    subs = notes_substitutions(root / "results" / "bench", more=[root / "results" / "bench-h200-other"])
+    subs = notes_substitutions(root / "results" / "bench", records=bench, more_records=other)
     (out / "substitutions.json").write_text(json.dumps(subs, indent=1))
     return subs

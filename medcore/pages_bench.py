@@ -19,20 +19,35 @@ from medcore.results import load_run, run_dirs
 BENCH_LABEL = "random weights (Gemma-2B shape)"
 
 
-def _records(bench_dir: Path) -> list[tuple[Path, dict]]:
+Records = list[tuple[Path, dict]]  # a folder's records, loaded once (bench_records) and passed to each page part
+
+
+def bench_records(bench_dir: Path) -> Records:
     """Every record of `bench_dir`, loaded once, in name order. The headline is the last: records are named so
     that the newest sorts last."""
     return [(p, load_run(p)) for p in run_dirs(bench_dir)]
+
+
+def _by_recipe(m: dict) -> dict:
+    return {t["recipe"]: t for t in m.get("training", [])}
+
+
+def _by_scorer(m: dict) -> dict:
+    return {s["scorer"].split(" ")[0]: s for s in m.get("scoring", [])}
 
 
 def _is_scoring(lever: dict) -> bool:
     return "score_batch_size" in lever
 
 
-def _setting(c: dict) -> str:
-    return (f"{c.get('token_budget')} tokens, checkpointing {'on' if c.get('gradient_checkpointing') else 'off'}"
+def _flags(c: dict) -> str:
+    return (f"checkpointing {'on' if c.get('gradient_checkpointing') else 'off'}"
             f"{', compiled layers' if c.get('compile') else ''}"
             f"{', LoRA inputs bf16' if c.get('lora_inputs_bf16') else ''}")
+
+
+def _setting(c: dict) -> str:
+    return f"{c.get('token_budget')} tokens, {_flags(c)}"
 
 
 def _source(rpath: Path, m: dict) -> str:
@@ -45,9 +60,9 @@ def _source(rpath: Path, m: dict) -> str:
     return f" (`{rpath.name}`, random weights, `{m.get('model')}` shape, {c.get('precision')})"
 
 
-def bench_markdown(bench_dir: Path, out: Path) -> str:
+def bench_markdown(bench_dir: Path, out: Path, records: Records | None = None) -> str:
     """The performance page's body: the headline record, then the levers, profiles and targets of every record."""
-    records = _records(bench_dir)
+    records = bench_records(bench_dir) if records is None else records
     if not records:
         return _note(f"No benchmark record yet: `results/{bench_dir.name}/` is empty or missing. Run "
                      "`python -m medcore bench` on a GPU and commit its record; this page then shows it.")
@@ -127,7 +142,7 @@ def _lever_tables(records: list[tuple[Path, dict]], weights: str, level: str = "
     train_rows, score_rows = [], []
     for rpath, rec in records:  # every bench record's levers, in name order
         rm = rec["metrics"]
-        rtrain = {t["recipe"]: t for t in rm.get("training", [])}
+        rtrain = _by_recipe(rm)
         if "medcore" not in rtrain:
             continue
         base, rc = rtrain["medcore"], rm.get("conditions", {})
@@ -178,7 +193,7 @@ def _budget_figure(records: list[tuple[Path, dict]], weights: str, out: Path) ->
     shared = os.path.commonprefix(names) if len(names) > 1 else ""  # a line is named by the rest of its name
     for rpath, rec in records:
         rm, c = rec["metrics"], rec["metrics"].get("conditions", {})
-        med = next((t for t in rm.get("training", []) if t["recipe"] == "medcore"), None)
+        med = _by_recipe(rm).get("medcore")
         if med is None or c.get("device_type") != "cuda":
             continue
         label = (f"{rpath.name.removeprefix(shared) or 'first'}: checkpointing "
@@ -245,15 +260,14 @@ def _targets_table(m: dict, records: list[tuple[Path, dict]], weights: str) -> l
     return [f"\n## Targets ({weights})\n", an.markdown_table(pd.DataFrame(rows))] if rows else []
 
 
-def bench_summary_markdown(bench_dir: Path, title: str | None = None) -> str:
+def bench_summary_markdown(bench_dir: Path, title: str | None = None, records: Records | None = None) -> str:
     """One row per record in `bench_dir` (e.g. ``results/bench-cpu``): model, precision, machine, both recipes'
     training rates and scoring rates, and their ratios; the weights of each row are stated."""
     rows = []
-    records = _records(bench_dir)
+    records = bench_records(bench_dir) if records is None else records
     for rpath, rec in records:
         m, c = rec["metrics"], rec["metrics"].get("conditions", {})
-        train = {t["recipe"]: t for t in m.get("training", [])}
-        score = {s["scorer"].split(" ")[0]: s for s in m.get("scoring", [])}
+        train, score = _by_recipe(m), _by_scorer(m)
         if "medcore" not in train or "baseline" not in train:
             continue
         med, base = train["medcore"], train["baseline"]
@@ -304,7 +318,8 @@ NOTES_CELLS = ("train_ratio", "train_mfu", "baseline_mfu", "train_peak", "baseli
                "lever_score_batch", "lever_score_autocast", "lever_score_cold", "profile_train")
 
 
-def notes_substitutions(bench_dir: Path, more: Sequence[Path] = ()) -> dict[str, str]:
+def notes_substitutions(bench_dir: Path, more: Sequence[Path] = (), records: Records | None = None,
+                        more_records: Records | None = None) -> dict[str, str]:
     """Values of the measured cells of ``book/performance_notes.md`` (``{{ measured_<cell> }}``), every one
     read from the bench record; "not measured" where the record has no such measurement. A lever cell shows the
     record named last that has the lever, except a token-budget cell, which lists every record's row at that
@@ -313,18 +328,18 @@ def notes_substitutions(bench_dir: Path, more: Sequence[Path] = ()) -> dict[str,
     `more` (other models and precisions) fill only the lever cells that no record of `bench_dir` fills, each of
     their levers added to the cell."""
     values = dict.fromkeys(NOTES_CELLS, "not measured")
-    records = _records(bench_dir)
+    records = bench_records(bench_dir) if records is None else records
     if not records:
         return {f"measured_{k}": "no benchmark record yet" for k in NOTES_CELLS}
     path, rec = records[-1]
     m = rec["metrics"]
-    src = f" (`{path.name}`, {BENCH_LABEL})" if not m.get("real_weights") else f" (`{path.name}`)"
+    src = _source(path, m)
     targets = {t["target"]: t for t in m.get("targets", [])}
 
     def target(prefix: str) -> str:
         t = next((t for name, t in targets.items() if name.startswith(prefix)), None)
         return f": target {t['goal']} {'met' if t['met'] else 'not met'}" if t else ""
-    train = {t["recipe"]: t for t in m.get("training", [])}
+    train = _by_recipe(m)
     if "medcore" in train and "baseline" in train:
         med, base = train["medcore"], train["baseline"]
         values.update(train_ratio=f"**{med['real_tokens_per_s'] / base['real_tokens_per_s']:.2f}x** "
@@ -343,7 +358,7 @@ def notes_substitutions(bench_dir: Path, more: Sequence[Path] = ()) -> dict[str,
                                         f"{'met' if t['met'] else 'not met'} (`{where}`, {BENCH_LABEL}; this page's "
                                         f"record, at {m['conditions']['token_budget']:,} tokens: "
                                         f"{med['peak_memory_bytes'] / 1e9:.2f} GB)")
-    score = {s["scorer"].split(" ")[0]: s for s in m.get("scoring", [])}
+    score = _by_scorer(m)
     if "medcore" in score:
         one = score["medcore"]
         first = f"first pass **{one['cold_seconds']:.1f} s**, second " if one.get("cold_seconds") else ""
@@ -357,7 +372,7 @@ def notes_substitutions(bench_dir: Path, more: Sequence[Path] = ()) -> dict[str,
     repeat_from = None
     for rpath, rrec in records:  # in name order (a record named later replaces a lever measured earlier)
         rm = rrec["metrics"]
-        rtrain = {t["recipe"]: t for t in rm.get("training", [])}
+        rtrain = _by_recipe(rm)
         rsrc = _source(rpath, rm)
         scoring = [lv for lv in rm.get("levers", []) if _is_scoring(lv) and not lv.get("error")]
         for kind, cell in (("score_batch", "score_batch"), ("score_autocast", "score_autocast"),
@@ -382,14 +397,16 @@ def notes_substitutions(bench_dir: Path, more: Sequence[Path] = ()) -> dict[str,
             if lever["lever"] == "budget":  # every warm-timed record's row at a budget, with setting and record
                 if "warm_all_shapes" not in rm.get("conditions", {}):  # timed cold (before the per-shape warm-up)
                     continue
-                setting = "; " + _setting({**rm.get("conditions", {}), **lever}).split(", ", 1)[1]
+                setting = "; " + _flags({**rm.get("conditions", {}), **lever})
                 lever_cells[key] = (lever_cells[key] + "; " if key in lever_cells else "") + text + setting + rsrc
             else:
                 lever_cells[key] = text + rsrc
     added: dict[str, list[str]] = {}
-    for rpath, rrec in [r for folder in more for r in _records(folder)]:
+    if more_records is None:
+        more_records = [r for folder in more for r in bench_records(folder)]
+    for rpath, rrec in more_records:
         rm = rrec["metrics"]
-        base = next((t for t in rm.get("training", []) if t["recipe"] == "medcore"), None)
+        base = _by_recipe(rm).get("medcore")
         for lever in rm.get("levers", []):
             if (base is None or lever.get("error") or _is_scoring(lever) or lever["lever"] in ("repeat", "budget")
                     or lever["lever"] in lever_cells):
@@ -401,8 +418,7 @@ def notes_substitutions(bench_dir: Path, more: Sequence[Path] = ()) -> dict[str,
         values["matmul"] = f"{m['matmul_tflops']:.0f} TFLOP/s"
     # the headline's source after each of its own cells (lever and profile cells, and a cell read from another
     # record, already name theirs)
-    return {f"measured_{k}": (v + src if v != "not measured" and not k.startswith(("lever_", "profile_"))
-                              and "(`" not in v else v) for k, v in values.items()}
+    return {f"measured_{k}": (v + src if v != "not measured" and "(`" not in v else v) for k, v in values.items()}
 
 
 def _lever_text(lever: dict, base: dict, m: dict, rate: bool = False) -> str:

@@ -62,10 +62,10 @@ def _machine(env: dict[str, Any]) -> str:
     return str(env.get("device_name") or env.get("device") or env.get("gpu") or env.get("platform") or "?")
 
 
-def scale_gpu_rows(scale_dir: Path, prefix: str) -> pd.DataFrame:
+def scale_gpu_rows(scale_dir: Path, prefix: str, foot: dict | None = None) -> pd.DataFrame:
     """One row per precision of the ``<prefix>-footprint``, ``-<p>-cost`` and ``-<p>-train`` records (NaN where a
     record is missing): bytes in memory and on disk, training rates and memory, scoring rate and latency."""
-    foot = _load(scale_dir / f"{prefix}-footprint")
+    foot = _load(scale_dir / f"{prefix}-footprint") if foot is None else foot
     sizes = {f["precision"]: f for f in (foot["metrics"].get("footprint", []) if foot else [])}
     rows = []
     for precision, label in SCALE_PRECISIONS:
@@ -75,15 +75,15 @@ def scale_gpu_rows(scale_dir: Path, prefix: str) -> pd.DataFrame:
         t = train["metrics"] if train else {}
         size = sizes.get(precision, {})
         rows.append({
-            "precision": precision, "label": label, "memory_bytes": size.get("total_bytes"),
-            "disk_bytes": size.get("disk_bytes"), "embedding_bytes": size.get("embedding_bytes"), "tokens_per_s": t.get("real_tokens_per_s"),
-            "steady_tokens_per_s": t.get("steady_real_tokens_per_s"), "examples_per_s": t.get("examples_per_s"),
+            "label": label, "memory_bytes": size.get("total_bytes"),
+            "disk_bytes": size.get("disk_bytes"), "embedding_bytes": size.get("embedding_bytes"),
+            "steady_tokens_per_s": t.get("steady_real_tokens_per_s"),
             "peak_bytes": t.get("peak_memory_bytes"), "resident_bytes": t.get("resident_memory_bytes"),
             "adapter_bytes": 4 * t["parameters"]["trainable"] if t.get("parameters") else None,  # peft: fp32 LoRA
-            "steps": t.get("global_step"), "optimizer": t.get("optimizer"), "n_train": t.get("n_train"),
+            "steps": t.get("global_step"), "optimizer": t.get("optimizer"),
             "train_config": (train or {}).get("config", {}).get("train", {}),
             "best_qps": cost.get("best_qps"), "best_batch": cost.get("best_batch_size"),
-            "latency_ms": cost.get("latency_ms_median"), "latency_ms_p90": cost.get("latency_ms_p90"),
+            "latency_ms": cost.get("latency_ms_median"),
             "batch_sizes": [b["batch_size"] for b in cost.get("throughput", [])],
             "conditions": cost.get("conditions", {}), "latency_n": cost.get("latency_n"),
             "env": (train or {}).get("environment") or (foot or {}).get("environment") or {}})
@@ -114,7 +114,8 @@ def scale_gpu_markdown(scale_dir: Path, out: Path) -> str:
     parts = []
     for foot in footprints:
         prefix = foot.name.removesuffix("-footprint")
-        df = scale_gpu_rows(scale_dir, prefix)
+        foot_rec = load_run(foot)
+        df = scale_gpu_rows(scale_dir, prefix, foot_rec)
         env = next((e for e in df["env"] if e), {})
         device = _machine(env) if env.get("device") or env.get("device_name") else \
             _joined(c.get("device_name") for c in df["conditions"])
@@ -131,7 +132,7 @@ def scale_gpu_markdown(scale_dir: Path, out: Path) -> str:
                 for q, b in zip(df["best_qps"], df["best_batch"])],
             "batch-1 latency, median (ms)": df["latency_ms"].map(
                 lambda v: "—" if v is None or pd.isna(v) else f"{v:.1f}")})
-        foot_cfg = load_run(foot)["config"] or {}
+        foot_cfg = foot_rec["config"] or {}
         model = foot_cfg.get("model", {}).get("source", "?")
         parts += [f"\n### The seed's results table at the paper's scale: `{model}`, random weights\n",
                   _note(f"**Random weights.** `{model}` has the Gemma-2B shape with random weights: these rows "

@@ -30,17 +30,21 @@ from typing import Any
 
 from medcore import results
 
+CONFIG_DIR = Path(__file__).parent / "accelerate"
 THROUGHPUT_SETTINGS = {"train.gradient_checkpointing": "true", "train.max_batch_size": "128",
                        "train.optimizer": "adamw_torch", "train.eval_steps": "1000000",
                        "train.save_steps": "1000000", "train.logging_steps": "5", "data.eval_limit": "64"}
+
+
+def config_path(name: str) -> Path:
+    """A shipped accelerate config: ``ddp`` or ``fsdp_qlora``."""
+    return CONFIG_DIR / f"{name}.yaml"
 
 
 def launcher(gpus: int, mode: str) -> list[str]:
     """The command prefix: one plain process for one GPU, else ``accelerate launch`` with a shipped config."""
     if gpus == 1:
         return [sys.executable, "-m", "medcore.distributed"]
-    from medcore.distributed import config_path  # here: the orchestrating process only launches subprocesses
-
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(mode)),
             "--num_processes", str(gpus), "-m", "medcore.distributed"]
 
@@ -60,17 +64,16 @@ def plan(args) -> list[dict[str, Any]]:
     unknown = set(parts) - {"throughput", "ddp", "fsdp", "accuracy"}
     if unknown:
         raise SystemExit(f"unknown part(s) {sorted(unknown)}: choose from throughput, ddp, fsdp, accuracy")
+    modes = [(1, "single", "ddp")] if "throughput" in parts else []  # (GPUs, role, accelerate config)
     if "throughput" in parts or "ddp" in parts:  # ddp: the DDP run alone (beside fsdp, for memory)
-        for gpus, mode in ((1, "single"), (args.gpus, "ddp"))[0 if "throughput" in parts else 1:]:
-            name = f"scaleout-{shape}-{mode}{gpus if gpus > 1 else ''}"
-            runs.append({"name": name, "role": mode, "gpus": gpus, "limit": args.run_limit,
-                         "env": {"CUDA_VISIBLE_DEVICES": "0"} if gpus == 1 else {},
-                         "cmd": launcher(gpus, "ddp") + ["train", "--profile", args.profile]
-                         + _sets({**common, "name": name}) + user_sets})
+        modes.append((args.gpus, "ddp", "ddp"))
     if "fsdp" in parts:
-        name = f"scaleout-{shape}-fsdp{args.gpus}"
-        runs.append({"name": name, "role": "fsdp", "gpus": args.gpus, "limit": args.run_limit, "env": {},
-                     "cmd": launcher(args.gpus, "fsdp_qlora") + ["train", "--profile", args.profile]
+        modes.append((args.gpus, "fsdp", "fsdp_qlora"))
+    for gpus, role, config in modes:
+        name = f"scaleout-{shape}-{role}{gpus if gpus > 1 or role == 'fsdp' else ''}"
+        runs.append({"name": name, "role": role, "gpus": gpus, "limit": args.run_limit,
+                     "env": {"CUDA_VISIBLE_DEVICES": "0"} if gpus == 1 and role != "fsdp" else {},
+                     "cmd": launcher(gpus, config) + ["train", "--profile", args.profile]
                      + _sets({**common, "name": name}) + user_sets})
     if "accuracy" in parts:
         from medcore.config import load_profile

@@ -122,8 +122,7 @@ def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024, train_ds=None) -> No
     """
     big = _variant(cfg, "scale-gemma-2b-random", {"model.source": "random:gemma-2b"})
     if not _done(big, f"{big.name}-footprint"):
-        workflows.footprints(big, presets=["bf16", "int8", "nf4", "nf4+dq"], error_vs_bf16=False)
-        workflows.free_memory()
+        workflows.footprints(big, presets=["bf16", "int8", "nf4", "nf4+dq"], error_vs_bf16=False)  # frees on exit
     sample = data.stratified_subset(eval_ds, min(n_questions, len(eval_ds)), seed=0)
     for label in ("bf16", "int8", "nf4", "nf4+dq"):
         run = _variant(big, f"scale-gemma-2b-random-{label.replace('+', '-')}", {})

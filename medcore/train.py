@@ -29,6 +29,7 @@ peak, or the process's peak RSS, reset at the start of training where Linux allo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -402,6 +403,11 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(layers)
 
 
+def skips_lora_input_copy(method: str, on_cuda: bool, keep_float32: bool) -> bool:
+    """Whether training leaves LoRA inputs in bf16 (see :func:`lora_inputs_in_bf16`)."""
+    return on_cuda and method in ("lora", "rslora") and not keep_float32
+
+
 def lora_inputs_in_bf16(model: torch.nn.Module, cfg: RunConfig, on_cuda: bool):
     """Context in which peft's LoRA layers leave their input in bf16 instead of copying it to the adapter's
     float32 (``peft.helpers.disable_input_dtype_casting``), when training runs under bf16 autocast (CUDA), the
@@ -414,22 +420,26 @@ def lora_inputs_in_bf16(model: torch.nn.Module, cfg: RunConfig, on_cuda: bool):
     """
     from peft.helpers import disable_input_dtype_casting
 
-    active = on_cuda and cfg.lora.method in ("lora", "rslora") and not cfg.train.lora_input_float32
-    return disable_input_dtype_casting(model, active=active)
+    return disable_input_dtype_casting(
+        model, active=skips_lora_input_copy(cfg.lora.method, on_cuda, cfg.train.lora_input_float32))
 
 
-def compile_decoder_layers(model: torch.nn.Module) -> Callable[[], None]:
-    """Regional compilation: ``torch.compile`` each decoder layer (``dynamic=True``: token-budget batches vary in
-    shape). The layers share their code, so one compiled graph serves all of them and compiling costs about
-    what one layer costs. Returns the function that puts the layers back to eager."""
+@contextlib.contextmanager
+def compiled_layers(model: torch.nn.Module, on: bool):
+    """Regional compilation inside the block: ``torch.compile`` each decoder layer (``dynamic=True``: token-budget
+    batches vary in shape), eager again after it. The layers share their code, so one compiled graph serves all
+    of them and compiling costs about what one layer costs; compiled code stays cached between blocks."""
+    if not on:
+        yield
+        return
     layers = decoder_layers(model)
     for layer in layers:
         layer.compile(dynamic=True)
-
-    def undo() -> None:
+    try:
+        yield
+    finally:
         for layer in layers:
             layer._compiled_call_impl = None
-    return undo
 
 
 def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.Dataset,
@@ -472,15 +482,12 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     checkpoint = last_checkpoint(output_dir) if resume else None
     start_step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     was_reset = _reset_peak_memory(on_cuda)
-    uncompile = compile_decoder_layers(model) if cfg.train.compile else None
     start = time.perf_counter()
-    try:
-        with lora_inputs_in_bf16(model, cfg, on_cuda):
+    try:  # evaluation and scoring afterwards run eager (no second compile for inference), with peft's copy
+        with compiled_layers(model, cfg.train.compile), lora_inputs_in_bf16(model, cfg, on_cuda):
             output = trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         release_optimizer_overrides(model)
-        if uncompile:  # evaluation and scoring afterwards run eager (no second compile for inference)
-            uncompile()
     wall = time.perf_counter() - start
     adapter_dir = output_dir / "adapter"
     save_error = None

@@ -67,7 +67,7 @@ def test_scale_table_computes_memory_columns_and_says_random(tmp_path):
     assert "No GPU scale record" in pages_perf.scale_gpu_markdown(tmp_path / "none", out)
 
 
-def _scaleout_records(folder: Path, root: Path) -> None:
+def _scaleout_records(folder: Path) -> None:
     runs = [{"name": "so-single", "role": "single", "gpus": 1, "status": "ok", "exit": 0, "seconds": 70.0},
             {"name": "so-ddp2", "role": "ddp", "gpus": 2, "status": "ok", "exit": 0, "seconds": 60.0},
             {"name": "so-fsdp2", "role": "fsdp", "gpus": 2, "status": "failed", "exit": 1, "seconds": 40.0},
@@ -95,7 +95,7 @@ def _scaleout_records(folder: Path, root: Path) -> None:
 
 
 def test_scaleout_section_shows_efficiency_failed_run_and_accuracy(tmp_path):
-    _scaleout_records(tmp_path / "results" / "scaleout", tmp_path)
+    _scaleout_records(tmp_path / "results" / "scaleout")
     (out := tmp_path / "gen").mkdir()
     text = pages_perf.scaleout_markdown(tmp_path / "results" / "scaleout", out, fsdp_dir=tmp_path / "results" / "none")
     assert "| so-fsdp2 | fsdp | 2 | **failed** (exit 1): `ValueError: Cannot flatten integer dtype tensors` | 40 |" in text
@@ -112,7 +112,7 @@ def test_scaleout_section_shows_efficiency_failed_run_and_accuracy(tmp_path):
 
 
 def test_scaleout_section_shows_an_fsdp_summary_when_there_is_one(tmp_path):
-    _scaleout_records(tmp_path / "results" / "scaleout", tmp_path)
+    _scaleout_records(tmp_path / "results" / "scaleout")
     fsdp = {"steps": 40, "optimizer": "adamw_torch", "run": "so-fsdp2", "gpus": 2, "real_tokens_per_s": 8000.0,
             "steady_real_tokens_per_s": 8500.0, "peak_memory_gb_per_gpu": [3.1, 3.2],
             "resident_memory_gb_per_gpu": [1.17, 1.18]}
