@@ -16,7 +16,8 @@ A NaN or infinite loss or gradient stops training with :class:`NonFiniteLossErro
 optimizer step, so every checkpoint holds finite weights. Before the model runs, examples are checked: one whose
 choices alone exceed ``data.max_length`` raises (or with ``data.on_invalid="skip"`` is dropped and counted), one
 longer than ``train.token_budget`` raises a ConfigError naming it; questions cut to fit are counted.
-bf16 autocast on CUDA; on CPU the model computes in the dtypes it was loaded with. Under autocast, peft's copy of
+bf16 autocast (``train.autocast``: auto = on CUDA, off on CPU; ``bf16`` forces it, on a CPU too) around the whole
+loss, not only ``model.forward`` as accelerate does: the answer-only loss calls the submodules. Under autocast, peft's copy of
 each LoRA input to the adapter's float32 is skipped (:func:`lora_inputs_in_bf16`; ``train.lora_input_float32``
 keeps it): autocast would cast it back to bf16 before the matmul, so the copies cost time and memory for nothing.
 
@@ -178,7 +179,9 @@ class AnswerOnlyTrainer(Trainer):
             self.seen["examples"] += inputs["input_ids"].shape[0]
         args = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         inner = self.accelerator.unwrap_model(model)
-        loss = answer_only_loss(model, *args) if inner is model else loss_through_wrapper(model, inner, *args)
+        # accelerate wraps its autocast around model.forward only; this loss runs the submodules directly
+        with self.accelerator.autocast():
+            loss = answer_only_loss(model, *args) if inner is model else loss_through_wrapper(model, inner, *args)
         if training and not torch.isfinite(loss.detach()):  # stop before backward: weights and checkpoints stay good
             raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.state.global_step + 1}; "
                                      f"{_last_good(self.args.output_dir)}. Lower train.learning_rate or check the data")
@@ -288,6 +291,11 @@ def resolve_optimizer(name: str, on_cuda: bool) -> str:
     return name
 
 
+def uses_autocast(cfg: RunConfig, on_cuda: bool) -> bool:
+    """Whether training steps run under bf16 autocast: ``train.autocast`` auto = on CUDA only."""
+    return cfg.train.autocast == "bf16" or (cfg.train.autocast == "auto" and on_cuda)
+
+
 def training_arguments(cfg: RunConfig, output_dir: str | Path, total_steps: int, on_cuda: bool,
                        has_eval: bool) -> TrainingArguments:
     t = cfg.train
@@ -301,7 +309,7 @@ def training_arguments(cfg: RunConfig, output_dir: str | Path, total_steps: int,
         **{ckpt: t.gradient_checkpointing, f"{ckpt}_kwargs": {"use_reentrant": False}},
         eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps, save_strategy="steps",
         save_steps=t.save_steps, logging_steps=t.logging_steps, seed=t.seed,
-        bf16=on_cuda, use_cpu=not on_cuda, report_to="none", remove_unused_columns=False,
+        bf16=uses_autocast(cfg, on_cuda), use_cpu=not on_cuda, report_to="none", remove_unused_columns=False,
         dataloader_pin_memory=on_cuda, label_names=["labels"],
     )
 
@@ -403,15 +411,16 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def skips_lora_input_copy(method: str, on_cuda: bool, keep_float32: bool) -> bool:
+def skips_lora_input_copy(method: str, autocast: bool, keep_float32: bool) -> bool:
     """Whether training leaves LoRA inputs in bf16 (see :func:`lora_inputs_in_bf16`)."""
-    return on_cuda and method in ("lora", "rslora") and not keep_float32
+    return autocast and method in ("lora", "rslora") and not keep_float32
 
 
 def lora_inputs_in_bf16(model: torch.nn.Module, cfg: RunConfig, on_cuda: bool):
     """Context in which peft's LoRA layers leave their input in bf16 instead of copying it to the adapter's
-    float32 (``peft.helpers.disable_input_dtype_casting``), when training runs under bf16 autocast (CUDA), the
-    method is lora or rslora, and ``train.lora_input_float32`` is off; otherwise a context that changes nothing.
+    float32 (``peft.helpers.disable_input_dtype_casting``), when training runs under bf16 autocast
+    (:func:`uses_autocast`), the method is lora or rslora, and ``train.lora_input_float32`` is off; otherwise a
+    context that changes nothing. Without autocast a bf16 input would meet the adapter's float32 weights.
 
     Under autocast the float32 copy is cast back to bf16 for the matmul, so loss and gradients are unchanged with
     LoRA dropout 0 (tested); with dropout the mask scales the bf16 input instead of its float32 copy, as peft's
@@ -421,7 +430,8 @@ def lora_inputs_in_bf16(model: torch.nn.Module, cfg: RunConfig, on_cuda: bool):
     from peft.helpers import disable_input_dtype_casting
 
     return disable_input_dtype_casting(
-        model, active=skips_lora_input_copy(cfg.lora.method, on_cuda, cfg.train.lora_input_float32))
+        model, active=skips_lora_input_copy(cfg.lora.method, uses_autocast(cfg, on_cuda),
+                                            cfg.train.lora_input_float32))
 
 
 @contextlib.contextmanager

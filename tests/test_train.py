@@ -1,5 +1,6 @@
 """Training on a tiny random Gemma on the CPU: the loss, what changes, resume, throughput record, NF4."""
 import json
+import math
 
 import datasets
 import pytest
@@ -239,18 +240,37 @@ def test_lora_inputs_left_in_bf16_under_autocast_change_nothing_for_lora(method)
         assert _cast_flags(model) == {True}
 
 
-def test_training_runs_with_lora_inputs_left_in_bf16(tmp_path, tokenizer, data, monkeypatch):
-    """train.train enters lora_inputs_in_bf16 around the Trainer: during the steps peft's input copy is off (here
-    forced as if under CUDA autocast), afterwards it is back on for scoring."""
-    cfg = config(epochs=1, eval_steps=100)
-    model = adapted(lora_cfg=cfg.lora)
-    real = train.lora_inputs_in_bf16
-    monkeypatch.setattr(train, "lora_inputs_in_bf16", lambda m, c, on_cuda: real(m, c, True))
+def test_bf16_training_runs_under_autocast_with_lora_inputs_left_in_bf16(tmp_path, tokenizer, data):
+    """The GPU path on the CPU: a bf16 base with float32 LoRA weights, ``train.autocast=bf16`` and peft's input
+    copy off (the CUDA default). accelerate wraps autocast around ``model.forward`` only, which the answer-only loss
+    does not call; without its own autocast the bf16 input meets the float32 LoRA weights and the first step fails
+    ("expected mat1 and mat2 to have the same dtype"). Training and evaluation forwards must run under autocast."""
+    cfg = config(epochs=2, eval_steps=2, autocast="bf16")
+    model = adapted(dtype=torch.bfloat16, lora_cfg=cfg.lora)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    seen = []
+    train.decoder_layers(model)[0].register_forward_hook(
+        lambda mod, args, out: seen.append((mod.training, torch.is_autocast_enabled("cpu"))))
     during = []
 
     class Spy(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             during.append(_cast_flags(model))
-    train.train(cfg, model, tokenizer, data[0].select(range(8)), None, tmp_path, callbacks=[Spy()])
-    assert during and all(flags == {False} for flags in during)
-    assert _cast_flags(model) == {True}
+    result = train.train(cfg, model, tokenizer, data[0], data[1], tmp_path, callbacks=[Spy()])
+    assert during and all(flags == {False} for flags in during)  # peft's copy off in every step
+    assert _cast_flags(model) == {True}  # and back on afterwards, for scoring
+    assert {training for training, _ in seen} == {True, False}  # training steps and evaluation both ran
+    assert all(autocast for _, autocast in seen)
+    losses = [r["loss"] for r in result.loss_history if "loss" in r]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    assert all(math.isfinite(r["eval_loss"]) for r in result.loss_history if "eval_loss" in r)
+
+
+def test_autocast_setting_picks_the_device_default():
+    cfg = config()
+    assert train.uses_autocast(cfg, on_cuda=True) and not train.uses_autocast(cfg, on_cuda=False)
+    cfg.train.autocast = "off"
+    assert not train.uses_autocast(cfg, on_cuda=True)
+    cfg.train.autocast = "bf16"
+    assert train.uses_autocast(cfg, on_cuda=False)
+    assert train.training_arguments(cfg, "unused", 10, on_cuda=False, has_eval=False).bf16
