@@ -21,6 +21,7 @@ PEFT_METHODS = ("lora", "dora", "rslora", "none")
 LORA_TARGETS = ("attention", "mlp", "all-linear")
 OPTIMIZERS = ("auto", "adamw_torch", "paged_adamw_8bit", "adamw_8bit", "paged_adamw_32bit")
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
+REPORT_TO = ("auto", "tensorboard", "none")  # auto: TensorBoard events where tensorboard is installed
 ON_INVALID = ("raise", "skip")
 AUTOCAST = ("auto", "bf16", "off")
 
@@ -84,6 +85,7 @@ class TrainConfig:
     eval_steps: int = 50
     save_steps: int = 50
     logging_steps: int = 5
+    report_to: str = "auto"  # where the Trainer's logs go besides the run record: auto | tensorboard | none
     seed: int = 0
 
 
@@ -221,6 +223,7 @@ def validate(cfg: RunConfig) -> None:
     _choice("lora.targets", cfg.lora.targets, LORA_TARGETS)
     _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
     _choice("train.scheduler", cfg.train.scheduler, SCHEDULERS)
+    _choice("train.report_to", cfg.train.report_to, REPORT_TO)
     _choice("train.autocast", cfg.train.autocast, AUTOCAST)
     _choice("data.on_invalid", cfg.data.on_invalid, ON_INVALID)
     _range("lora.r", cfg.lora.r, 1, 1024)

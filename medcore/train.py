@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import is_tensorboard_available
 
 from medcore.config import ConfigError, RunConfig
 from medcore.quantize import disable_cpu_repack
@@ -309,7 +310,9 @@ def training_arguments(cfg: RunConfig, output_dir: str | Path, total_steps: int,
         **{ckpt: t.gradient_checkpointing, f"{ckpt}_kwargs": {"use_reentrant": False}},
         eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps, save_strategy="steps",
         save_steps=t.save_steps, logging_steps=t.logging_steps, seed=t.seed,
-        bf16=uses_autocast(cfg, on_cuda), use_cpu=not on_cuda, report_to="none", remove_unused_columns=False,
+        bf16=uses_autocast(cfg, on_cuda), use_cpu=not on_cuda, remove_unused_columns=False,
+        # TensorBoard events land in <output_dir>/runs/<date>_<host>/, the Trainer's default (5.24 has no logging_dir)
+        report_to=t.report_to if t.report_to != "auto" else ("tensorboard" if is_tensorboard_available() else "none"),
         dataloader_pin_memory=on_cuda, label_names=["labels"],
     )
 

@@ -274,3 +274,26 @@ def test_autocast_setting_picks_the_device_default():
     cfg.train.autocast = "bf16"
     assert train.uses_autocast(cfg, on_cuda=False)
     assert train.training_arguments(cfg, "unused", 10, on_cuda=False, has_eval=False).bf16
+
+
+def test_training_writes_tensorboard_events_into_the_output_folder(tmp_path, tokenizer, data):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config(epochs=4)
+    assert cfg.train.report_to == "auto"  # tensorboard is a dependency, so auto means TensorBoard here
+    train.train(cfg, adapted(), tokenizer, data[0].select(range(4)), data[1], tmp_path / "on")
+    runs = list((tmp_path / "on" / "runs").iterdir())
+    assert len(runs) == 1
+    events = EventAccumulator(str(runs[0])).Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "eval/loss", "train/train_samples_per_second"):
+        assert tag in scalars, (tag, scalars)
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("eval/loss")] == [2, 4]
+
+    cfg.train.report_to = "wandb"
+    with pytest.raises(ValueError, match=r"train.report_to='wandb' is not allowed; choose one of: auto, tensorboard, none"):
+        cfg.validate()
+    cfg.train.report_to = "none"
+    train.train(cfg, adapted(), tokenizer, data[0].select(range(4)), data[1], tmp_path / "off")
+    assert not (tmp_path / "off" / "runs").exists()
