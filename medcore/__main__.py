@@ -59,6 +59,28 @@ def _cmd_scaleout(args) -> None:
     raise SystemExit(scaleout_main(args.rest))
 
 
+def _cmd_ask(args) -> None:
+    from medcore.ask import ask, question_record, read_questions
+
+    if (args.file is None) == (args.question is None):
+        raise ValueError("ask: give --question with --options, or --file <questions.jsonl>, not both")
+    if args.file is not None:
+        if args.options:
+            raise ValueError("ask: --options goes with --question; a --file carries each question's options")
+        records = read_questions(args.file)
+    else:
+        records = [question_record(args.question, args.options or [], where="--options")]
+    ask(args.model, records, adapter=args.adapter, precision=args.precision, max_length=args.max_length,
+        as_json=args.json)
+
+
+def _cmd_export(args) -> None:
+    from medcore.lora import merge_for_export
+
+    out = merge_for_export(args.model, args.adapter, args.out)
+    print(f"merged bf16 model with its tokenizer: {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medcore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scaleout", help="one GPU against DDP and FSDP on several GPUs of one host")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_scaleout)
+
+    p = sub.add_parser("ask", help="the letter distribution a model gives to a question, as the scorer computes it")
+    p.add_argument("--model", default="embedded:gemma-3-270m")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter folder to apply")
+    p.add_argument("--precision", default="bf16", help="bf16 | int8 | nf4 | fp4 (4-bit with double quant)")
+    p.add_argument("--question", default=None)
+    p.add_argument("--options", nargs="+", default=None, metavar="OPTION", help="exactly four, for A-D")
+    p.add_argument("--file", default=None, help="JSON lines: question + options (or opa..opd), optional answer/cop")
+    p.add_argument("--max-length", type=int, default=512, help="prompt tokens; a longer question is cut")
+    p.add_argument("--json", action="store_true", help="one JSON object per question instead of a table")
+    p.set_defaults(func=_cmd_ask)
+
+    p = sub.add_parser("export", help="merge an adapter into a bf16 copy of the base: a standard HF model folder")
+    p.add_argument("--model", required=True, help="the base the adapter was trained on (a model spec)")
+    p.add_argument("--adapter", required=True, help="a PEFT adapter folder")
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -3,10 +3,16 @@
 A profile is a YAML file of `RunConfig` values (``medcore/profiles/<name>.yaml`` or any path);
 ``--set section.field=value`` and papermill parameters override single fields. Everything is
 validated here, before any model or data set is loaded, so a typo costs seconds, not a download.
+
+A relative ``local:`` path in a profile (``data.source``, ``data.train_source``, ``model.source``) names a file
+next to the profile, so a profile works from any directory; the shipped profiles' paths are relative to the
+project root (the folder holding ``medcore/``). Paths given with ``--set`` stay relative to the working directory.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,7 +22,7 @@ import yaml
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
-PRECISIONS = ("bf16", "int8", "nf4", "fp4")
+PRECISIONS = ("bf16", "int8", "nf4", "fp4", "fp32")  # fp32: unquantized float32, as the harness scores
 PEFT_METHODS = ("lora", "dora", "rslora", "none")
 LORA_TARGETS = ("attention", "mlp", "all-linear")
 OPTIMIZERS = ("auto", "adamw_torch", "paged_adamw_8bit", "adamw_8bit", "paged_adamw_32bit")
@@ -41,6 +47,7 @@ class DataConfig:
     max_length: int = 512
     on_invalid: str = "raise"
     train_on_explanation: bool = False
+    shuffle_options: bool = True  # each epoch a fresh option order, every letter the answer equally often
     seed: int = 0
 
 
@@ -91,8 +98,10 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 16
+    batch_size: int | None = None  # None: 256 on CUDA, 16 on CPU
+    autocast: str = "auto"  # bf16 autocast around scoring: auto (CUDA only) | bf16 | off
     latency_batches: int = 20  # batch-1 timings taken for the latency figure
+    rotations: bool | None = None  # also score the options in their 4 cyclic orders; None: on CUDA only
     generation: bool = False
 
 
@@ -131,7 +140,8 @@ def _assign(cfg: RunConfig, key: str, value: Any) -> None:
     sections = _section_types()
     if key in sections:
         if not isinstance(value, dict):
-            raise ConfigError(f"section {key!r} must be a mapping, got {value!r}")
+            allowed = ", ".join(f.name for f in fields(sections[key]))
+            raise ConfigError(f"section {key!r} must be a mapping of its settings ({allowed}), got {value!r}")
         for sub, subvalue in value.items():
             set_field(cfg, f"{key}.{sub}", subvalue)
     else:
@@ -142,19 +152,35 @@ def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
     """Set one field by its dotted name, converting strings (from --set) to the field's type."""
     parts = dotted.split(".")
     target: Any = cfg
+    sections = list(_section_types())
     for part in parts[:-1]:
         if not dataclasses.is_dataclass(target) or part not in {f.name for f in fields(target)}:
-            raise ConfigError(f"unknown setting {dotted!r}; sections: {', '.join(_section_types())}")
+            raise ConfigError(f"unknown setting {dotted!r}{_did_you_mean(part, sections)}; "
+                              f"sections: {', '.join(sections)}")
         target = getattr(target, part)
     names = {f.name: f for f in fields(target)} if dataclasses.is_dataclass(target) else {}
     if parts[-1] not in names or dataclasses.is_dataclass(getattr(target, parts[-1])):
-        allowed = ", ".join(n for n in names if not dataclasses.is_dataclass(getattr(target, n)))
-        raise ConfigError(f"unknown setting {dotted!r}; allowed here: {allowed}")
+        leaves = [n for n in names if not dataclasses.is_dataclass(getattr(target, n))]
+        here = f"allowed here: {', '.join(leaves)}" + (f"; sections: {', '.join(sections)}" if target is cfg else "")
+        hint = _did_you_mean(parts[-1], leaves + (sections if target is cfg else []))
+        raise ConfigError(f"unknown setting {dotted!r}{hint}; {here}")
     setattr(target, parts[-1], _coerce(dotted, value, getattr(target, parts[-1]), names[parts[-1]].type))
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_YAML_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
 
 
 def _coerce(name: str, value: Any, current: Any, annotation: Any) -> Any:
     text = str(annotation)
+    kind = text.split(" ")[0]
+    if value is not None and not isinstance(value, str) and kind in _YAML_TYPES and (
+            not isinstance(value, _YAML_TYPES[kind]) or (kind != "bool" and isinstance(value, bool))):
+        raise ConfigError(f"{name}={value!r} is not a valid {text}")  # a YAML list or mapping, or true for a number
     if isinstance(value, str):
         low = value.strip().lower()
         if low in ("none", "null", "~") and "None" in text:
@@ -195,14 +221,42 @@ def load_profile(profile: str | Path = "demo", overrides: list[str] | dict[str, 
     if not path.exists():
         names = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
         raise ConfigError(f"profile {str(profile)!r} not found; known profiles: {', '.join(names)}")
-    values = yaml.safe_load(path.read_text()) or {}
-    cfg = RunConfig.from_dict(values)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x) or err
+        raise ConfigError(f"profile {path} is not valid YAML{where}: {what}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"profile {path} must be a mapping of settings (name, data:, lora:, ...), "
+                          f"not a {type(values).__name__}")
+    shipped = path.resolve().parent == PROFILE_DIR.resolve()
+    _resolve_local_paths(values, PROFILE_DIR.parent.parent if shipped else path.resolve().parent)
+    try:
+        cfg = RunConfig.from_dict(values)
+    except ConfigError as err:
+        raise ConfigError(f"profile {path}: {err}") from None
     if cfg.name == "run":
         cfg.name = path.stem
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
         set_field(cfg, key, value)
     return cfg.validate()
+
+
+def _resolve_local_paths(values: dict[str, Any], base: Path) -> None:
+    """A profile's relative ``local:`` paths (and a data source given as a bare path) against `base`."""
+    for section, key in (("data", "source"), ("data", "train_source"), ("model", "source")):
+        part = values.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if not isinstance(value, str):
+            continue
+        prefix, rest = ("local:", value[6:]) if value.startswith("local:") else ("", value)
+        bare_path = section == "data" and not prefix and value not in ("hub", "mirror") and not value.startswith("hub:")
+        if (prefix or bare_path) and rest and not Path(rest).expanduser().is_absolute() and not rest.startswith("~"):
+            if prefix or (base / rest).exists():
+                part[key] = prefix + os.path.normpath(base / rest)
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
@@ -234,7 +288,9 @@ def validate(cfg: RunConfig) -> None:
     _range("train.token_budget", cfg.train.token_budget, 16, 10_000_000)
     _range("train.max_batch_size", cfg.train.max_batch_size, 1, 100_000)
     _range("data.max_length", cfg.data.max_length, 16, 131_072)
-    _range("eval.batch_size", cfg.eval.batch_size, 1, 100_000)
+    if cfg.eval.batch_size is not None:
+        _range("eval.batch_size", cfg.eval.batch_size, 1, 100_000)
+    _choice("eval.autocast", cfg.eval.autocast, AUTOCAST)
     _range("train.weight_decay", cfg.train.weight_decay, 0.0, 1.0)
     for name in ("eval_steps", "save_steps", "logging_steps"):  # 0 would fail deep inside the Trainer
         _range(f"train.{name}", getattr(cfg.train, name), 1, 2**31 - 1)

@@ -152,9 +152,14 @@ def _check(where: str, split: str, rid, question, options: list, answer: int | N
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict | InvalidRecordError]]:
-    """(file:line, parsed object or the error) for every non-blank line; decoding is checked line by line."""
+    """(file:line, parsed object or the error) for every non-blank line; decoding is checked line by line.
+
+    A UTF-8 byte-order mark and CRLF line ends (Windows editors) are accepted; a JSON array is refused with a hint,
+    since the format is one record object per line."""
     for n, raw in enumerate(path.read_bytes().splitlines(), 1):
         where = f"{path}:{n}"
+        if n == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -165,9 +170,14 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict | InvalidRecordError]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            yield where, InvalidRecordError(where, "bad_json", f"not well-formed JSON ({e.msg}, column {e.colno})")
+            array = " (a JSON array? JSON lines expected: one record object per line)" if line.lstrip()[:1] == "[" else ""
+            yield where, InvalidRecordError(where, "bad_json", f"not well-formed JSON ({e.msg}, column {e.colno}){array}")
             continue
-        yield where, obj if isinstance(obj, dict) else InvalidRecordError(where, "bad_json", "not a JSON object")
+        if not isinstance(obj, dict):
+            what = {list: "a JSON array", str: "a JSON string"}.get(type(obj), "a JSON number, true/false or null")
+            obj = InvalidRecordError(where, "bad_json", f"{what}, not an object: JSON lines expected (one MedMCQA "
+                                                        "record object per line)")
+        yield where, obj
 
 
 def _original_records(items, split: str, base: int, keyless: tuple):
@@ -215,8 +225,20 @@ def _collect(records, source: str, split: str, on_invalid: str, limit: int | Non
 
 # ---- sources ------------------------------------------------------------------------------------------------
 
+def split_of_file(path: str | Path) -> str | None:
+    """The split a file's name says it holds (``dev.json`` validation, ``train_sample.jsonl`` train), or None."""
+    stem = Path(path).name.split(".")[0].lower()
+    return next((split for split, stems in _LOCAL_FILES.items()
+                 if any(stem == s or stem.startswith((f"{s}_", f"{s}-")) for s in stems)), None)
+
+
 def _local_file(path: Path, split: str) -> Path:
-    if path.is_file():
+    if path.is_file():  # one file is one split: asking it for another would record a split it does not hold
+        named = split_of_file(path)
+        if named not in (None, split):
+            raise ValueError(f"split {split!r} asked of the single file {path}, which holds the {named} split (by its "
+                             f"name): ask for split {named!r}, or give a folder holding "
+                             f"{', '.join(f'{s[0]}.json' for s in _LOCAL_FILES.values())}")
         return path
     names = [f"{stem}{ext}" for stem in _LOCAL_FILES[split] for ext in (".json", ".jsonl")]
     for name in names:
@@ -292,8 +314,14 @@ def load_medmcqa_report(source: str, split: str = "validation", on_invalid: str 
         raise ValueError(f"split {split!r}: use one of {', '.join(SPLITS)}")
     if source == "hub" or source.startswith("hub:"):
         repo = source.partition(":")[2] or HUB_REPO
+        from medcore.models import HubUnavailableError, hub_folder
+
         try:
-            table = datasets.load_dataset(repo, split=split)
+            folder = hub_folder(repo, "dataset", instead="offline? use source='mirror' or 'local:<path>'")
+        except HubUnavailableError as e:
+            raise SourceUnavailableError(str(e)) from None
+        try:
+            table = datasets.load_dataset(folder, split=split)
         except Exception as e:  # offline, unknown repo, missing split: all say the same thing to the user
             raise SourceUnavailableError(f"could not load {repo!r} [{split}] from the Hugging Face Hub "
                                          f"({type(e).__name__}: {e}); offline? use source='mirror' or "

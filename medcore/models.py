@@ -27,7 +27,7 @@ needed to convert with an older transformers, and used directly for random big s
 """
 from __future__ import annotations
 
-import dataclasses, gzip, hashlib, importlib.util, json, os, shutil, subprocess, sys, tempfile, zipfile
+import dataclasses, functools, gzip, hashlib, importlib.util, json, os, shutil, subprocess, sys, tempfile, zipfile
 from pathlib import Path
 
 import torch
@@ -95,6 +95,58 @@ def check_model_source(spec) -> ModelSource:
     return src
 
 
+HUB_PROBE_SECONDS = 3.0
+
+
+class HubUnavailableError(RuntimeError):
+    """The Hugging Face Hub cannot be reached and what was asked for is not in the local cache."""
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be used now (``HF_HUB_OFFLINE``, or no answer in ``HUB_PROBE_SECONDS``),
+    else None. One short probe per endpoint and process: offline, the libraries retry for about 50 s first."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    return _probe((os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"))
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(endpoint: str) -> str | None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_SECONDS).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as err:  # URLError, a timeout, a refused connection, an unknown host
+        return f"{endpoint} did not answer: {getattr(err, 'reason', err)}"
+    return None
+
+
+def hub_folder(repo: str, repo_type: str = "model", instead: str = "") -> str:
+    """`repo` itself while the Hub answers, else the folder of its cached snapshot; neither: HubUnavailableError,
+    one line saying what to use ``instead``."""
+    why = hub_unreachable()
+    if why is None:
+        return repo
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo, repo_type=repo_type, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, in whatever form the library says it
+        raise HubUnavailableError(f"the Hugging Face Hub cannot be reached ({why}) and {repo!r} is not in the local "
+                                  f"cache; {instead}") from None
+
+
+def _folder(src: ModelSource) -> str:
+    """What from_pretrained gets: a local folder, a hub id, or (the Hub unreachable) the hub id's cached copy."""
+    if src.kind == "hub":
+        return hub_folder(src.name, instead="for the model use local:<folder> (a downloaded copy), "
+                                            "embedded:gemma-3-270m or random:<shape>")
+    return os.path.expanduser(src.name)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("MEDCORE_CACHE") or Path.home() / ".cache" / "medcore").expanduser()
 
@@ -106,7 +158,7 @@ def model_config(spec):
     if src.kind in ("random", "embedded"):
         model_type, kwargs = SHAPES[src.name]
         return AutoConfig.for_model(model_type, **kwargs)
-    return AutoConfig.from_pretrained(os.path.expanduser(src.name))
+    return AutoConfig.from_pretrained(_folder(src))
 
 
 def tiny_tokenizer():
@@ -137,7 +189,7 @@ def load_tokenizer(spec):
             return AutoTokenizer.from_pretrained(_copy_tokenizer(os.environ["MEDCORE_EMBEDDED_TOKENIZER_DIR"], tmp))
     if src.kind in ("random", "embedded"):
         return AutoTokenizer.from_pretrained(ensure_embedded_model())
-    return AutoTokenizer.from_pretrained(os.path.expanduser(src.name))
+    return AutoTokenizer.from_pretrained(_folder(src))
 
 
 def _save_for_reload(model, folder) -> None:
@@ -226,7 +278,7 @@ def load_model(spec, dtype=torch.bfloat16, quantization_config=None, device_map=
             if target is not None and device.type == "cpu":
                 model = model.to(target)
     else:
-        path = ensure_embedded_model(src.name) if src.kind == "embedded" else os.path.expanduser(src.name)
+        path = ensure_embedded_model(src.name) if src.kind == "embedded" else _folder(src)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, quantization_config=quantization_config, device_map=device_map)
     model.medcore_source = src

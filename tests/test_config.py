@@ -1,4 +1,6 @@
 """Profiles load, overrides convert types, and bad settings are refused before anything heavy loads."""
+from pathlib import Path
+
 import pytest
 
 from medcore.config import ConfigError, RunConfig, load_profile, set_field
@@ -50,3 +52,55 @@ def test_unknown_profile_lists_known_ones():
 def test_set_field_rejects_section_name():
     with pytest.raises(ConfigError):
         set_field(RunConfig(), "lora", 3)
+
+
+# ---- profiles as users write them ---------------------------------------------------------------------------------
+
+def test_bad_yaml_names_the_file_line_and_column(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nlora:\n  r: 4\n   alpha: 8\n")  # one space too many
+    with pytest.raises(ConfigError) as err:
+        load_profile(path)
+    assert str(err.value).startswith(f"profile {path} is not valid YAML at line 4, column 9")
+    path.write_text("- a list\n- not settings\n")
+    with pytest.raises(ConfigError, match="must be a mapping of settings"):
+        load_profile(path)
+
+
+def test_misspelt_section_lists_the_sections_too(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nlroa:\n  r: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_profile(path)
+    message = str(err.value)
+    assert f"profile {path}: unknown setting 'lroa' (did you mean 'lora'?)" in message
+    assert "allowed here: name, results_dir; sections: data, model, quant, lora, train, eval" in message
+    with pytest.raises(ConfigError, match=r"'lora.rank'.*allowed here: method, r, alpha, dropout, targets$"):
+        load_profile("ci", ["lora.rank=4"])
+
+
+@pytest.mark.parametrize("text, words", [("lora:\n  r: [4]\n", "lora.r=[4] is not a valid int"),
+                                         ("train:\n  learning_rate: {a: 1}\n", "train.learning_rate={'a': 1}"),
+                                         ("quant:\n  double_quant: 1\n", "quant.double_quant=1 is not a valid bool"),
+                                         ("lora: 4\n", "section 'lora' must be a mapping of its settings (method")])
+def test_yaml_value_of_the_wrong_type_is_named(tmp_path, text, words):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_profile(path)
+    assert words in str(err.value)
+
+
+def test_profile_paths_are_relative_to_the_profile_not_the_working_directory(tmp_path, monkeypatch, medmcqa_dir):
+    monkeypatch.chdir(tmp_path)  # outside the repository
+    cfg = load_profile("ci")
+    assert cfg.data.source.startswith("local:")
+    assert Path(cfg.data.source.removeprefix("local:")).samefile(medmcqa_dir / "dev.json")
+    study = load_profile("study")
+    assert Path(study.data.train_source.removeprefix("local:")).samefile(medmcqa_dir / "train_sample.jsonl")
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "mine.yaml").write_text("data:\n  source: local:data/dev.json\nmodel:\n  source: random:tiny-gemma\n")
+    assert load_profile(folder / "mine.yaml").data.source == f"local:{folder / 'data' / 'dev.json'}"
+    given = load_profile(folder / "mine.yaml", ["data.source=local:elsewhere.json"])  # --set: as typed
+    assert given.data.source == "local:elsewhere.json"

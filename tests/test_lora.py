@@ -1,4 +1,5 @@
 """LoRA presets, attaching to a 4-bit model without casting the embedding, save/load and the bf16 merge."""
+import numpy as np
 import peft
 import pytest
 import torch
@@ -89,3 +90,35 @@ def test_merged_bf16_matches_base_plus_adapter(tmp_path):
     bf16_noise = (expected - exact).abs().max().item()
     assert (exact - plain).abs().max() > 10 * bf16_noise  # the adapter changes the outputs...
     torch.testing.assert_close(got, expected, rtol=0, atol=2 * bf16_noise)  # ...and the merge keeps that
+
+
+def test_export_command_writes_a_plain_transformers_folder_that_scores_as_base_plus_adapter(tmp_path, dev_ds, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medcore import evaluate
+    from medcore.__main__ import main
+
+    torch.manual_seed(0)
+    model = lora.attach_adapter(models.load_model(TINY, dtype=torch.bfloat16), LoraConfig(r=4, dropout=0.0),
+                                quantized=False)
+    _randomize_b(model)
+    model.save_pretrained(tmp_path / "adapter")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    args = ["export", "--model", TINY, "--adapter", str(tmp_path / "adapter")]
+    assert main(args + ["--out", str(taken)]) == 2
+    assert "not empty" in capsys.readouterr().err and [p.name for p in taken.iterdir()] == ["notes.txt"]
+    assert main(args + ["--out", str(tmp_path / "merged")]) == 0
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # no medcore, no peft
+    assert merged.dtype == torch.bfloat16 and not any("lora" in n for n, _ in merged.named_parameters())
+    records = dev_ds.select(range(20))
+    expected = evaluate.score_choices(model, models.load_tokenizer(TINY), records, max_length=2048, progress=False)
+    got = evaluate.score_choices(merged, AutoTokenizer.from_pretrained(tmp_path / "merged"), records,
+                                 max_length=2048, progress=False)
+    assert got["prompt_tokens"].tolist() == expected["prompt_tokens"].tolist()  # the saved tokenizer is the same
+    assert got["pred"].tolist() == expected["pred"].tolist()
+    columns = [f"logprob_{x}" for x in "ABCD"]
+    print(np.abs(got[columns].to_numpy() - expected[columns].to_numpy()).max())
+    np.testing.assert_allclose(got[columns].to_numpy(), expected[columns].to_numpy(), rtol=0, atol=0.02)

@@ -1,5 +1,6 @@
 """models.py: spec parsing, real-architecture configs, random and embedded weights (all CPU)."""
 import random
+import time
 
 import pytest
 import torch
@@ -51,6 +52,30 @@ def test_missing_local_path_fails_before_loading(tmp_path):
         M.check_model_source(f"local:{missing}")
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         M.load_model(f"local:{missing}")
+
+
+CLOSED_PORT = "http://127.0.0.1:9"  # refuses at once: the offline case, without the network or its timeouts
+
+
+@pytest.mark.parametrize("load", [M.load_tokenizer, M.load_model, M.model_config])
+def test_hub_model_without_the_hub_fails_fast_in_one_line(monkeypatch, load):
+    monkeypatch.setenv("HF_ENDPOINT", CLOSED_PORT)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.monotonic()
+    with pytest.raises(M.HubUnavailableError) as err:
+        load("hub:medcore-tests/no-such-model")
+    assert time.monotonic() - start < 10  # not the libraries' ~50 s of retries
+    message = str(err.value)
+    assert "\n" not in message and f"{CLOSED_PORT} did not answer" in message
+    assert "'medcore-tests/no-such-model' is not in the local cache" in message
+    assert "local:<folder>" in message and "embedded:gemma-3-270m" in message
+
+
+def test_hub_offline_flag_is_honoured_without_a_probe(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(M, "_probe", lambda endpoint: pytest.fail("probed the Hub although HF_HUB_OFFLINE is set"))
+    with pytest.raises(M.HubUnavailableError, match=r"HF_HUB_OFFLINE is set"):
+        M.load_tokenizer("hub:medcore-tests/no-such-model")
 
 
 # ---------------------------------------------------------------- configs of real architectures
