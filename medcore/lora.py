@@ -75,9 +75,20 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, float]:
     return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / max(total, 1)}
 
 
+def require_adapter(adapter_dir: str | Path | None) -> None:
+    """Refuse a folder without ``adapter_config.json`` before any model is loaded for it (None: no adapter)."""
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"adapter {adapter_dir}: no adapter_config.json there (a PEFT adapter folder, e.g. "
+                                "<output-dir>/adapter of `medcore train`)")
+
+
 def merge_for_export(base_spec: str, adapter_dir: str | Path, out_dir: str | Path,
                      dtype: torch.dtype = torch.bfloat16) -> Path:
     """Merge an adapter into a bf16 copy of the base model and save it (with the tokenizer) to `out_dir`.
+
+    The result is a standard Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` loads it, and so do
+    lm-evaluation-harness and other tools) with no PEFT left in it. `out_dir` must be empty or new: medcore writes
+    nothing over files it did not make.
 
     The merge is into the unquantized weights on purpose: merging into 4-bit weights means dequantize, add and
     re-quantize, and the re-quantization error changes the model's outputs. The merged bf16 model equals base +
@@ -85,9 +96,13 @@ def merge_for_export(base_spec: str, adapter_dir: str | Path, out_dir: str | Pat
     """
     from medcore import models
 
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out}: {'not a folder' if not out.is_dir() else 'not empty'}; "
+                              "export writes into a new or empty folder")
+    require_adapter(adapter_dir)
     base = models.load_model(base_spec, dtype=dtype)
     merged = peft.PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    out = Path(out_dir)
     merged.save_pretrained(out)
     models.load_tokenizer(base_spec).save_pretrained(out)
     return out
