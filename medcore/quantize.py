@@ -1,6 +1,7 @@
 """Precision presets, loading a model quantized, and what quantization measurably costs and saves.
 
-Presets (``quant.precision``): ``bf16`` (no quantization), ``int8`` (LLM.int8, bitsandbytes ``Linear8bitLt``),
+Presets (``quant.precision``): ``bf16`` (no quantization), ``fp32`` (no quantization, every weight float32: the
+setting in which scoring reproduces lm-evaluation-harness question for question), ``int8`` (LLM.int8, bitsandbytes ``Linear8bitLt``),
 ``nf4`` and ``fp4`` (bitsandbytes ``Linear4bit``, blocksize 64), each 4-bit one with or without double
 quantization (``quant.double_quant``: the per-block absmax is itself quantized to 8 bits), computing in
 ``quant.compute_dtype`` (bf16: Gemma overflows in fp16). bitsandbytes leaves the embedding and the norms unquantized.
@@ -31,11 +32,12 @@ from medcore.config import PRECISIONS, QuantConfig
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "bf16": torch.bfloat16, "fp32": torch.float32}
 KINDS = ("embedding", "attention", "mlp", "norm", "other")
+UNQUANTIZED = ("bf16", "fp32")
 
 
 def quantization_config(precision: str, double_quant: bool = True, compute_dtype: str | torch.dtype = "bfloat16",
                         quant_storage: str | torch.dtype | None = None) -> BitsAndBytesConfig | None:
-    """The BitsAndBytesConfig of a preset; None for ``bf16`` (load unquantized).
+    """The BitsAndBytesConfig of a preset; None for ``bf16`` and ``fp32`` (load unquantized).
 
     `quant_storage` (4-bit only): the dtype the packed weights are stored in, uint8 by default. FSDP shards only
     floating tensors of one dtype, so FSDP + QLoRA stores them in bf16, the dtype of the rest of the model.
@@ -43,7 +45,7 @@ def quantization_config(precision: str, double_quant: bool = True, compute_dtype
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} unknown; choose one of {', '.join(PRECISIONS)}")
     dtype = DTYPES[compute_dtype] if isinstance(compute_dtype, str) else compute_dtype
-    if precision == "bf16":
+    if precision in UNQUANTIZED:
         return None
     if precision == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -72,14 +74,15 @@ def load_quantized(spec: str, quant_cfg: QuantConfig, device: str | torch.device
                    **kwargs: Any) -> torch.nn.Module:
     """Load `spec` (see models.load_model) at `quant_cfg`'s precision on `device` (default: CUDA if present).
 
-    Non-quantized parts (embedding, norms; everything for bf16) get `dtype`, by default the compute dtype.
+    Non-quantized parts (embedding, norms; everything for bf16) get `dtype`, by default the compute dtype (float32
+    for ``fp32``, whatever the compute dtype).
     `quant_storage`: see :func:`quantization_config` (FSDP + QLoRA: bf16, with `dtype` bf16 too).
     """
     from medcore import models
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     qcfg = quantization_config(quant_cfg.precision, quant_cfg.double_quant, quant_cfg.compute_dtype, quant_storage)
-    dtype = dtype or DTYPES[quant_cfg.compute_dtype]
+    dtype = dtype or (torch.float32 if quant_cfg.precision == "fp32" else DTYPES[quant_cfg.compute_dtype])
     params = inspect.signature(models.load_model).parameters
     if "device" in params:
         kwargs.setdefault("device", device)

@@ -21,8 +21,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Wilson score interval for k successes out of n; (nan, nan) when n == 0.
+def wilson_interval(k: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n; (nan, nan) when n == 0. ``k`` may be fractional: the
+    credit of questions whose tie split it (the interval of k / n with n trials).
 
     Preferred over the normal (Wald) interval: it stays inside [0, 1] and keeps its coverage near 0 and 1
     and for the few hundred questions a CPU run scores.
@@ -86,12 +87,13 @@ def relative_improvement(before: float, after: float) -> float:
 
 def grouped_accuracy(df, by: str, correct: str = "correct"):
     """Accuracy per value of column ``by`` (missing -> "unknown"): DataFrame [by, n, correct, accuracy, ci_low,
-    ci_high] with 95 % Wilson intervals, sorted by ``by``."""
+    ci_high] with 95 % Wilson intervals, sorted by ``by``. ``correct`` may hold fractional credit (a tie's 1/k)."""
     import pandas as pd
 
     rows = []
     for key, part in df.groupby(df[by].fillna("unknown").astype(str), sort=True):
-        k, n = int(part[correct].sum()), len(part)
+        k, n = part[correct].sum(), len(part)
+        k = int(k) if part[correct].dtype == bool else float(k)
         rows.append({by: key, "n": n, "correct": k, "accuracy": k / n, **dict(zip(("ci_low", "ci_high"),
                                                                                    wilson_interval(k, n)))})
     return pd.DataFrame(rows, columns=[by, "n", "correct", "accuracy", "ci_low", "ci_high"])

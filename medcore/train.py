@@ -205,8 +205,11 @@ class EpochCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):
+        epoch = int((state.epoch or 0) + 1e-6)  # state.epoch: 1.25 resumes epoch 1
         if self.trainer.train_sampler is not None:
-            self.trainer.train_sampler.set_epoch(int((state.epoch or 0) + 1e-6))  # state.epoch: 1.25 resumes epoch 1
+            self.trainer.train_sampler.set_epoch(epoch)
+        if hasattr(self.trainer.train_dataset, "set_epoch"):  # option_order.ShuffledOptions: this epoch's orders
+            self.trainer.train_dataset.set_epoch(epoch)
 
 
 def _last_good(output_dir: str | Path) -> str:
@@ -468,7 +471,12 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     disable_cpu_repack(model)  # evaluation passes must not repack 4-bit weights on an AVX512-BF16 CPU
     on_cuda = torch.cuda.is_available() and next(model.parameters()).is_cuda
     counts = {"n_train_examples": len(train_ds), "n_eval_examples": len(eval_ds) if eval_ds is not None else 0}
-    if "input_ids" not in train_ds.column_names:
+    if "input_ids" not in train_ds.column_names and cfg.data.shuffle_options:  # a fresh option order each epoch
+        from medcore.option_order import ShuffledOptions
+
+        train_ds = ShuffledOptions(train_ds, tokenizer, cfg.data.max_length, cfg.data.train_on_explanation,
+                                   cfg.data.on_invalid, seed=cfg.train.seed)
+    elif "input_ids" not in train_ds.column_names:
         train_ds = encode_dataset(train_ds, tokenizer, cfg.data.max_length, cfg.data.train_on_explanation,
                                   cfg.data.on_invalid)
     if eval_ds is not None and "input_ids" not in eval_ds.column_names:

@@ -10,6 +10,7 @@ from statsmodels.stats.proportion import proportion_confint
 from medcore.evaluate import (accuracy_summary, generate_choices, harness_encode_pair, harness_loglikelihood_choices,
                               last_position_logprobs, measure_cost, parse_letter, score_choices)
 from medcore.models import load_model, load_tokenizer
+from medcore.prompts import encode_for_scoring
 
 LP = [f"logprob_{c}" for c in "ABCD"]
 LL = [f"loglik_{c}" for c in "ABCD"]
@@ -217,3 +218,145 @@ def test_autocast_scoring_keeps_the_adapter_and_rounds_only(tok, questions):
     moved = np.abs(plain[LP].to_numpy() - base[LP].to_numpy()).max()
     rounding = np.abs(plain[LP].to_numpy() - cast[LP].to_numpy()).max()
     assert moved > 0.1 and rounding < moved / 5, (moved, rounding)
+
+
+def _nearly_tied_letters(model, tok) -> torch.Tensor:
+    """Give the head's four letter rows one shared row that differs per letter in one element by about one bf16
+    step: the letter logits then differ by far less than bf16's resolution at their size. Returns the rows."""
+    from medcore.prompts import answer_token_ids
+
+    ids = answer_token_ids(tok)
+    weight = model.get_output_embeddings().weight
+    with torch.no_grad():
+        shared = weight[ids[0]].float() * 20
+        for j, i in enumerate(ids):
+            row = shared.clone()
+            row[j] *= 1 + 2 ** -6
+            weight[i] = row.to(weight.dtype)
+        assert len({tuple(weight[i].tolist()) for i in ids}) == 4  # the bf16 rows do differ
+    return weight[ids].detach().float()
+
+
+def test_bf16_letter_logits_closer_than_bf16_resolution_do_not_tie(tok, questions):
+    model = load_model(TINY, dtype=torch.bfloat16)
+    rows = _nearly_tied_letters(model, tok)
+    df = score_choices(model, tok, questions, batch_size=4, max_length=2048, progress=False)
+    assert int(df["tied"].sum()) == 0
+    # the choice is the largest of the four float32 logits of the (bf16) final hidden state
+    enc = [encode_for_scoring(q, tok, 2048) for q in questions]
+    with torch.inference_mode():
+        hidden = torch.stack([model.model(input_ids=torch.tensor([e["input_ids"]])).last_hidden_state[0, -1]
+                              for e in enc])
+    exact = hidden.float() @ rows.T
+    spacing = 2.0 ** (torch.floor(torch.log2(exact.abs().max(1).values)) - 7)  # between bf16 numbers of that size
+    assert (exact.max(1).values - exact.min(1).values < spacing).all()
+    assert list(df["pred"]) == exact.argmax(1).tolist()
+
+
+class PromptReader(torch.nn.Module):
+    """A stand-in causal LM whose preference is known exactly: it reads each prompt's options back from the text and
+    puts its whole weight on the letter ``pick(options)`` names, whatever the order (``pick=None``: on no letter)."""
+
+    def __init__(self, tok, pick):
+        from types import SimpleNamespace
+
+        from medcore.prompts import answer_token_ids
+
+        super().__init__()
+        self.embed = torch.nn.Embedding(1, 1)
+        self.config = SimpleNamespace(model_type="prompt-reader")
+        self.tok, self.pick, self.letter_ids = tok, pick, answer_token_ids(tok)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return None
+
+    def forward(self, input_ids, attention_mask, use_cache=False):
+        import re
+        from types import SimpleNamespace
+
+        logits = torch.zeros(*input_ids.shape, len(self.tok))
+        for row, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
+            if self.pick is None:  # no preference at all: the four letters tie
+                continue
+            options = re.findall(r"^[ABCD]\. (.*)$", self.tok.decode(ids[mask.bool()], skip_special_tokens=True), re.M)
+            assert len(options) == 4
+            logits[row, :, self.letter_ids[self.pick(options)]] = 8.0
+        return SimpleNamespace(logits=logits)
+
+
+def _keyed_questions(key_letters: str) -> list[dict]:
+    """One question per letter of ``key_letters``; the right option's text ends in '*'."""
+    return [{"id": f"q{i}", "question": f"Which option is right in question {i}?", "answer": "ABCD".index(letter),
+             "options": [f"choice {j} of {i}" + ("*" if j == "ABCD".index(letter) else "") for j in range(4)]}
+            for i, letter in enumerate(key_letters)]
+
+
+def test_rotations_tell_a_letter_preference_from_knowing_the_answer(tok):
+    qs = _keyed_questions("AAAAAAAABBBBBBCCCCDD")  # key shares 0.4, 0.3, 0.2, 0.1
+    first = score_choices(PromptReader(tok, lambda options: 0), tok, qs, batch_size=8, progress=False, rotations=True)
+    s = accuracy_summary(first)
+    assert s["accuracy"] == pytest.approx(0.4) and s["ties"] == 0
+    assert s["circular_accuracy"] == 0
+    assert s["debiased_accuracy"] == 0.25 and s["debiased_ties"] == len(qs)  # what an unbiased guesser gets
+    assert s["recall_A"] == 1 and s["recall_B"] == s["recall_C"] == s["recall_D"] == 0
+    assert s["predicted_share_A"] == 1 and s["predicted_share_all_orders_A"] == 1
+    assert (first["pred_r1"] == 0).all() and (first["pred_r3"] == 0).all()
+
+    knows = PromptReader(tok, lambda options: next(j for j, o in enumerate(options) if o.endswith("*")))
+    right = score_choices(knows, tok, qs, batch_size=8, progress=False, rotations=True)
+    s = accuracy_summary(right)
+    assert s["accuracy"] == s["circular_accuracy"] == s["debiased_accuracy"] == 1
+    assert [s[f"recall_{c}"] for c in "ABCD"] == [1, 1, 1, 1]
+    assert [s[f"predicted_share_all_orders_{c}"] for c in "ABCD"] == [0.25] * 4  # each letter keyed a quarter
+    assert (right["pred_r1"] == (right["answer"] - 1) % 4).all()  # order 1: letter j shows option j + 1
+    assert s["circular_ci_low"] < 1 == s["circular_ci_high"]
+
+
+def test_a_tie_gives_each_tied_letter_equal_credit(tok):
+    qs = _keyed_questions("ABCD" * 10)
+    uniform = PromptReader(tok, None)
+    df = score_choices(uniform, tok, qs, batch_size=8, progress=False)
+    s = accuracy_summary(df)
+    assert df["tied"].all() and s["ties"] == len(qs)
+    assert s["accuracy"] == 0.25 and (df["credit"] == 0.25).all()
+    assert df["pred"].nunique() > 1  # a tie does not always go to A
+    again = score_choices(uniform, tok, qs[::-1], batch_size=3, progress=False).iloc[::-1]
+    assert list(again["pred"]) == list(df["pred"])  # drawn from the question id: order and batches do not matter
+
+
+def test_fp32_precision_matches_the_harness_in_every_order(tok, questions):
+    from medcore.config import QuantConfig
+    from medcore.option_order import ROTATIONS, reorder
+    from medcore.quantize import load_quantized
+
+    model = load_quantized(TINY, QuantConfig(precision="fp32"), device="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    qs = questions[:6]
+    df = score_choices(model, tok, qs, batch_size=5, max_length=2048, progress=False, rotations=True)
+    assert df["tied"].sum() == 0
+    for k, order in enumerate(ROTATIONS):
+        ref = harness_loglikelihood_choices(model, tok, [reorder(q, order) for q in qs])
+        cols = LP if k == 0 else [f"logprob_r{k}_{c}" for c in "ABCD"]
+        np.testing.assert_allclose(df[cols].to_numpy(), ref[LL].to_numpy(), atol=1e-5, rtol=0)
+        assert list(df["pred" if k == 0 else f"pred_r{k}"]) == list(ref["pred"])
+
+
+def test_float32_head_in_chunks_equals_the_whole_head(tiny, monkeypatch):
+    import medcore.evaluate as ev
+
+    ids = torch.tensor([[2, 40, 50, 60, 70], [2, 41, 51, 0, 0]])
+    mask = (torch.arange(5) < torch.tensor([[5], [3]])).long()
+    tiny.config.final_logit_softcapping = 3.0
+    try:
+        with torch.inference_mode():
+            whole = last_position_logprobs(tiny, ids, mask)
+            monkeypatch.setattr(ev, "HEAD_CHUNK_ROWS", 50)  # the tiny vocabulary (264) in six chunks
+            letters = last_position_logprobs(tiny, ids, mask, token_ids=[7, 100, 263])
+            model_forward = torch.log_softmax(tiny(input_ids=ids[:1]).logits[0, -1].float(), -1)
+    finally:
+        tiny.config.final_logit_softcapping = None
+    torch.testing.assert_close(letters, whole[:, [7, 100, 263]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(whole[0], model_forward, atol=1e-5, rtol=0)
