@@ -168,14 +168,16 @@ def score_and_record(cfg: RunConfig, model, tokenizer, eval_ds, run_id: str, rol
                      cost: bool = True, extra: dict | None = None, cost_questions: int | None = None) -> Path:
     """Score `eval_ds`, measure cost and size, and write the run record `<results_dir>/<run_id>`.
 
-    Metrics: role, precision, score_seconds, accuracy_summary's figures (tables as lists of rows),
+    Metrics: role, precision, score_seconds, accuracy_summary's figures (tables as lists of rows; with
+    ``eval.rotations``, on by default on CUDA, also circular and debiased accuracy, at four times the scoring time),
     footprint_bytes (weights + quantization constants + buffers in memory) and, with ``cost``, ``cost``
     (``evaluate.measure_cost`` on the first ``cost_questions`` questions, default ``8 x eval.batch_size``).
     Predictions: one row per question.
     """
     start = time.perf_counter()
     preds = evaluate.score_choices(model, tokenizer, eval_ds, batch_size=cfg.eval.batch_size,
-                                   max_length=cfg.data.max_length, progress=False)
+                                   max_length=cfg.data.max_length, progress=False,
+                                   rotations=evaluate.rotations_on(cfg.eval.rotations, device()))
     metrics: dict[str, Any] = {"role": role, "precision": precision_label(cfg.quant), "score_seconds":
                                time.perf_counter() - start, **_tables(evaluate.accuracy_summary(preds)),
                                "footprint_bytes": quantize.footprint(model, disk=False)["total_bytes"]}
@@ -326,7 +328,14 @@ def report_text(run: dict[str, Any]) -> str:
     m, env = run["metrics"], run["environment"]
     lines = [f"model {env.get('model', {}).get('source', '?')} ({'real' if m.get('real_weights') else 'RANDOM'} "
              f"weights), precision {m.get('precision')}, {m['n']} questions",
-             f"accuracy {m['accuracy']:.3f} (95% Wilson CI {m['ci_low']:.3f}-{m['ci_high']:.3f}), ECE {m.get('ece', float('nan')):.3f}"]
+             f"accuracy {m['accuracy']:.3f} (95% Wilson CI {m['ci_low']:.3f}-{m['ci_high']:.3f}), ECE {m.get('ece', float('nan')):.3f}"
+             f", exact ties {m.get('ties', 0)}"]
+    for name in ("circular", "debiased"):
+        if m.get(f"{name}_accuracy") is not None:
+            lines.append(f"{name} accuracy {m[f'{name}_accuracy']:.3f} "
+                         f"(95% Wilson CI {m[f'{name}_ci_low']:.3f}-{m[f'{name}_ci_high']:.3f})")
+    if m.get("predicted_share_A") is not None:
+        lines.append("predicted letters " + ", ".join(f"{c} {m[f'predicted_share_{c}']:.1%}" for c in "ABCD"))
     if m.get("by_subject"):
         table = pd.DataFrame(m["by_subject"]).drop(columns="index", errors="ignore")
         lines += ["", table.to_string(index=False, float_format=lambda x: f"{x:.3f}")]
