@@ -34,6 +34,9 @@ NOTEBOOKS = ("01_data_exploration.ipynb", "02_quantize.ipynb", "03_finetune.ipyn
              "05_analysis.ipynb")
 STATUS_FILE = "pipeline.json"
 KERNEL_NAME = "python3"
+# CurveZMQ between papermill and the kernel where its kernelspec declares support (ipykernel >= 7 does): the kernel
+# then has no "running over TCP without encryption" warning to print, and its localhost traffic is encrypted
+KERNEL_MANAGER_CONFIG = {"KernelManager": {"transport_encryption": "auto"}}
 
 
 class PipelineError(RuntimeError):
@@ -119,6 +122,7 @@ def run_pipeline(profile: str | Path = "demo", overrides: Iterable[str] | None =
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     overrides = [str(o) for o in (overrides or [])]
     cfg = load_profile(profile, overrides)
@@ -147,7 +151,8 @@ def run_pipeline(profile: str | Path = "demo", overrides: Iterable[str] | None =
         start = time.perf_counter()
         try:
             pm.execute_notebook(str(path), str(output), parameters=params, kernel_name=kernel_name,
-                                progress_bar=progress, cwd=str(root), log_output=False)
+                                progress_bar=progress, cwd=str(root), log_output=False,
+                                config=Config(KERNEL_MANAGER_CONFIG))
         except Exception as err:  # a failing cell, or a dead kernel: either way name the notebook
             cell = err.cell_index if isinstance(err, PapermillExecutionError) else None
             source = err.source if isinstance(err, PapermillExecutionError) else ""

@@ -7,8 +7,11 @@ whatever device is there (made for one H200; every part also runs on a CPU with 
 - main: QLoRA (NF4 + DQ + LoRA) trained on `data.train_source`, scored on the whole evaluation split;
 - kfold: k-fold over the evaluation split: train on k-1 folds, score the held-out fold, so every question
   is scored exactly once by a model that never saw it; one record with all predictions;
+- main with ``--seeds 0,1,2``: the same run once per ``train.seed``, for the spread (``analysis.seed_spread``);
 - ablations: precision (bf16 LoRA, int8, nf4, fp4, double quant off), LoRA rank, targets and PEFT method,
-  each a record with accuracy, interval, wall time and peak memory;
+  option-order augmentation off, training on the explanations, and label noise (the LLM-keyed training sample,
+  other questions whose key an LLM wrote: never ground truth), each a record with every accuracy, interval,
+  wall time and peak memory;
 - scale: the Gemma-2B shape with RANDOM weights: footprint, training memory/speed, scoring speed per precision;
 - footprint: only the measured footprint and per-layer error per precision of the profile's model (no GPU
   needed); `results/scale/gemma-2b-random-cpu-footprint` came from the same `workflows.footprints` call on a
@@ -39,7 +42,41 @@ ABLATIONS = {  # run name -> overrides on the study profile
     "abl-r64": {"lora.r": 64, "lora.alpha": 128},
     "abl-attention": {"lora.targets": "attention"},
     "abl-dora": {"lora.method": "dora"},
+    "abl-no-shuffle": {"data.shuffle_options": False},  # original option order: the key's letter prior is learnable
+    "abl-explanation": {"data.train_on_explanation": True},
+    # label noise: other training questions whose only key is an LLM-written letter (never ground truth)
+    "abl-llm-keyed": {"data.train_source": lambda cfg: _sibling(cfg, "train_sample_llm_keyed.jsonl")},
 }
+
+
+def _sibling(cfg: RunConfig, file_name: str) -> str:
+    """``local:`` + the file next to the profile's training file (shared/medmcqa holds both samples)."""
+    from medcore.config import ConfigError
+
+    source = cfg.data.train_source or ""
+    if not source.startswith("local:"):
+        raise ConfigError(f"data.train_source={source or None!r}: the {file_name} ablation needs a local "
+                          "training file, e.g. local:../shared/medmcqa/train_sample.jsonl")
+    return "local:" + str(Path(source.removeprefix("local:")).with_name(file_name))
+
+
+def seed_runs(cfg: RunConfig, seeds: str | None) -> list[RunConfig]:
+    """The main run once per ``train.seed`` in ``seeds`` ("0,1,2"; data order, LoRA initialisation, dropout and
+    option orders): the profile's own seed keeps its name, another seed s is ``<name>-seed<s>``."""
+    from medcore.config import ConfigError
+
+    try:
+        values = [int(s) for s in seeds.split(",")] if seeds else [cfg.train.seed]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: give comma-separated whole numbers, e.g. 0,1,2") from None
+    if len(set(values)) != len(values) or min(values) < 0:
+        raise ConfigError(f"--seeds {seeds!r}: give distinct non-negative whole numbers, e.g. 0,1,2")
+    return [cfg if s == cfg.train.seed else _variant(cfg, f"{cfg.name}-seed{s}", {"train.seed": s}) for s in values]
+
+
+def _train_set(run: RunConfig, cfg: RunConfig, train_ds):
+    """The study's training questions, or the run's own where it trains on another file (same evaluation set)."""
+    return train_ds if run.data.train_source == cfg.data.train_source else workflows.study_data(run).train
 
 
 def _variant(cfg: RunConfig, name: str, overrides: dict) -> RunConfig:
@@ -48,7 +85,7 @@ def _variant(cfg: RunConfig, name: str, overrides: dict) -> RunConfig:
     for key, value in overrides.items():
         from medcore.config import set_field
 
-        set_field(out, key, value)
+        set_field(out, key, value(cfg) if callable(value) else value)
     return out.validate()
 
 
@@ -154,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ablations", default=",".join(ABLATIONS))
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--deadline", type=float, default=None, help="seconds; start no part after this")
+    p.add_argument("--seeds", default=None, help="train.seed of each main run, e.g. 0,1,2 (default: the profile's)")
     args = p.parse_args(argv)
     cfg = load_profile(args.profile, args.set)
     t0 = time.perf_counter()
@@ -164,13 +202,14 @@ def main(argv: list[str] | None = None) -> None:
         if part == "zero-shot":
             steps.append(("zero-shot", lambda: zero_shot(cfg, eval_ds)))
         elif part == "main":
-            steps.append(("main", lambda: train_and_score(cfg, train_ds, eval_ds)))
+            for run in seed_runs(cfg, args.seeds):
+                steps.append((f"main {run.name}", lambda run=run: train_and_score(run, train_ds, eval_ds)))
         elif part == "kfold":
             steps.append(("kfold", lambda: kfold(cfg, eval_ds, args.k)))
         elif part == "ablations":
             for name in args.ablations.split(","):
                 run = _variant(cfg, name, ABLATIONS[name])
-                steps.append((name, lambda run=run: train_and_score(run, train_ds, eval_ds)))
+                steps.append((name, lambda run=run: train_and_score(run, _train_set(run, cfg, train_ds), eval_ds)))
         elif part == "scale":
             steps.append(("scale", lambda: scale(cfg, eval_ds, train_ds=train_ds)))
         elif part == "footprint":  # the model-size row for cfg's model; runs anywhere, no data needed

@@ -170,3 +170,19 @@ def test_shipped_notebooks_are_thin():
             if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
                 assert "def " not in cell.source and "class " not in cell.source, (name, cell.source)
                 assert len(cell.source.splitlines()) <= 20, (name, cell.source)
+
+
+def test_notebook_kernels_talk_encrypted_and_print_no_tcp_warning(tmp_path, capfd):
+    import papermill as pm
+    from traitlets.config import Config
+
+    from medcore.pipeline import KERNEL_MANAGER_CONFIG, KERNEL_NAME
+
+    nb = new_notebook(cells=[new_code_cell(
+        "from ipykernel.kernelapp import IPKernelApp\nprint(IPKernelApp.instance().curve_secretkey is not None)")])
+    nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    pm.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name=KERNEL_NAME,
+                        progress_bar=False, log_output=False, config=Config(KERNEL_MANAGER_CONFIG))
+    assert nbformat.read(tmp_path / "out.ipynb", 4).cells[0].outputs[0]["text"] == "True\n"  # CurveZMQ on
+    assert "without encryption" not in capfd.readouterr().err
