@@ -100,3 +100,16 @@ def test_make_test_is_the_whole_ci_script_and_depends_on_the_browser():
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', "make test"]
     assert re.search(r"^test: \$\(STAMP\) browser$", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_the_unused_bitsandbytes_cpu_kernel_warning_is_dropped_and_nothing_else(caplog):
+    import logging
+
+    import medcore  # noqa: F401 - installs the filter
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")  # where bitsandbytes 0.50 logs it, at import
+    with caplog.at_level(logging.WARNING):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                    "`pip install kernels` and the kernels >= 0.11.1", "No module named 'kernels'")
+        log.warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == ["another warning"]
