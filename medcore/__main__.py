@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -18,7 +19,7 @@ def _cmd_evaluate(args) -> None:
 
     evaluate_model(model_spec=args.model, source=args.source, split=args.split, limit=args.limit,
                    precision=args.precision, adapter=args.adapter, batch_size=args.batch_size,
-                   results_dir=args.results_dir, run_id=args.run_id)
+                   results_dir=args.results_dir, run_id=args.run_id, on_invalid=args.on_invalid)
 
 
 def _cmd_train(args) -> None:
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--results-dir", default="results")
     p.add_argument("--run-id", default=None)
+    p.add_argument("--on-invalid", default="raise", choices=["raise", "skip"],
+                   help="skip: score the valid records of a file with broken ones (the report counts them)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("train", help="QLoRA fine-tuning for a profile")
@@ -152,26 +155,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PASS_THROUGH = {"study": "medcore.study", "bench": "medcore.bench", "scaleout": "medcore.scaleout"}  # commands with their own argument parser
+# errors that are the user's to fix (a setting, a record, a file, the network): their message says what and how
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+USER_ERROR_NAMES = ("PipelineError", "NonFiniteLossError", "SourceUnavailableError", "HubUnavailableError",
+                    "EmbeddedModelUnavailable")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def is_user_error(err: BaseException) -> bool:
+    return isinstance(err, USER_ERRORS) or any(cls.__name__ in USER_ERROR_NAMES for cls in type(err).__mro__)
+
+
+def _close_progress_bars() -> None:
+    """Close a cut loop's tqdm bars now: closed at exit instead, they would print below the last message."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] in PASS_THROUGH:
         import importlib
 
         result = importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:])
         return result if isinstance(result, int) else 0  # bench returns its metrics: not an exit status
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except Exception as err:  # noqa: BLE001 - ours name the field, record or cell: show them plainly
-        plain = isinstance(err, (ValueError, FileNotFoundError)) or any(
-            cls.__name__ in ("PipelineError", "NonFiniteLossError") for cls in type(err).__mro__)
-        if not plain:
-            raise
-        print(f"medcore {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    args.func(args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every command through one path: a user's mistake is one line and exit 2, Ctrl-C one line and exit 130,
+    anything else keeps its traceback (so does every error with ``MEDCORE_TRACEBACK=1``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    command = f"medcore {argv[0]}" if argv and not argv[0].startswith("-") else "medcore"
+    try:
+        return _run(argv)
+    except KeyboardInterrupt as err:
+        _close_progress_bars()
+        print(f"\n{command}: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)  # below a progress bar
+        return 130
+    except Exception as err:
+        if not is_user_error(err) or os.environ.get("MEDCORE_TRACEBACK"):
+            raise
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as err:  # a pass-through command's own refusal, e.g. SystemExit("--gpus must be ...")
+        if not isinstance(err.code, str):
+            raise
+        print(f"{command}: error: {err.code}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

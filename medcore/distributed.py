@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -178,7 +177,7 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
     """QLoRA for a config on every process of the launch; returns (run record or None off the main process, result)."""
     from medcore import lora, results
     from medcore import train as training
-    from medcore.workflows import _weights_note, precision_label
+    from medcore.workflows import _weights_note, interrupted_training, precision_label, prepare_output_dir
 
     state = process_state()
     fsdp = is_fsdp(state)
@@ -187,15 +186,19 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
     cfg.validate()
     train_ds, eval_ds = _data(cfg, state)
     output_dir = Path(output_dir or Path(cfg.results_dir).parent / "checkpoints" / cfg.name)
-    if state.is_main_process and output_dir.exists() and not resume:  # as workflows.finetune: a fresh run
-        shutil.rmtree(output_dir)
+    prepare_output_dir(cfg, output_dir, resume, write=False)  # every process refuses the same mistakes
+    if state.is_main_process:
+        prepare_output_dir(cfg, output_dir, resume)
     state.wait_for_everyone()
     model, tokenizer = load_for_process(cfg, state, fsdp=fsdp)
     torch.manual_seed(cfg.train.seed)  # the same adapter initialisation on every process
     model = lora.attach_adapter(model, cfg.lora, quantized=cfg.quant.precision != "bf16")
     params = lora.trainable_parameters(model)
-    result = training.train(cfg, model, tokenizer, train_ds, eval_ds, output_dir, resume=resume,
-                            callbacks=[FullStateDictAtEnd()] if fsdp else None)
+    try:
+        result = training.train(cfg, model, tokenizer, train_ds, eval_ds, output_dir, resume=resume,
+                                callbacks=[FullStateDictAtEnd()] if fsdp else None)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_training(output_dir)) from None
     result.metrics = _global_metrics(result.metrics, state)
     record = None
     if state.is_main_process:

@@ -153,11 +153,15 @@ def run_pipeline(profile: str | Path = "demo", overrides: Iterable[str] | None =
             pm.execute_notebook(str(path), str(output), parameters=params, kernel_name=kernel_name,
                                 progress_bar=progress, cwd=str(root), log_output=False,
                                 config=Config(KERNEL_MANAGER_CONFIG))
+        except KeyboardInterrupt:
+            _interrupted(run_dir, status, path.name, output, None)
         except Exception as err:  # a failing cell, or a dead kernel: either way name the notebook
             cell = err.cell_index if isinstance(err, PapermillExecutionError) else None
             source = err.source if isinstance(err, PapermillExecutionError) else ""
             ename = err.ename if isinstance(err, PapermillExecutionError) else type(err).__name__
             evalue = err.evalue if isinstance(err, PapermillExecutionError) else str(err)
+            if ename == "KeyboardInterrupt":  # Ctrl-C reached the kernel first
+                _interrupted(run_dir, status, path.name, output, cell)
             status["failed"] = {"notebook": path.name, "cell_index": cell, "ename": ename, "evalue": evalue}
             _write_status(run_dir, status)
             raise NotebookError(path.name, output, cell, source, ename, evalue) from None
@@ -166,6 +170,31 @@ def run_pipeline(profile: str | Path = "demo", overrides: Iterable[str] | None =
         _write_status(run_dir, status)
     _say(progress, f"pipeline finished: {run_dir}")
     return run_dir
+
+
+def _interrupted(run_dir: Path, status: dict[str, Any], notebook: str, output: Path, cell: int | None) -> None:
+    """Record a Ctrl-C in ``pipeline.json`` and the cut notebook, then stop with one line."""
+    status["failed"] = {"notebook": notebook, "cell_index": cell, "ename": "KeyboardInterrupt",
+                        "evalue": "interrupted (Ctrl-C)", "interrupted": True}
+    _write_status(run_dir, status)
+    mark_interrupted(output)
+    raise KeyboardInterrupt(f"{notebook} was cut (marked in {output}; recorded in {run_dir / STATUS_FILE}); the "
+                            "same command with --resume runs it again and goes on") from None
+
+
+def mark_interrupted(output: Path) -> None:
+    """Put a first cell into a cut notebook's executed copy saying it did not finish (papermill saves the copy after
+    every cell, so it holds the cells that ran)."""
+    import nbformat
+
+    if not output.is_file():
+        return
+    nb = nbformat.read(output, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(
+        "**Interrupted (Ctrl-C): this notebook did not finish.** The cells below ran up to the cut; "
+        "`python -m medcore run --resume` runs it again."))
+    nb.metadata["medcore"] = {"interrupted": True}
+    nbformat.write(nb, output)
 
 
 def _say(enabled: bool, text: str) -> None:
@@ -240,11 +269,11 @@ def last_run_dir(root: Path | None = None) -> Path:
 
 
 def copy_executed_notebooks(run_dir: Path, book_dir: Path) -> list[str]:
-    """Copy a run's executed notebooks into ``book_dir/notebooks`` (emptied first); a notebook the run lacks
-    becomes a one-cell page saying why. Returns the names of the finished notebooks copied."""
+    """Copy a run's executed notebooks into ``book_dir/notebooks`` (each replacing its earlier copy; other files
+    there are left alone, and only the pages in ``_toc.yml`` are built); a notebook the run lacks becomes a one-cell
+    page saying why. Returns the names of the finished notebooks copied."""
     target = book_dir / "notebooks"
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
+    target.mkdir(parents=True, exist_ok=True)
     status = read_status(run_dir)
     failed = status.get("failed") or {}
     why = (f"The pipeline stopped at `{failed.get('notebook')}` ({failed.get('ename')}: {failed.get('evalue')})."
@@ -263,11 +292,49 @@ def copy_executed_notebooks(run_dir: Path, book_dir: Path) -> list[str]:
     return copied
 
 
+BOOK_MARKER = ".medcore-book.json"  # in a build folder: the entries medcore's builds wrote there
+
+
+def _owned_build_entries(out: Path, root: Path) -> set[str]:
+    """The entries of `out` an earlier build wrote (a later build may replace them); refuses a non-empty folder
+    that no build of medcore wrote. The project's own ``_build`` (git-ignored) counts as the book's."""
+    marker = out / BOOK_MARKER
+    if marker.is_file():
+        return set(json.loads(marker.read_text()).get("entries", []))
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if out.resolve() == (root / "_build").resolve():
+        return {"html", "jupyter_execute", ".doctrees"} & set(entries)
+    if entries:
+        raise PipelineError(f"build folder {out} is not empty ({', '.join(entries[:5])}) and no book build of "
+                            f"medcore wrote it (no {BOOK_MARKER}); medcore deletes only what it wrote: pick a new or "
+                            "empty folder")
+    return set()
+
+
+def _replace_build(built: Path, out: Path, owned: set[str]) -> None:
+    """Move a fresh build's entries into `out`, replacing only `owned` ones; the marker lists what is medcore's."""
+    new = sorted(p.name for p in built.iterdir())
+    clash = [n for n in new if (out / n).exists() and n not in owned]
+    if clash:
+        raise PipelineError(f"build folder {out} holds {', '.join(clash)}, which no book build of medcore wrote; "
+                            "pick a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in new:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        elif (out / name).exists():
+            (out / name).unlink()
+        shutil.move(str(built / name), str(out / name))
+    kept = {n for n in owned if (out / n).exists()}
+    (out / BOOK_MARKER).write_text(json.dumps({"written_by": "medcore", "entries": sorted(kept | set(new))}))
+
+
 def build_book(run_dir: str | Path | None = None, out: str | Path = "_build", *, root: str | Path | None = None,
                quiet: bool = True, progress: bool = True) -> Path:
     """Build the Jupyter Book from a pipeline run (default :func:`last_run_dir`); return the HTML folder.
 
-    ``out`` is the build folder (relative to the project root); the start page is ``<out>/html/index.html``.
+    ``out`` is the build folder (relative to the project root); the start page is ``<out>/html/index.html``. A
+    rebuild replaces only what an earlier build wrote there; a non-empty folder of something else is refused.
     The generated page parts and the measured cells of the performance notes (MyST substitutions, passed through
     a generated copy of ``_config.yml``) are rebuilt from the records each time. Raises :class:`PipelineError`
     with the log's tail if the build fails.
@@ -280,6 +347,8 @@ def build_book(run_dir: str | Path | None = None, out: str | Path = "_build", *,
     run_dir = Path(run_dir).resolve() if run_dir else last_run_dir(root)
     if not run_dir.is_dir():
         raise PipelineError(f"run folder {run_dir} does not exist")
+    out = Path(out) if Path(out).is_absolute() else root / out
+    owned = _owned_build_entries(out, root)  # before the build: a folder that is not a book build is refused
     book_dir = root / "book"
     copy_executed_notebooks(run_dir, book_dir)
     substitutions = pages.write_generated(book_dir, run_dir, read_status(run_dir), root)
@@ -288,7 +357,6 @@ def build_book(run_dir: str | Path | None = None, out: str | Path = "_build", *,
     config_path = book_dir / "_generated" / "_config.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    out = Path(out) if Path(out).is_absolute() else root / out
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".medcore-book-", dir=out.parent))  # jupyter-book writes <it>/_build
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(root),
@@ -297,9 +365,10 @@ def build_book(run_dir: str | Path | None = None, out: str | Path = "_build", *,
     if proc.returncode or not (scratch / "_build" / "html" / "index.html").is_file():
         shutil.rmtree(scratch, ignore_errors=True)
         raise PipelineError(f"jupyter-book build failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-6000:]}")
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.move(str(scratch / "_build"), str(out))
-    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        _replace_build(scratch / "_build", out, owned)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     _say(not quiet, proc.stdout + proc.stderr)
     _say(progress, f"book of {run_dir} built: {out / 'html' / 'index.html'}")
     return out / "html"

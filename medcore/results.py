@@ -170,6 +170,9 @@ def write_run_record(results_dir: str | Path, run_id: str, config: dict, metrics
     final = results_dir / run_id
     if final.exists() and not overwrite:
         raise FileExistsError(f"run record {final} exists; pick another run_id or pass overwrite=True")
+    if final.exists() and not (final / "metrics.json").is_file():  # overwrite replaces records, nothing else
+        raise FileExistsError(f"{final} exists and is not a run record (no metrics.json); medcore replaces only its "
+                              "own records: pick another run id or results folder")
     extra = dict(extra or {})
     env = {**environment_info(), **extra}
     env["real_weights"] = extra.get("real_weights", (metrics or {}).get("real_weights"))

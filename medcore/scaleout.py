@@ -53,6 +53,14 @@ def _sets(settings: dict[str, Any]) -> list[str]:
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
 
 
+def _parts(args) -> list[str]:
+    parts = args.parts.split(",")
+    unknown = set(parts) - {"throughput", "ddp", "fsdp", "accuracy"}
+    if unknown:
+        raise SystemExit(f"unknown part(s) {sorted(unknown)}: choose from throughput, ddp, fsdp, accuracy")
+    return parts
+
+
 def plan(args) -> list[dict[str, Any]]:
     """The runs of the requested parts, in order: name, command, environment additions, time limit."""
     shape = args.model.split(":")[-1]
@@ -60,10 +68,7 @@ def plan(args) -> list[dict[str, Any]]:
               **THROUGHPUT_SETTINGS, "results_dir": args.results_dir}
     runs = []
     user_sets = _sets(dict(s.split("=", 1) for s in args.set))
-    parts = args.parts.split(",")
-    unknown = set(parts) - {"throughput", "ddp", "fsdp", "accuracy"}
-    if unknown:
-        raise SystemExit(f"unknown part(s) {sorted(unknown)}: choose from throughput, ddp, fsdp, accuracy")
+    parts = _parts(args)
     modes = [(1, "single", "ddp")] if "throughput" in parts else []  # (GPUs, role, accelerate config)
     if "throughput" in parts or "ddp" in parts:  # ddp: the DDP run alone (beside fsdp, for memory)
         modes.append((args.gpus, "ddp", "ddp"))
@@ -94,6 +99,22 @@ def plan(args) -> list[dict[str, Any]]:
                      + _sets({"name": name, "results_dir": args.results_dir})
                      + ["--adapter", str(adapter), "--run-id", f"{name}-fine-tuned"]})
     return runs
+
+
+def check_arguments(args) -> None:
+    """Refuse a bad argument here, in one line, before any run starts (a run would fail in its own log)."""
+    from medcore.config import ConfigError, load_profile
+
+    if args.gpus < 2:
+        raise ConfigError(f"--gpus {args.gpus}: must be at least 2 (the one-GPU run is part of the comparison)")
+    for flag, value in (("--steps", args.steps), ("--token-budget", args.token_budget), ("--run-limit", args.run_limit)):
+        if value <= 0:
+            raise ConfigError(f"{flag} {value}: must be positive")
+    parts = _parts(args)
+    if {"throughput", "ddp", "fsdp"} & set(parts):
+        load_profile(args.profile, [*args.set, f"model.source={args.model}"])  # names a bad --model or --set
+    if "accuracy" in parts:
+        load_profile(args.accuracy_profile, args.accuracy_set)
 
 
 def execute(runs: list[dict[str, Any]], deadline: float | None, log_dir: Path) -> list[dict[str, Any]]:
@@ -191,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-limit", type=float, default=300.0, help="seconds for each run")
     p.add_argument("--deadline", type=float, default=None, help="seconds; start no run after this")
     args = p.parse_args(argv)
-    if args.gpus < 2:
-        raise SystemExit("--gpus must be at least 2 (the one-GPU run is part of the throughput comparison)")
+    check_arguments(args)
     import torch
 
     if torch.cuda.is_available() and torch.cuda.device_count() < args.gpus:

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from medcore import data, results, workflows
-from medcore.config import RunConfig, load_profile
+from medcore.config import ConfigError, RunConfig, load_profile
 
 ABLATIONS = {  # run name -> overrides on the study profile
     "abl-bf16-lora": {"quant.precision": "bf16"},
@@ -182,6 +182,19 @@ def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024, train_ds=None) -> No
             workflows.finetune(timed, datasets_=(train_ds, eval_ds.select(range(min(64, len(eval_ds))))))
 
 
+PARTS = ("zero-shot", "main", "kfold", "ablations", "scale", "footprint")
+
+
+def _check_arguments(args) -> None:
+    """Refuse a bad argument before any data or model loads, naming the allowed values."""
+    for flag, given, known in (("--parts", args.parts, PARTS), ("--ablations", args.ablations, tuple(ABLATIONS))):
+        unknown = [name for name in given.split(",") if name not in known]
+        if unknown:
+            raise ConfigError(f"{flag}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
+    if "kfold" in args.parts.split(",") and args.k < 2:
+        raise ConfigError(f"--k {args.k}: k-fold needs at least 2 folds")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="medcore study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--deadline", type=float, default=None, help="seconds; start no part after this")
     p.add_argument("--seeds", default=None, help="train.seed of each main run, e.g. 0,1,2 (default: the profile's)")
     args = p.parse_args(argv)
+    _check_arguments(args)
     cfg = load_profile(args.profile, args.set)
     t0 = time.perf_counter()
     train_ds, eval_ds = workflows.study_data(cfg)
@@ -215,8 +229,6 @@ def main(argv: list[str] | None = None) -> None:
         elif part == "footprint":  # the model-size row for cfg's model; runs anywhere, no data needed
             steps.append(("footprint", lambda: workflows.footprints(
                 cfg, presets=["bf16", "int8", "nf4", "nf4+dq", "fp4+dq"], error_vs_bf16=True)))
-        else:
-            raise SystemExit(f"unknown part {part!r}")
     for name, step in steps:
         if args.deadline and time.perf_counter() - t0 > args.deadline:
             print(f"deadline reached: not starting {name}")

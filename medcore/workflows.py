@@ -16,6 +16,8 @@ Steps and the records they write (``<cfg.results_dir>/<run id>``):
 from __future__ import annotations
 
 import copy
+import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import pandas as pd
 import torch
 
 from medcore import data, evaluate, lora, models, prompts, quantize, results, train
-from medcore.config import QuantConfig, RunConfig
+from medcore.config import ConfigError, QuantConfig, RunConfig
 
 PRECISION_PRESETS = {  # label -> QuantConfig; the footprint/cost comparison of notebook 02
     "bf16": QuantConfig("bf16", False), "int8": QuantConfig("int8", False),
@@ -130,10 +132,18 @@ def data_record(cfg: RunConfig, split: StudyData, tables: dict[str, pd.DataFrame
 
 def load(cfg: RunConfig, quant: QuantConfig | None = None, adapter: str | Path | None = None):
     """(model, tokenizer) for the config's model at `quant` (default: the config's), optionally with an adapter."""
+    check_adapter(adapter)
     model = quantize.load_quantized(cfg.model.source, quant or cfg.quant, device=device())
     if adapter:
         model = _with_adapter(model, adapter)
     return model, models.load_tokenizer(cfg.model.source)
+
+
+def check_adapter(adapter: str | Path | None) -> None:
+    """Refuse an adapter folder without ``adapter_config.json`` before the base model is loaded for it."""
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"adapter {adapter}: no adapter_config.json there (a PEFT adapter folder, e.g. "
+                                "<output-dir>/adapter of `medcore train`)")
 
 
 def _with_adapter(model, adapter: str | Path):
@@ -242,25 +252,93 @@ def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: 
                                     predictions=pred, extra=note, overwrite=True)
 
 
+# ---- training folders --------------------------------------------------------------------------------------
+
+RUN_MARKER = "medcore_run.json"  # written first into every training folder: medcore's own, and its settings
+OWN_ENTRIES = ("adapter", "train_result.json", RUN_MARKER)  # with checkpoint-N: all medcore (and its Trainer) writes
+RESUME_MAY_CHANGE = ("name", "results_dir", "eval.")  # where the record goes and how scoring runs: not training
+
+
+def _own(entry: Path) -> bool:
+    return entry.name in OWN_ENTRIES or (entry.name.startswith("checkpoint-") and entry.is_dir())
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"lora.r: 4 -> 8"`` for every setting that differs, except :data:`RESUME_MAY_CHANGE`; a setting the old
+    config lacks (added to medcore since) counts as changed only if it is not at its default."""
+    def flat(d, prefix=""):
+        return {k: v for key, value in d.items()
+                for k, v in (flat(value, f"{prefix}{key}.").items() if isinstance(value, dict) else
+                             [(f"{prefix}{key}", value)])}
+    old, new, default = (flat(json.loads(json.dumps(d, default=str))) for d in (old, new, RunConfig().to_dict()))
+    return [f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+            if not key.startswith(RESUME_MAY_CHANGE) and old.get(key, default.get(key)) != new.get(key)]
+
+
+def prepare_output_dir(cfg: RunConfig, output_dir: str | Path, resume: bool, write: bool = True) -> Path:
+    """Make `output_dir` ready to train `cfg` into, deleting only what medcore wrote there.
+
+    A fresh run empties a folder of an earlier medcore run (one with :data:`RUN_MARKER`) of the entries medcore
+    writes, and refuses a non-empty folder that is not one. ``resume`` refuses settings that differ from the run's
+    (each named, old -> new; :data:`RESUME_MAY_CHANGE` excepted), so the record never claims a value the run did
+    not use. Then the marker is written with this config. ``write=False`` only checks (other processes of a launch).
+    """
+    output_dir = Path(output_dir)
+    marker = output_dir / RUN_MARKER
+    entries = sorted(output_dir.iterdir()) if output_dir.is_dir() else []
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output folder {output_dir} is a file; pick a folder for --output-dir")
+    if resume and marker.is_file():
+        changed = changed_settings(json.loads(marker.read_text()).get("config", {}), cfg.to_dict())
+        if changed:
+            raise ConfigError(f"--resume: these settings differ from the run in {output_dir}: {'; '.join(changed)}. "
+                              "Resume with the run's settings, or start a new run in another --output-dir")
+        return output_dir
+    if entries and not marker.is_file():
+        shown = ", ".join(e.name for e in entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise ConfigError(f"output folder {output_dir} is not empty ({shown}) and is not a medcore run (no "
+                          f"{RUN_MARKER}); medcore deletes only what it wrote: pick a new or empty --output-dir")
+    if write:
+        for entry in entries:
+            if _own(entry):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = output_dir / f".{RUN_MARKER}.tmp"
+        tmp.write_text(json.dumps({"written_by": "medcore", "config": cfg.to_dict()}, indent=2, default=str))
+        os.replace(tmp, marker)
+    return output_dir
+
+
+def interrupted_training(output_dir: str | Path) -> str:
+    last = train.last_checkpoint(output_dir)
+    if last is None:
+        return f"training stopped by Ctrl-C before its first checkpoint in {output_dir}; nothing to resume from"
+    return (f"training stopped by Ctrl-C; the last complete checkpoint, {last}, is kept: the same command with "
+            "--resume (resume=True) continues from it")
+
+
 def finetune(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool = False,
              datasets_: tuple | None = None, eval_questions: int | None = None) -> tuple[Path, Any]:
     """QLoRA for a config: load quantized, attach the adapter, train, record; returns (record, TrainResult).
 
-    Checkpoints and ``adapter/`` go to ``output_dir`` (default ``<results_dir>/../checkpoints/<name>``), emptied
-    first unless ``resume`` (then training continues from its last checkpoint). ``eval_questions`` keeps a
-    stratified subset of the evaluation questions for the evaluation loss (its trend; nothing is selected by it).
+    Checkpoints and ``adapter/`` go to ``output_dir`` (default ``<results_dir>/../checkpoints/<name>``), prepared
+    by :func:`prepare_output_dir`: with ``resume`` training continues from its last checkpoint if the settings are
+    the run's. ``eval_questions`` keeps a stratified subset of the evaluation questions for the evaluation loss
+    (its trend; nothing is selected by it). Ctrl-C keeps the checkpoints saved so far.
     """
+    output_dir = Path(output_dir or Path(cfg.results_dir).parent / "checkpoints" / cfg.name)
+    prepare_output_dir(cfg, output_dir, resume)
     train_ds, eval_ds = datasets_ or study_data(cfg)
     if eval_questions and eval_questions < len(eval_ds):
         eval_ds = data.stratified_subset(eval_ds, eval_questions, seed=cfg.data.seed)
-    output_dir = Path(output_dir or Path(cfg.results_dir).parent / "checkpoints" / cfg.name)
-    if output_dir.exists() and not resume:
-        shutil.rmtree(output_dir)
     torch.manual_seed(cfg.train.seed)
     model, tokenizer = load(cfg)
     model = lora.attach_adapter(model, cfg.lora, quantized=cfg.quant.precision != "bf16")
     params = lora.trainable_parameters(model)
-    result = train.train(cfg, model, tokenizer, train_ds, eval_ds, output_dir, resume=resume)
+    try:
+        result = train.train(cfg, model, tokenizer, train_ds, eval_ds, output_dir, resume=resume)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_training(output_dir)) from None
     metrics = {"role": "train", "precision": precision_label(cfg.quant), "n_train": len(train_ds),
                "n_eval": len(eval_ds), "adapter_dir": result.adapter_dir, "parameters": params, **result.metrics}
     note = _weights_note(model)
@@ -306,25 +384,38 @@ def before_after(cfg: RunConfig, adapter_dir: str | Path, datasets_: tuple | Non
 
 def evaluate_model(model_spec: str, source: str = "mirror", split: str = "validation", limit: int | None = None,
                    precision: str = "bf16", adapter: str | None = None, batch_size: int = 16,
-                   results_dir: str = "results", run_id: str | None = None, seed: int = 0) -> Path:
-    """The `python -m medcore evaluate` command: score, print accuracy, tables and cost, write a record."""
+                   results_dir: str = "results", run_id: str | None = None, seed: int = 0,
+                   on_invalid: str = "raise") -> Path:
+    """The `python -m medcore evaluate` command: score, print accuracy, tables and cost, write a record.
+
+    ``limit`` keeps a stratified subset of that many questions; ``on_invalid="skip"`` scores the valid records of a
+    file with broken ones (the report counts them). The adapter is checked before anything loads."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: give a positive number of questions, or leave --limit out to score "
+                          "the whole split")
+    check_adapter(adapter)
     cfg = RunConfig(name=run_id or f"eval-{model_spec.split(':')[-1].replace('/', '_')}-{precision}",
                     results_dir=results_dir)
     cfg.model.source, cfg.quant.precision, cfg.quant.double_quant = model_spec, precision, True
     cfg.data.source, cfg.data.eval_split, cfg.eval.batch_size, cfg.data.seed = source, split, batch_size, seed
+    cfg.data.on_invalid = on_invalid
     cfg.validate()
-    ds = data.require_answers(data.load_medmcqa(source, split), purpose="scoring")
+    ds, loaded = data.load_medmcqa_report(source, split, on_invalid=on_invalid)
+    data.require_answers(ds, purpose="scoring")
+    skipped = {"skipped_records": sum(loaded.skipped.values()), "skipped_reasons": dict(loaded.skipped)}
     if limit and limit < len(ds):
         ds = data.stratified_subset(ds, limit, seed=seed)
     model, tokenizer = load(cfg, adapter=adapter)
-    record = score_and_record(cfg, model, tokenizer, ds, cfg.name, "fine-tuned" if adapter else "zero-shot")
+    record = score_and_record(cfg, model, tokenizer, ds, cfg.name, "fine-tuned" if adapter else "zero-shot",
+                              extra=skipped if loaded.skipped else None)
     print(report_text(results.load_run(record)))
     print(f"run record: {record}")
     return record
 
 
 def report_text(run: dict[str, Any]) -> str:
-    """A plain-text report of one scoring record: accuracy with interval, the subject table, the cost."""
+    """A plain-text report of one scoring record: accuracy with interval, what was cut or skipped, the subject
+    table, the cost."""
     m, env = run["metrics"], run["environment"]
     lines = [f"model {env.get('model', {}).get('source', '?')} ({'real' if m.get('real_weights') else 'RANDOM'} "
              f"weights), precision {m.get('precision')}, {m['n']} questions",
@@ -336,6 +427,13 @@ def report_text(run: dict[str, Any]) -> str:
                          f"(95% Wilson CI {m[f'{name}_ci_low']:.3f}-{m[f'{name}_ci_high']:.3f})")
     if m.get("predicted_share_A") is not None:
         lines.append("predicted letters " + ", ".join(f"{c} {m[f'predicted_share_{c}']:.1%}" for c in "ABCD"))
+    if m.get("truncated"):
+        limit = (run.get("config") or {}).get("data", {}).get("max_length", "?")
+        lines.append(f"{m['truncated']} of {m['n']} questions cut to fit data.max_length={limit} tokens (the question "
+                     "text shortened; the choices kept whole)")
+    if env.get("skipped_records"):
+        why = ", ".join(f"{reason}: {n}" for reason, n in env.get("skipped_reasons", {}).items())
+        lines.append(f"{env['skipped_records']} invalid records skipped ({why})")
     if m.get("by_subject"):
         table = pd.DataFrame(m["by_subject"]).drop(columns="index", errors="ignore")
         lines += ["", table.to_string(index=False, float_format=lambda x: f"{x:.3f}")]

@@ -166,3 +166,16 @@ def test_an_fsdp_launch_is_recognised_before_the_trainer_exists(monkeypatch):
     assert not distributed.is_fsdp(distributed.process_state())
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert distributed.is_fsdp(distributed.process_state())
+
+
+def test_a_launch_refuses_an_output_folder_medcore_did_not_write(tmp_path, medmcqa_dir, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    monkeypatch.setattr(distributed, "load_for_process", lambda *a, **k: pytest.fail("loaded a model first"))
+    cfg = load_profile("ci", settings(medmcqa_dir, tmp_path, **{"data.train_size": 8, "data.eval_limit": 4}))
+    from medcore.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"mine is not empty \(thesis.tex\) and is not a medcore run"):
+        distributed.train(cfg, output_dir=mine)
+    assert (mine / "thesis.tex").read_text() == "years of work"

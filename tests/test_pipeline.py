@@ -172,6 +172,92 @@ def test_shipped_notebooks_are_thin():
                 assert len(cell.source.splitlines()) <= 20, (name, cell.source)
 
 
+# ---- Ctrl-C, and folders medcore did not write --------------------------------------------------------------
+
+def _papermill_cut_at(monkeypatch, cut: str | None) -> list[str]:
+    """papermill replaced by a copy of each notebook (as papermill saves the cells run so far); Ctrl-C at `cut`."""
+    import papermill
+
+    calls = []
+
+    def execute(path, output, **kwargs):
+        calls.append(Path(path).name)
+        nbformat.write(nbformat.read(path, as_version=4), output)
+        if Path(path).name == cut:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    return calls
+
+
+def test_ctrl_c_is_recorded_with_the_cut_notebook_and_resume_continues(tiny_notebooks, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    calls = _papermill_cut_at(monkeypatch, "02_fails.ipynb")
+    with pytest.raises(KeyboardInterrupt, match=r"02_fails.ipynb was cut .*--resume runs it again"):
+        mp.run_pipeline("ci", [], run_dir=run_dir, notebooks=tiny_notebooks, progress=False)
+    status = mp.read_status(run_dir)
+    assert calls == ["01_ok.ipynb", "02_fails.ipynb"] and status["finished"] == ["01_ok.ipynb"]
+    assert status["failed"]["notebook"] == "02_fails.ipynb" and status["failed"]["interrupted"] is True
+    cut = nbformat.read(run_dir / "02_fails.ipynb", as_version=4)
+    assert cut.metadata["medcore"] == {"interrupted": True} and "Interrupted (Ctrl-C)" in cut.cells[0].source
+    calls = _papermill_cut_at(monkeypatch, None)
+    mp.run_pipeline("ci", [], run_dir=run_dir, notebooks=tiny_notebooks, resume=True, progress=False)
+    status = mp.read_status(run_dir)
+    assert calls == ["02_fails.ipynb", "03_never.ipynb"] and status["failed"] is None
+    assert status["finished"] == ["01_ok.ipynb", "02_fails.ipynb", "03_never.ipynb"]
+
+
+def test_ctrl_c_during_medcore_run_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from medcore.__main__ import main as cli
+
+    _papermill_cut_at(monkeypatch, "02_quantize.ipynb")
+    assert cli(["run", "--profile", "ci", "--run-dir", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[:2] == [f"[{i}/5] {name} -> {tmp_path / 'run' / name}" for i, name in enumerate(mp.NOTEBOOKS[:2], 1)]
+    assert err[2:3] == [""] and err[3].startswith("medcore run: interrupted: 02_quantize.ipynb was cut")
+    assert len(err) == 4
+    assert mp.read_status(tmp_path / "run")["failed"]["interrupted"]
+
+
+def test_book_build_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "run").mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("my own site")
+    with pytest.raises(mp.PipelineError, match=r"build folder .*site is not empty \(index.html\) and no book build "
+                                               r"of medcore wrote it"):
+        mp.build_book(run_dir=tmp_path / "run", out=site, root=tmp_path)
+    assert (site / "index.html").read_text() == "my own site"
+    assert not (tmp_path / "book").exists()  # refused before anything was written
+
+
+def test_a_rebuild_replaces_only_what_a_build_wrote(tmp_path):
+    def build(text):
+        built = tmp_path / f"built-{text}"
+        (built / "html").mkdir(parents=True)
+        (built / "html" / "index.html").write_text(text)
+        return built
+    out = tmp_path / "site"
+    mp._replace_build(build("first"), out, mp._owned_build_entries(out, tmp_path))
+    (out / "screenshots").mkdir()  # someone's files beside the build
+    mp._replace_build(build("second"), out, mp._owned_build_entries(out, tmp_path))
+    assert (out / "html" / "index.html").read_text() == "second" and (out / "screenshots").is_dir()
+    (out / mp.BOOK_MARKER).unlink()  # without its marker the folder is no longer known to be a build's
+    with pytest.raises(mp.PipelineError, match="not empty"):
+        mp._owned_build_entries(out, tmp_path)
+    out.rename(tmp_path / "_build")  # but the project's own _build (an older build) is
+    assert mp._owned_build_entries(tmp_path / "_build", tmp_path) == {"html"}
+
+
+def test_copying_executed_notebooks_leaves_other_files_in_the_book(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "book" / "notebooks").mkdir(parents=True)
+    (tmp_path / "book" / "notebooks" / "my_draft.ipynb").write_text("{}")
+    mp.copy_executed_notebooks(run, tmp_path / "book")
+    assert (tmp_path / "book" / "notebooks" / "my_draft.ipynb").read_text() == "{}"
+    assert all((tmp_path / "book" / "notebooks" / name).is_file() for name in mp.NOTEBOOKS)
+
+
 def test_notebook_kernels_talk_encrypted_and_print_no_tcp_warning(tmp_path, capfd):
     import papermill as pm
     from traitlets.config import Config

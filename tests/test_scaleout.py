@@ -89,3 +89,17 @@ def test_a_failed_run_leaves_the_others_in_the_summary(tmp_path):
 
 def test_the_ddp_part_alone_plans_only_the_ddp_run():
     assert [r["role"] for r in scaleout.plan(args(parts="ddp,fsdp"))] == ["ddp", "fsdp"]
+
+
+@pytest.mark.parametrize("values, words", [
+    (dict(model="local:/no/such/model"), "model.source='local:/no/such/model': local model folder"),
+    (dict(set=["lora.r=0"]), "lora.r=0 is out of range"),
+    (dict(accuracy_set=["lora.rank=4"]), "unknown setting 'lora.rank'"),
+    (dict(gpus=1), "--gpus 1: must be at least 2"),
+    (dict(steps=0), "--steps 0: must be positive"),
+    (dict(parts="throughput,nope"), "unknown part(s) ['nope']"),
+])
+def test_bad_arguments_are_refused_before_any_run_starts(values, words):
+    with pytest.raises((ValueError, SystemExit)) as err:
+        scaleout.check_arguments(args(**values))
+    assert words in str(err.value)
