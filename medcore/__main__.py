@@ -97,9 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="mirror")
     p.add_argument("--split", default="validation")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--precision", default="bf16", help="bf16 | int8 | nf4 | fp4 (4-bit with double quant)")
+    p.add_argument("--precision", default="bf16", help="bf16 | int8 | nf4 | fp4 (4-bit with double quant) | fp32 "
+                                                       "(unquantized float32: lm-evaluation-harness's exact choices)")
     p.add_argument("--adapter", default=None, help="a PEFT adapter folder to apply")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="default 256 on a GPU, 16 on a CPU")
+    p.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score the options in their other 3 cyclic orders (circular and debiased accuracy, "
+                        "4x the time); default: on with a GPU, off on a CPU")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--run-id", default=None)
     p.add_argument("--on-invalid", default="raise", choices=["raise", "skip"],
@@ -151,10 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="a PEFT adapter folder")
     p.add_argument("--out", required=True, help="a new or empty folder")
     p.set_defaults(func=_cmd_export)
+    sub.add_parser("gpu-check", help="every GPU entry point with its defaults, a few steps each (run before resolving)")
     return parser
 
 
-PASS_THROUGH = {"study": "medcore.study", "bench": "medcore.bench", "scaleout": "medcore.scaleout"}  # commands with their own argument parser
+PASS_THROUGH = {"study": "medcore.study", "bench": "medcore.bench", "scaleout": "medcore.scaleout",
+                "gpu-check": "medcore.gpucheck"}  # commands with their own argument parser
 # errors that are the user's to fix (a setting, a record, a file, the network): their message says what and how
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 USER_ERROR_NAMES = ("PipelineError", "NonFiniteLossError", "SourceUnavailableError", "HubUnavailableError",

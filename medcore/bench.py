@@ -1,222 +1,128 @@
-"""`python -m medcore bench`: medcore's training and scoring paths against the usual baselines, in one run.
+"""`python -m medcore bench`: the product's training and scoring against the usual recipes, timed in one run.
 
-Both sides run on the same quantized model with the same adapter (NF4 + double quantization, bf16 compute,
-LoRA r=16 on every linear layer; ``--precision bf16`` for an unquantized base) and the same MedMCQA questions.
+Every row names the code it timed (``code_path``). The medcore rows are the functions a user's command calls,
+with the settings that command gets: the run configuration comes from ``--profile`` and ``--set`` exactly as for
+``python -m medcore train`` (``--model`` sets ``model.source``), and the model and adapter are loaded as
+:mod:`medcore.workflows` loads them.
 
-Training (a plain loop: forward, backward, optimizer step, after ``--warmup`` untimed steps and one untimed step for
-each batch shape among the timed batches (``--no-warm-shapes`` leaves that out); *not* the Trainer,
-so that both recipes are timed the same way and data loading stays outside the clock. The pass over the timed
-batches is there because token-budget batches come in many shapes and, on the H200, a step of a shape not seen
-before was measured slower: the medcore row of ``bench-gemma-2b-nvidia-h200-levers`` (3 warm-up steps only) gave
-3,221 real tokens/s and the same recipe re-run unchanged right after it 7,376 and 6,986. ``--with-trainer``
-also times :func:`medcore.train.train` on the same examples as a check that the loop represents it):
+* training, **medcore**: :func:`medcore.train.train`, the Trainer with medcore's token-budget sampler, collator,
+  answer-only loss and callbacks, for ``train.epochs`` passes (or ``train.max_steps`` steps) over the questions.
+  Reported: the steady real (non-padding) tokens/s (the steps after the first few, which pick CUDA kernels and
+  grow the allocator: train's own throughput callback), the rate over every step, the wall time of ``train()``
+  (compile, first steps of each batch shape and checkpoint saving included) and of the whole row from model load,
+  and the CUDA allocator's peak during training.
+* training, **tutorial baseline** (the peer): the usual QLoRA tutorial loop, ``--steps`` batches of
+  ``--baseline-batch-size`` questions padded to ``--pad-length`` tokens, the loss from the model's own forward
+  (LM head and cross-entropy over every position, same answer-only labels), peft's defaults, bf16 autocast on
+  CUDA; same model, started from the same adapter weights, same optimizer.
+* scoring, **medcore**: :func:`medcore.evaluate.score_choices` with the config's evaluation settings (what
+  ``medcore evaluate`` runs), timed on the first pass of the process and on a second pass.
+* scoring, **harness-style** (the peer): lm-evaluation-harness's four log-likelihood requests per question, the
+  model's own forward with the head over every position, at the same batch size.
 
-* **medcore**: the examples of ``--steps`` baseline batches (the *same* examples, so the same real tokens), in
-  token-budget batches (``prompts.token_budget_batches``: length-sorted, ``--token-budget`` tokens per batch
-  padding included, at most ``--max-batch-size`` rows), the LM head at the labelled positions only
-  (``train.answer_only_loss``); optional gradient checkpointing; under CUDA's bf16 autocast, LoRA inputs left in
-  bf16 (``train.lora_inputs_in_bf16``: peft's float32 copy of each, which autocast casts back, skipped). Its number
-  of steps is however many budget batches those examples fill.
-* **baseline**, as the usual QLoRA tutorials write it: ``--steps`` batches of ``--baseline-batch-size`` (16)
-  examples padded to ``--pad-length`` (256), loss from ``model(input_ids, attention_mask, labels).loss`` (the
-  LM head and the cross-entropy over every position). Labels are the same answer-only labels, so both minimise
-  the same objective (``objective_check`` in the record compares the two losses on one batch). The baseline keeps
-  peft's defaults, including its float32 copy of each LoRA input. Tutorials also call peft's
-  ``prepare_model_for_kbit_training``, which casts the frozen embedding to fp32 (about 2 GB more for Gemma-2B);
-  that is *not* reproduced here, which flatters the baseline's memory.
-
-Both use the same optimizer (``--optimizer auto``: paged 8-bit AdamW on CUDA, AdamW on CPU, as ``train.py``),
-the same learning rate, bf16 autocast on CUDA, and start from the same adapter weights. Reported: real
-(non-padding) tokens/s, examples/s, padding share, peak memory (CUDA allocator peak during the timed steps; on
-CPU the peak resident set size sampled during them).
-
-Scoring, on ``--n-questions`` questions (default all on CUDA, 64 on CPU), each scorer timed twice: the first pass
-of the process (``cold_seconds``; the 10-s target reads it) and a second pass (``seconds``, questions/s and the
-ratio); ``--score-autocast`` runs both under bf16 autocast. The adapter scored is the one the timed training left.
-The two scorers:
-
-* **medcore**: :func:`medcore.evaluate.score_choices` (one forward per question, the head at the last position);
-* **harness-style**: the lm-evaluation-harness's four log-likelihood requests per question (context +
-  `` A``..`` D``, each its own sequence, the model's own forward with the head over every position, log-softmax
-  over every real position), in length-sorted batches of the same size (``--score-batch-size``). The
-  log-softmax runs in float32 one row at a time (the harness does it in the model dtype on the padded batch);
-  next to the forward that is a few per cent either way. Both timings include tokenization.
-
-Ceiling: a large bf16 matmul timed in the same run (8192^3 on CUDA with CUDA events, ``--matmul-size`` on
-CPU). Model FLOPs count 6 x non-embedding parameters per trained real token and 2 x per scored real token
-(the head, padding and recomputation are not counted: they are the waste being measured). For a frozen base
-with LoRA the hardware does ~4N per token without checkpointing (no weight gradients) and ~6N with it, so
-without checkpointing the 6N figure overstates the hardware's utilisation by up to 1.5x.
-
-``--compile`` compiles each decoder layer for medcore's recipe (``train.compile``). ``--profile`` adds a
-torch.profiler summary of warm training steps and scoring batches (GPU busy share, operator calls, top operators).
-
-``--levers`` (comma list, or ``all``) reruns the medcore training recipe once per variant, changing one setting at a
-time: ``attn`` (sdpa/eager), ``compile`` (toggled), ``optim`` (the other optimizer), ``budget`` (``--budgets``, the
-row cap scaled alongside), ``ckpt`` (toggled), ``repeat`` (unchanged: the drift check), ``cudnn`` (SDPA's cuDNN
-backend off, plus cold-then-warm scoring passes at two new batch sizes with it on and off), ``peft_cast`` (peft's
-float32 copy of each LoRA input kept, as peft does by default; medcore skips it under autocast; CUDA only). The
-scoring levers time the one-pass scorer alone: ``score_batch`` (``--score-batch-sizes``) and ``score_autocast``
-(toggled). Each is a row; the record is rewritten after every lever, so a run stopped midway keeps what it measured.
-
-Prints a table with ratios (medcore / baseline), the fraction of the ceiling, and whether each target of issue
-#7 is met, and writes a run record (``results.write_run_record``) to ``--out``/``bench-<model>-<device>``.
+Ceiling: a bf16 matmul timed in the same run. MFU counts 6N FLOP per trained real token and 2N per scored one
+(N = non-embedding parameters). ``--levers`` reruns the medcore training row once per variant, each a set of
+RunConfig overrides (:data:`LEVERS`), from the same adapter weights. The record (``results.write_run_record``)
+holds the run configuration as ``config.json`` and the bench options, rewritten after each lever.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import math
 import random
 import re
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from medcore.bench_recipes import (  # re-exported: bench.<name> keeps working for tests and callers
-    _to,
-    adapter_state,
-    attn_implementation,
-    baseline_batches,
-    baseline_loss,
-    batch_tokens,
-    encode_training_examples,
-    harness_style_scores,
-    distinct_shapes,
-    cold_sizes,
-    free_memory,
-    lever_variants,
-    matmul_rate,
-    medcore_batches,
-    medcore_loss,
-    medcore_recipe,
-    medcore_step_batches,
-    mfu,
-    non_embedding_parameters,
-    objective_check,
-    profile_scoring,
-    profile_training,
-    resolve_optimizer,
-    restore_adapter,
-    run_lever,
-    run_trainer,
-    score_flops_per_token,
-    set_checkpointing,
-    time_one_pass,
-    time_scoring,
-    time_training,
-    train_flops_per_token,
+from medcore.bench_recipes import (
+    adapter_state, baseline_batches, baseline_loss, encode_training_examples, free_memory, matmul_rate, mfu,
+    objective_check, restore_adapter, score_flops_per_token, set_checkpointing, time_scoring, time_one_pass,
+    time_training, train_flops_per_token, _to,
 )
 
-
 ROOT = Path(__file__).resolve().parent.parent
-SCORE_TARGET_QUESTIONS = 4183  # the MedMCQA validation split
-LEVERS = ("attn", "compile", "optim", "budget", "ckpt", "repeat", "cudnn", "peft_cast", "score_batch",
-          "score_autocast")
-SCORING_VARIANTS = ("score_batch", "score_autocast", "score_cold")  # variants that time the one-pass scorer
-TARGET_CONDITIONS = "CUDA, random:gemma-2b, nf4 + double quantization"
+SCORE_QUESTIONS = 4183  # the MedMCQA validation split
+LEVERS = {  # name -> (variant label, RunConfig overrides); each a rerun of the medcore training row
+    "repeat": [("repeat", {})],
+    "ckpt": [("checkpointing toggled", {"train.gradient_checkpointing": "toggle"})],
+    "compile": [("compile toggled", {"train.compile": "toggle"})],
+    "peft_cast": [("peft's float32 LoRA-input copy kept", {"train.lora_input_float32": True})],
+    "optim": [("adamw_torch", {"train.optimizer": "adamw_torch"})],
+}
+BUDGET_LEVER = "budget"  # one variant per --budgets value: train.token_budget and max rows scaled alongside
+SCORE_LEVER = "score_batch"  # one variant per --score-batch-sizes value: eval.batch_size
 
 
 @dataclass
-class BenchConfig:
-    model: str = "random:gemma-2b"
-    precision: str = "nf4"  # nf4 (+ double quantization) | bf16
-    token_budget: int = 4096
-    max_batch_size: int = 64
-    steps: int = 20  # baseline optimizer steps; medcore trains on the same examples
-    warmup: int = 3
-    warm_all_shapes: bool = True  # also one untimed pass over the timed batches (every batch shape seen once)
+class BenchOptions:
+    """What only the benchmark needs; everything the product uses comes from the RunConfig."""
+    steps: int = 30  # timed tutorial-baseline steps
+    warmup: int = 3  # untimed baseline steps first
     baseline_batch_size: int = 16
     pad_length: int = 256
-    n_questions: int | None = None  # None: every loaded question on CUDA, 64 on CPU
-    score_batch_size: int | None = None  # None: 64 on CUDA, 16 on CPU
-    budgets: list[int] = field(default_factory=lambda: [4096, 8192, 16384])  # the budget lever's token budgets
-    score_batch_sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 512])  # the score_batch lever's
-    profile: bool = False  # torch.profiler over some warm medcore training steps and scoring batches
-    gradient_checkpointing: bool = False
-    compile: bool = False  # medcore's recipe with each decoder layer compiled (train.compile)
-    score_autocast: bool = False  # both scorers under bf16 autocast
-    optimizer: str = "auto"  # auto | adamw_torch | paged_adamw_8bit
-    learning_rate: float = 2e-4
-    lora_r: int = 16
+    n_train: int | None = None  # questions the medcore row trains on (None: all loaded)
+    n_questions: int | None = None  # questions scored (None: all on CUDA, 64 on CPU)
     levers: list[str] = field(default_factory=list)
-    with_trainer: bool = False
+    budgets: list[int] = field(default_factory=lambda: [4096, 16384])
+    score_batch_sizes: list[int] = field(default_factory=lambda: [64, 512])
     matmul_size: int | None = None  # None: 8192 on CUDA, 1024 on CPU
     source: str | None = None  # None: shared/medmcqa in the checkout or beside it, else the mirror
-    out: str = "results/bench"
+    out: str = "results/bench-product"
     run_id: str | None = None
     seed: int = 0
 
 
-# ---- arguments and data --------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None):
+    """(RunConfig, BenchOptions) from the command line; bad values raise ConfigError or exit 2 naming the flag."""
+    from medcore.config import load_profile
 
-def parse_args(argv: Sequence[str] | None) -> BenchConfig:
-    d = BenchConfig()
+    d = BenchOptions()
     p = argparse.ArgumentParser(prog="medcore bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=d.model, help="random:gemma-2b | embedded:gemma-3-270m | random:tiny-gemma | ...")
-    p.add_argument("--precision", default=d.precision, choices=["nf4", "bf16"], help="nf4 = NF4 + double quantization")
-    p.add_argument("--token-budget", type=int, default=d.token_budget)
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
-    p.add_argument("--steps", type=int, default=d.steps, help="timed baseline steps (medcore: the same examples)")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps of each recipe first")
-    p.add_argument("--no-warm-shapes", dest="warm_all_shapes", action="store_false",
-                   help="skip the untimed pass over the timed batches (then new batch shapes are timed cold)")
+    p.add_argument("--profile", default="paper", help="the run configuration a user's command would get")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--model", default="random:gemma-2b", help="model.source (default: the Gemma-2B shape, random)")
+    p.add_argument("--steps", type=int, default=d.steps, help="timed tutorial-baseline steps")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed baseline steps first")
     p.add_argument("--baseline-batch-size", type=int, default=d.baseline_batch_size)
     p.add_argument("--pad-length", type=int, default=d.pad_length)
+    p.add_argument("--n-train", type=int, default=None, help="questions the medcore row trains on (default all)")
     p.add_argument("--n-questions", type=int, default=None, help="questions scored (default: all on CUDA, 64 on CPU)")
-    p.add_argument("--score-batch-size", type=int, default=None, help="default 64 on CUDA, 16 on CPU")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--compile", action="store_true",
-                   help="medcore's recipe with torch.compile of each decoder layer (train.compile)")
-    p.add_argument("--score-autocast", action="store_true", help="both scorers under bf16 autocast")
-    p.add_argument("--optimizer", default=d.optimizer, choices=["auto", "adamw_torch", "paged_adamw_8bit"])
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    p.add_argument("--lora-r", type=int, default=d.lora_r)
-    p.add_argument("--levers", default="", help=f"comma list of {','.join(LEVERS)} or 'all'")
-    p.add_argument("--budgets", default=",".join(map(str, d.budgets)),
-                   help="token budgets of the budget lever (max rows scaled alongside)")
-    p.add_argument("--score-batch-sizes", default=",".join(map(str, d.score_batch_sizes)),
-                   help="batch sizes of the score_batch lever (the one-pass scorer alone)")
-    p.add_argument("--profile", action="store_true",
-                   help="torch.profiler summary of warm medcore training steps and scoring batches in the record")
-    p.add_argument("--with-trainer", action="store_true", help="also time medcore.train.train on the same examples")
-    p.add_argument("--matmul-size", type=int, default=None, help="ceiling matmul size (default 8192 CUDA, 1024 CPU)")
+    p.add_argument("--levers", default="", help=f"comma list of {', '.join([*LEVERS, BUDGET_LEVER, SCORE_LEVER])}")
+    p.add_argument("--budgets", default=",".join(map(str, d.budgets)), help="token budgets of the budget lever")
+    p.add_argument("--score-batch-sizes", default=",".join(map(str, d.score_batch_sizes)))
+    p.add_argument("--matmul-size", type=int, default=None)
     p.add_argument("--source", default=None, help="MedMCQA source (default: shared/medmcqa if present, else mirror)")
-    p.add_argument("--out", default=d.out, help="folder for the run record")
+    p.add_argument("--out", default=d.out)
     p.add_argument("--run-id", default=None, help="default bench-<model>-<device>")
     p.add_argument("--seed", type=int, default=d.seed)
     argv = list(argv or [])
-    if argv[:1] == ["--"]:  # `python -m medcore bench -- --model ...` (argparse REMAINDER keeps the separator)
-        argv = argv[1:]
-    a = p.parse_args(argv)
+    a = p.parse_args(argv[1:] if argv[:1] == ["--"] else argv)
     levers = [x.strip() for x in a.levers.split(",") if x.strip()]
-    levers = list(LEVERS) if levers == ["all"] else levers
-    unknown = sorted(set(levers) - set(LEVERS))
-    if unknown:
-        p.error(f"unknown lever(s) {unknown}; choose from {', '.join(LEVERS)} or all")
-    for name in ("token_budget", "max_batch_size", "steps", "baseline_batch_size", "pad_length"):
+    known = [*LEVERS, BUDGET_LEVER, SCORE_LEVER]
+    if sorted(set(levers) - set(known)):
+        p.error(f"unknown lever(s) {sorted(set(levers) - set(known))}; choose from {', '.join(known)}")
+    for name in ("steps", "baseline_batch_size", "pad_length"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if a.token_budget < a.pad_length:
-        p.error(f"--token-budget {a.token_budget} is below --pad-length {a.pad_length}: a long example would not fit")
     sizes = {}
     for name in ("budgets", "score_batch_sizes"):
-        flag = f"--{name.replace('_', '-')}"
         try:
             sizes[name] = [int(x) for x in getattr(a, name).split(",") if x.strip()]
         except ValueError:
-            p.error(f"{flag} {getattr(a, name)!r}: give whole numbers separated by commas")
+            sizes[name] = []
         if not sizes[name] or min(sizes[name]) < 1:
-            p.error(f"{flag} {getattr(a, name)!r}: give at least one size, each at least 1")
-    short = [b for b in sizes["budgets"] if b < a.pad_length]
-    if short:
-        p.error(f"--budgets {short} below --pad-length {a.pad_length}: a long example would not fit")
-    values = {k: v for k, v in vars(a).items() if k not in ("levers", "budgets", "score_batch_sizes")}
-    return BenchConfig(levers=levers, **sizes, **values)
+            p.error(f"--{name.replace('_', '-')} {getattr(a, name)!r}: give whole numbers of at least 1, comma-separated")
+    cfg = load_profile(a.profile, [f"model.source={a.model}", *a.set])
+    opts = BenchOptions(steps=a.steps, warmup=a.warmup, baseline_batch_size=a.baseline_batch_size,
+                        pad_length=a.pad_length, n_train=a.n_train, n_questions=a.n_questions, levers=levers,
+                        matmul_size=a.matmul_size, source=a.source, out=a.out, run_id=a.run_id, seed=a.seed, **sizes)
+    return cfg, opts
 
 
 def default_source() -> str:
@@ -227,182 +133,163 @@ def default_source() -> str:
     return "mirror"
 
 
-def load_records(source: str | None) -> list[dict]:
+def load_records(source: str | None, seed: int) -> list[dict]:
     from medcore.data import load_medmcqa
 
     ds = load_medmcqa(source or default_source(), "validation", on_invalid="skip")
-    return [r for r in ds.to_list() if r["answer"] is not None]
+    records = [r for r in ds.to_list() if r["answer"] is not None]
+    random.Random(seed).shuffle(records)
+    return records
 
 
-# ---- targets and report --------------------------------------------------------------------------------------
-
-def targets(metrics: dict[str, Any], cond: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue #7's targets, computed from the measured numbers; `conditions_match` says whether this run is
-    under the targets' conditions (H200-class CUDA, Gemma-2B shape, NF4 + DQ + LoRA)."""
-    train_rows = {r["recipe"]: r for r in metrics["training"]}
-    med, base = train_rows["medcore"], train_rows["baseline"]
-    one, harness = metrics["scoring"]
-    general = cond["device_type"] == "cuda" and cond["model"] == "random:gemma-2b" and cond["precision"] == "nf4"
-    mem_row, mem_from = memory_target_row(metrics, cond)
-    mem_ok = general and mem_from is not None
-    # the split scored once, as a user does: the first pass of the process when the run timed one
-    first = one.get("cold_seconds")
-    project = (first * SCORE_TARGET_QUESTIONS / one["questions"] if first
-               else SCORE_TARGET_QUESTIONS / one["questions_per_s"])
-    rows = [
-        ("training real tokens/s, medcore / baseline", ">= 3x", med["real_tokens_per_s"] / base["real_tokens_per_s"],
-         lambda v: v >= 3, "x", general),
-        ("training fraction of the bf16 matmul ceiling (MFU)", ">= 35%", med["mfu"], lambda v: v >= 0.35, "%", general),
-        (f"seconds to score {SCORE_TARGET_QUESTIONS:,} questions" + (", first pass" if first else "") +
-         ("" if one["questions"] == SCORE_TARGET_QUESTIONS else f" (projected from {one['questions']})"),
-         "<= 10 s", project, lambda v: v <= 10, "s", general),
-        ("scoring questions/s, one-pass / harness-style", ">= 3.5x",
-         one["questions_per_s"] / harness["questions_per_s"], lambda v: v >= 3.5, "x", general),
-        ("QLoRA training peak memory at 4,096 tokens/batch with checkpointing"
-         + (f" ({mem_from})" if mem_from not in (None, "medcore") else ""), "<= 6 GB",
-         mem_row["peak_memory_bytes"] / 1e9, lambda v: v <= 6, "GB", mem_ok),
-    ]
-    return [{"target": name, "goal": goal, "measured": value, "unit": unit, "met": bool(test(value)),
-             "conditions_match": match} for name, goal, value, test, unit, match in rows]
+def lever_variants(levers: Sequence[str], cfg, opts: BenchOptions) -> list[tuple[str, str, dict]]:
+    """(lever, label, RunConfig overrides) per variant; "toggle" flips the configuration's boolean."""
+    out = []
+    for lever in levers:
+        if lever == BUDGET_LEVER:
+            out += [(lever, f"token budget {b}", {"train.token_budget": b, "train.max_batch_size": max(1, b // 64)})
+                    for b in opts.budgets]
+        elif lever == SCORE_LEVER:
+            out += [(lever, f"scoring batch {b}", {"eval.batch_size": b}) for b in opts.score_batch_sizes]
+        else:
+            for label, overrides in LEVERS[lever]:
+                resolved = {k: (not _get(cfg, k)) if v == "toggle" else v for k, v in overrides.items()}
+                out.append((lever, label, resolved))
+    return out
 
 
-def memory_target_row(metrics: dict[str, Any], cond: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The training row measured at the memory target's setting (4,096 tokens per batch, checkpointing on):
-    the medcore row if the run's base recipe is that, else the first budget or checkpointing lever row that
-    is; (the medcore row, None) if no row is. A row's other settings (compile, optimizer) are the run's."""
-    med = next(r for r in metrics["training"] if r["recipe"] == "medcore")
-    if cond["token_budget"] == 4096 and cond["gradient_checkpointing"]:
-        return med, "medcore"
-    for row in metrics.get("levers", []):
-        if (row.get("lever") in ("budget", "ckpt") and not row.get("error") and row.get("token_budget") == 4096
-                and row.get("gradient_checkpointing")):
-            return row, f"lever row '{row['variant']}'"
-    return med, None
+def _get(cfg, dotted: str):
+    section, name = dotted.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _variant(cfg, overrides: dict):
+    from medcore.config import set_field
+
+    out = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        set_field(out, key, value)
+    if out.train.token_budget < out.data.max_length:  # a smaller budget lever: the longest example must fit
+        out.data.max_length = out.train.token_budget
+    return out.validate()
+
+
+# ---- the rows ---------------------------------------------------------------------------------------------------
+
+def product_training(cfg, model, tokenizer, train_ds, adapter: dict) -> dict[str, Any]:
+    """The medcore row: :func:`medcore.train.train` from the adapter weights `adapter`, in a scratch folder."""
+    from medcore.train import train
+
+    restore_adapter(model, adapter)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="medcore-bench-") as tmp:
+        m = train(cfg, model, tokenizer, train_ds, None, tmp).metrics
+    wall = time.perf_counter() - start
+    free_memory()
+    return {"recipe": "medcore", "code_path": "medcore.train.train", "steps": m["global_step"],
+            "examples": m["examples"], "real_tokens": m["real_tokens"],
+            "real_tokens_per_s": m["steady_real_tokens_per_s"] or m["real_tokens_per_s"],
+            "all_steps_real_tokens_per_s": m["real_tokens_per_s"], "steady_steps": m["steady_steps"],
+            "examples_per_s": m["examples_per_s"], "step_seconds": m["step_seconds"], "train_wall_seconds": wall,
+            "peak_memory_bytes": m["peak_memory_bytes"], "peak_memory_kind": m["peak_memory_kind"],
+            "optimizer": m["optimizer"], "token_budget": cfg.train.token_budget,
+            "max_batch_size": cfg.train.max_batch_size, "gradient_checkpointing": cfg.train.gradient_checkpointing,
+            "compile": cfg.train.compile, "lora_input_float32": cfg.train.lora_input_float32}
+
+
+def baseline_training(cfg, model, records, tokenizer, opts: BenchOptions, adapter: dict, device) -> dict[str, Any]:
+    """The tutorial loop on the first ``steps x baseline_batch_size`` questions (after its warm-up batches)."""
+    from medcore.train import resolve_optimizer
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    n_warm, n_timed = opts.warmup * opts.baseline_batch_size, opts.steps * opts.baseline_batch_size
+    examples = encode_training_examples(records[:n_warm + n_timed], tokenizer, opts.pad_length)
+    warm = [_to(b, device) for b in baseline_batches(examples[:n_warm], opts.baseline_batch_size, opts.pad_length, pad)]
+    timed = [_to(b, device) for b in baseline_batches(examples[n_warm:], opts.baseline_batch_size, opts.pad_length, pad)]
+    set_checkpointing(model, cfg.train.gradient_checkpointing)
+    optimizer = resolve_optimizer(cfg.train.optimizer, device.type == "cuda")
+    row = time_training(model, warm, timed, baseline_loss, optimizer, cfg.train.learning_rate, device, adapter)
+    check = objective_check(model, examples[:4], opts.pad_length, pad, device)
+    return {"recipe": "baseline", "code_path": "tutorial loop: model(input_ids, labels).loss, padded batches",
+            **row, "objective_check": check}
+
+
+def scoring_rows(cfg, model, tokenizer, records, device) -> dict[str, Any]:
+    from medcore.workflows import eval_batch_size, eval_autocast
+
+    size, autocast = eval_batch_size(cfg, device), eval_autocast(cfg, device)
+    sc = time_scoring(model, tokenizer, records, size, device, autocast=autocast)
+    sc["rows"][0]["code_path"] = "medcore.evaluate.score_choices"
+    sc["rows"][1]["code_path"] = "harness-style: 4 log-likelihood requests per question"
+    return sc
+
+
+# ---- targets and report -------------------------------------------------------------------------------------------
+
+def targets(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GPU-path targets, from the measured rows; `conditions_match`: CUDA, Gemma-2B shape, NF4 + DQ, LoRA."""
+    c = m["conditions"]
+    tr = {r["recipe"]: r for r in m["training"]}
+    med, base = tr["medcore"], tr["baseline"]
+    one, harness = m["scoring"]
+    match = c["device_type"] == "cuda" and c["model"] == "random:gemma-2b" and c["precision"] == "nf4+dq"
+    first = one["cold_seconds"] * SCORE_QUESTIONS / one["questions"]
+    rows = [("training steady real tokens/s", ">= 25,000", med["real_tokens_per_s"], 25_000, ">", ""),
+            ("training MFU (6N per real token)", ">= 38%", med["mfu"], 0.38, ">", "%"),
+            ("training real tokens/s, medcore / tutorial", ">= 10x",
+             med["real_tokens_per_s"] / base["real_tokens_per_s"], 10, ">", "x"),
+            (f"scoring {SCORE_QUESTIONS:,} questions, first pass" +
+             ("" if one["questions"] == SCORE_QUESTIONS else f" (projected from {one['questions']})"),
+             "<= 3 s", first, 3, "<", "s"),
+            ("scoring questions/s, medcore / harness-style", ">= 4x",
+             one["questions_per_s"] / harness["questions_per_s"], 4, ">", "x")]
+    for row in [med, *m.get("levers", [])]:
+        if row.get("error") or "token_budget" not in row or not row.get("gradient_checkpointing"):
+            continue
+        limit = {4096: 5e9, 16384: 10e9}.get(row["token_budget"])
+        if limit and not any(r[0].startswith(f"peak memory at {row['token_budget']:,}") for r in rows):
+            rows.append((f"peak memory at {row['token_budget']:,} tokens/batch, checkpointing on",
+                         f"<= {limit / 1e9:.0f} GB", row["peak_memory_bytes"] / 1e9, limit / 1e9, "<", "GB"))
+    return [{"target": name, "goal": goal, "measured": value, "unit": unit, "conditions_match": match,
+             "met": bool(value >= bound if op == ">" else value <= bound)} for name, goal, value, bound, op, unit in rows]
 
 
 def _f(v: Any, unit: str = "") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
-    if unit == "%":
-        return f"{100 * v:.1f}%"
-    if unit == "GB":
-        return f"{v / 1e9:.2f} GB" if v > 1e6 else f"{v:.2f} GB"
-    if unit == "x":
-        return f"{v:.2f}x"
-    if unit == "s":
-        return f"{v:.2f} s"
-    if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}"
-    return str(v)
-
-
-def _rate(flops: float) -> str:
-    return f"{flops / 1e12:.1f} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.1f} GFLOP/s"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    return {"%": f"{100 * v:.1f}%", "x": f"{v:.2f}x", "s": f"{v:.2f} s", "GB": f"{v:.2f} GB"}.get(
+        unit, f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
 
 
 def format_report(m: dict[str, Any]) -> str:
     c = m["conditions"]
-    tr = {r["recipe"]: r for r in m["training"]}
-    med, base = tr["medcore"], tr["baseline"]
-    one, har = m["scoring"]
-    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
-    head = (f"medcore bench: {c['model']} ({'real' if c['real_weights'] else 'random'} weights), {c['precision']}, "
-            f"LoRA r={c['lora_r']} all-linear, {c['device_name']}; torch {c['torch']}, transformers "
-            f"{c['transformers']}, bitsandbytes {c['bitsandbytes']}\n"
-            f"ceiling: bf16 {c['matmul_size']}^3 matmul = {_rate(m['matmul_tflops'] * 1e12)}; non-embedding params "
-            f"{c['non_embedding_params']:,}; mean prompt {c['mean_prompt_tokens']:.1f} tokens")
-    tr_rows = [
-        ["steps timed", str(med["steps"]), str(base["steps"]), ""],
-        ["examples (same)", str(med["examples"]), str(base["examples"]), ""],
-        ["real tokens (same)", str(med["real_tokens"]), str(base["real_tokens"]), ""],
-        ["padding share", _f(med["padding_share"], "%"), _f(base["padding_share"], "%"), ""],
-        ["real tokens/s", _f(med["real_tokens_per_s"]), _f(base["real_tokens_per_s"]),
-         _f(ratio(med["real_tokens_per_s"], base["real_tokens_per_s"]), "x")],
-        ["examples/s", _f(med["examples_per_s"]), _f(base["examples_per_s"]),
-         _f(ratio(med["examples_per_s"], base["examples_per_s"]), "x")],
-        ["peak memory", _f(med["peak_memory_bytes"], "GB"), _f(base["peak_memory_bytes"], "GB"),
-         _f(ratio(med["peak_memory_bytes"], base["peak_memory_bytes"]), "x")],
-        ["MFU (6N/token)", _f(med["mfu"], "%"), _f(base["mfu"], "%"), _f(ratio(med["mfu"], base["mfu"]), "x")],
-    ]
-    extra = [r for k, r in tr.items() if k not in ("medcore", "baseline")]
-    text = [head, "", f"training (token budget {c['token_budget']}, baseline {c['baseline_batch_size']} x "
-            f"{c['pad_length']}, checkpointing {'on' if c['gradient_checkpointing'] else 'off'}, "
-            f"{'compiled decoder layers, ' if c.get('compile') else ''}"
-            f"{c['optimizer']}; peak memory: {med['peak_memory_kind']})",
-            _table(["", "medcore", "baseline", "medcore/baseline"], tr_rows)]
-    for r in extra:
-        text.append(f"  {r['recipe']}: {_f(r['real_tokens_per_s'])} real tokens/s, {_f(r['examples_per_s'])} "
-                    f"examples/s, peak {_f(r['peak_memory_bytes'], 'GB')} ({r['peak_memory_kind']})")
-    oc = m["objective_check"]
-    text.append(f"  same objective: loss {oc['medcore_loss']:.4f} (medcore) vs {oc['baseline_loss']:.4f} "
-                f"(baseline) on {oc['rows']} rows")
-    sc_rows = [
-        ["forward sequences", str(one["forward_sequences"]), str(har["forward_sequences"]), ""],
-        ["real tokens", str(one["real_tokens"]), str(har["real_tokens"]), ""],
-        ["seconds, first pass (cold)", _f(one.get("cold_seconds"), "s"), _f(har.get("cold_seconds"), "s"),
-         _f(ratio(har.get("cold_seconds") or 0, one.get("cold_seconds") or 0), "x")],
-        ["seconds, second pass", _f(one["seconds"], "s"), _f(har["seconds"], "s"),
-         _f(ratio(har["seconds"], one["seconds"]), "x")],
-        ["questions/s", _f(one["questions_per_s"]), _f(har["questions_per_s"]),
-         _f(ratio(one["questions_per_s"], har["questions_per_s"]), "x")],
-        ["peak memory", _f(one["peak_memory_bytes"], "GB"), _f(har["peak_memory_bytes"], "GB"), ""],
-        ["MFU (2N/token)", _f(one["mfu"], "%"), _f(har["mfu"], "%"), ""],
-    ]
-    s = m["scoring_check"]
-    text += ["", f"scoring ({one['questions']} questions, batch {s['batch_size']}, "
-             f"{'bf16 autocast, ' if s.get('autocast') else ''}timings include tokenization)",
-             _table(["", "one-pass", "harness-style", "one-pass/harness"], sc_rows),
-             f"  same choices on {_f(s['agreement'], '%')} of {s['compared']} questions (max |logprob diff| "
-             f"{_f(s['max_abs_logprob_diff'])}); accuracy {_f(s['accuracy'], '%')}"]
-    train_levers = [r for r in m.get("levers", []) if r.get("lever") not in SCORING_VARIANTS]
-    score_levers = [r for r in m.get("levers", []) if r.get("lever") in SCORING_VARIANTS]
-    if train_levers:
-        lv = []
-        for r in train_levers:
-            if r.get("error"):
-                lv.append([r["variant"], "failed: " + r["error"][:60], "", "", "", ""])
-            else:
-                lv.append([r["variant"], _f(r["real_tokens_per_s"]), _f(r["examples_per_s"]),
-                           _f(r["peak_memory_bytes"], "GB"), _f(r["mfu"], "%"),
-                           _f(ratio(r["real_tokens_per_s"], med["real_tokens_per_s"]), "x")])
-        text += ["", "levers (medcore training recipe, one change each; base = the medcore row above)",
-                 _table(["variant", "real tok/s", "ex/s", "peak", "MFU", "vs base"], lv)]
-    if score_levers:
-        sv = [[r["variant"], _f(r.get("cold_seconds"), "s"), _f(r["seconds"], "s"), _f(r["questions_per_s"]),
-               _f(r["peak_memory_bytes"], "GB"), _f(r["mfu"], "%"),
-               _f(ratio(r["questions_per_s"], one["questions_per_s"]), "x"),
-               _f(r.get("agreement_with_base_scoring"), "%")] for r in score_levers]
-        text += ["", f"one-pass scoring variants ({one['questions']} questions; base = batch {s['batch_size']} above; "
-                 "seconds: a pass after one untimed batch; cold: the first pass, every shape new)",
-                 _table(["variant", "cold", "seconds", "q/s", "peak", "MFU", "vs base", "same choices"], sv)]
-    for name, pr in (m.get("profile") or {}).items():
-        if "error" in pr:
-            text += ["", f"profile, {name}: failed: {pr['error']}"]
-            continue
-        unit = "step" if name == "train" else "batch"
-        text += ["", f"profile, {name}: {pr['wall_ms_per_step']:.1f} ms per {unit} wall, "
-                 f"{pr['gpu_kernel_ms_per_step']:.1f} ms of GPU kernels ({_f(pr['gpu_busy_share'], '%')} busy), "
-                 f"{pr['kernels_per_step']:.0f} kernels and {pr['aten_calls_per_step']:.0f} aten calls per {unit}",
-                 _table(["op (most GPU time)", "calls", "GPU ms", "CPU ms"],
-                        [[o["name"][:60], f"{o['calls_per_step']:.0f}", f"{o['self_gpu_ms_per_step']:.2f}",
-                          f"{o['self_cpu_ms_per_step']:.2f}"] for o in pr["top_gpu_ops"][:10]]),
-                 _table(["op (most CPU time)", "calls", "GPU ms", "CPU ms"],
-                        [[o["name"][:60], f"{o['calls_per_step']:.0f}", f"{o['self_gpu_ms_per_step']:.2f}",
-                          f"{o['self_cpu_ms_per_step']:.2f}"] for o in pr["top_cpu_ops"][:10]])]
-    tg = [[t["target"], t["goal"], _f(t["measured"], t["unit"]), "met" if t["met"] else "NOT met",
-           "yes" if t["conditions_match"] else "no"] for t in m["targets"]]
-    text += ["", f"targets (conditions: {TARGET_CONDITIONS}; 'conditions' = whether this run is under them)",
-             _table(["target", "goal", "measured", "", "conditions"], tg)]
-    return "\n".join(text)
+    lines = [f"medcore bench: {c['model']} ({'real' if c['real_weights'] else 'RANDOM'} weights), {c['precision']}, "
+             f"LoRA r={c['lora_r']} {c['lora_targets']}, {c['device_name']}; bf16 matmul "
+             f"{m['matmul_tflops']:.0f} TFLOP/s; model load {c['load_seconds']:.1f} s", "", "training:"]
+    for r in m["training"]:
+        lines.append(f"  {r['recipe']:9s} {_f(r['real_tokens_per_s'])} real tok/s ({r['steps']} steps), "
+                     f"MFU {_f(r['mfu'], '%')}, peak {_f(r['peak_memory_bytes'] / 1e9, 'GB')}  [{r['code_path']}]")
+    med = m["training"][0]
+    lines.append(f"  medcore over every step {_f(med['all_steps_real_tokens_per_s'])} real tok/s; train() wall "
+                 f"{med['train_wall_seconds']:.1f} s; row from model load {m['medcore_wall_seconds']:.1f} s")
+    lines.append("scoring:")
+    for r in m["scoring"]:
+        lines.append(f"  {r['scorer']}: first pass {r['cold_seconds']:.2f} s, second {r['seconds']:.2f} s, "
+                     f"{_f(r['questions_per_s'])} q/s, peak {_f(r['peak_memory_bytes'] / 1e9, 'GB')}")
+    for r in m.get("levers", []):
+        value = f"failed: {r['error'][:100]}" if r.get("error") else (
+            f"{_f(r['real_tokens_per_s'])} real tok/s, peak {_f(r['peak_memory_bytes'] / 1e9, 'GB')}"
+            if "real_tokens_per_s" in r and r["lever"] != SCORE_LEVER else
+            f"first pass {r.get('cold_seconds', float('nan')):.2f} s, {_f(r['questions_per_s'])} q/s")
+        lines.append(f"  lever {r['variant']}: {value}")
+    lines += ["", "targets (conditions: CUDA, random:gemma-2b, nf4+dq):"]
+    lines += [f"  {t['target']}: {_f(t['measured'], t['unit'])} (goal {t['goal']}) "
+              f"{'met' if t['met'] else 'NOT met'}{'' if t['conditions_match'] else ' [other conditions]'}"
+              for t in m["targets"]]
+    return "\n".join(lines)
 
 
-# ---- the run ---------------------------------------------------------------------------------------------------
+# ---- the run ----------------------------------------------------------------------------------------------------
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -412,199 +299,113 @@ def _versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out = {}
-    for name in ("torch", "transformers", "bitsandbytes", "peft"):
+    for name in ("transformers", "peft", "bitsandbytes", "accelerate"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
-    out["torch"] = torch.__version__
-    return out
+    return {"torch": torch.__version__, **out}
 
 
-def _guarded(fn, *args) -> dict[str, Any]:
-    """A profile is an aid, not a measurement the record depends on: its failure is recorded, not raised."""
-    try:
-        return fn(*args)
-    except Exception as err:  # noqa: BLE001 - e.g. no CUPTI for the CUDA profiler
-        free_memory()
-        return {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
+    """Measure every row, print the report, write the record (``write``); returns the metrics."""
+    import datasets
 
+    from medcore import lora, models, workflows
+    from medcore.results import write_run_record
 
-def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
-    """Measure everything, print the report, write the record (``write``); returns metrics + record path."""
-    from medcore import lora, models, quantize
-    from medcore.config import LoraConfig, QuantConfig
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = workflows.device()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    optimizer = resolve_optimizer(cfg.optimizer, device)
-    n_questions = cfg.n_questions if cfg.n_questions is not None else (None if device.type == "cuda" else 64)
-    score_bs = cfg.score_batch_size or (64 if device.type == "cuda" else 16)
-    source = cfg.source or default_source()
-    records = load_records(source)
-    order = list(range(len(records)))
-    random.Random(cfg.seed).shuffle(order)
-    records = [records[i] for i in order]
-    tokenizer = models.load_tokenizer(cfg.model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    n_timed = cfg.steps * cfg.baseline_batch_size
-    n_warm = cfg.warmup * max(cfg.baseline_batch_size, cfg.max_batch_size)
-    if n_timed + n_warm > len(records):
-        most = max(0, (len(records) - n_warm) // cfg.baseline_batch_size)
-        raise ValueError(f"{len(records)} questions from {source} cannot feed {cfg.steps} steps of "
-                         f"{cfg.baseline_batch_size} plus warm-up ({n_timed + n_warm}); use at most --steps {most} "
-                         f"with --warmup {cfg.warmup}, or fewer warm-up steps")
-    matmul = matmul_rate(device, cfg.matmul_size or (8192 if device.type == "cuda" else 1024),  # after the checks
+    records = load_records(opts.source, opts.seed)
+    need = (opts.warmup + opts.steps) * opts.baseline_batch_size
+    if need > len(records):
+        raise ValueError(f"{len(records)} questions cannot feed {opts.steps} baseline steps of "
+                         f"{opts.baseline_batch_size} plus {opts.warmup} warm-up steps ({need}); lower --steps")
+    matmul = matmul_rate(device, opts.matmul_size or (8192 if device.type == "cuda" else 1024),
                          reps=10 if device.type == "cuda" else 3, warmup=3 if device.type == "cuda" else 1)
-    print(f"[bench] bf16 {matmul['size']}^3 matmul: {_rate(matmul['flops'])}", flush=True)
-    encoded = encode_training_examples(records[:n_timed + n_warm], tokenizer, cfg.pad_length)
-    examples = {"timed": encoded[:n_timed], "warm": encoded[n_timed:]}
-
+    print(f"[bench] bf16 {matmul['size']}^3 matmul: {matmul['flops'] / 1e12:.1f} TFLOP/s", flush=True)
     t0 = time.perf_counter()
-    model = quantize.load_quantized(cfg.model, QuantConfig(cfg.precision, double_quant=True), device=device)
+    model, tokenizer = workflows.load(cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = lora.attach_adapter(model, cfg.lora, quantized=cfg.quant.precision != "bf16")
     load_s = time.perf_counter() - t0
     info = models.describe_model(model)
     n_params = int(info["params_non_embedding"])
-    torch.manual_seed(cfg.seed)
-    lora_cfg = LoraConfig(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.05, targets="all-linear")
-    model = lora.attach_adapter(model, lora_cfg, quantized=cfg.precision != "bf16")
-    model.config.use_cache = False
-    set_checkpointing(model, cfg.gradient_checkpointing)
-    print(f"[bench] {cfg.model} loaded ({cfg.precision}) in {load_s:.1f} s; {n_params:,} non-embedding params",
-          flush=True)
-    state = adapter_state(model)
-    attn = attn_implementation(model)
+    adapter = adapter_state(model)
+    train_ds = datasets.Dataset.from_list(records[:opts.n_train] if opts.n_train else records)
+    print(f"[bench] {cfg.model.source} loaded in {load_s:.1f} s; {n_params:,} non-embedding params", flush=True)
 
-    check = objective_check(model, examples["timed"][:min(4, n_timed)], cfg.pad_length, pad_id, device)
-    med_warm, med_timed = medcore_step_batches(examples, cfg.token_budget, cfg.max_batch_size, cfg, pad_id, device)
-    base_warm = [_to(b, device) for b in baseline_batches(examples["warm"][:cfg.warmup * cfg.baseline_batch_size],
-                                                         cfg.baseline_batch_size, cfg.pad_length, pad_id)]
-    base_timed = [_to(b, device) for b in baseline_batches(examples["timed"], cfg.baseline_batch_size,
-                                                          cfg.pad_length, pad_id)]
-    training = []
-    for name, warm, timed, loss_fn in (("medcore", med_warm, med_timed, medcore_loss),
-                                       ("baseline", base_warm, base_timed, baseline_loss)):
-        # token-budget batches differ in shape; the first step of each shape is slow on CUDA (warm_shapes)
-        with (medcore_recipe(model, device, cfg.compile) if name == "medcore" else contextlib.nullcontext()):
-            row = {"recipe": name, **time_training(model, warm, timed, loss_fn, optimizer, cfg.learning_rate,
-                                                   device, state, warm_shapes=cfg.warm_all_shapes)}
-        training.append(row)
-        print(f"[bench] training {name}: {row['real_tokens_per_s']:.1f} real tokens/s", flush=True)
-    profile = {}
-    if cfg.profile:  # the first few timed batches of the medcore recipe (stepped once untimed first)
-        with medcore_recipe(model, device, compile=False):  # eager: the profile reads operator calls
-            profile["train"] = _guarded(profile_training, model, med_timed[:6], medcore_loss, optimizer,
-                                        cfg.learning_rate, device, state)
-    del med_warm, med_timed, base_warm, base_timed
-    if cfg.with_trainer:
-        restore_adapter(model, state)
-        training.append(run_trainer(model, tokenizer, cfg, examples["timed"]))
-    ftrain = train_flops_per_token(n_params)
-    for row in training:
-        row["mfu"] = mfu(row["real_tokens_per_s"], ftrain, matmul["flops"])
-        row["model_tflops"] = row["real_tokens_per_s"] * ftrain / 1e12
-
-    # scoring uses the adapter as the timed training left it (LoRA B no longer zero, so the adapter's path
-    # changes the scores and the scorers' agreement checks it too)
-    score_records = records[:n_questions] if n_questions else records
-    scored = adapter_state(model)  # the scoring levers score with this same adapter
-    sc = time_scoring(model, tokenizer, score_records, score_bs, device, autocast=cfg.score_autocast)
-    fscore = score_flops_per_token(n_params)
+    base = baseline_training(cfg, model, records, tokenizer, opts, adapter, device)
+    print(f"[bench] tutorial baseline: {base['real_tokens_per_s']:,.0f} real tokens/s", flush=True)
+    med = product_training(cfg, model, tokenizer, train_ds, adapter)
+    print(f"[bench] medcore.train.train: {med['real_tokens_per_s']:,.0f} real tokens/s steady, "
+          f"{med['train_wall_seconds']:.1f} s", flush=True)
+    fl_train, fl_score = train_flops_per_token(n_params), score_flops_per_token(n_params)
+    for row in (med, base):
+        row["mfu"] = mfu(row["real_tokens_per_s"], fl_train, matmul["flops"])
+    n_q = opts.n_questions if opts.n_questions is not None else (None if device.type == "cuda" else 64)
+    scored = records[:n_q] if n_q else records
+    sc = scoring_rows(cfg, model, tokenizer, scored, device)  # with the adapter the medcore row trained
     for row in sc["rows"]:
-        row["mfu"] = mfu(row["real_tokens_per_s"], fscore, matmul["flops"])
-        row["model_tflops"] = row["real_tokens_per_s"] * fscore / 1e12
-    print(f"[bench] scoring: {sc['rows'][0]['questions_per_s']:.1f} vs {sc['rows'][1]['questions_per_s']:.1f} q/s",
+        row["mfu"] = mfu(row["real_tokens_per_s"], fl_score, matmul["flops"])
+    print(f"[bench] scoring: {sc['rows'][0]['questions_per_s']:,.0f} vs {sc['rows'][1]['questions_per_s']:,.0f} q/s",
           flush=True)
-
-    if cfg.profile:
-        profile["score"] = _guarded(profile_scoring, model, tokenizer, score_records[:4 * score_bs], score_bs, device)
-    for name, pr in profile.items():
-        print(f"[bench] profile, {name}: " + (f"failed: {pr['error']}" if "error" in pr else
-              f"{pr['wall_ms_per_step']:.1f} ms per step wall, {pr['gpu_kernel_ms_per_step']:.1f} ms of GPU kernels "
-              f"({pr['gpu_busy_share']:.0%} busy)"), flush=True)
-
-    v = _versions()
-    conditions = {
-        "device_type": device.type, "device_name": device_name, **v, "model": cfg.model,
-        "real_weights": bool(info["real_weights"]), "model_type": info["model_type"],
-        "precision": cfg.precision, "double_quant": cfg.precision == "nf4", "compute_dtype": "bfloat16",
-        "autocast_bf16": device.type == "cuda", "lora_r": cfg.lora_r, "lora_targets": "all-linear",
-        "non_embedding_params": n_params, "params_total": int(info["params_total"]),
-        "token_budget": cfg.token_budget, "max_batch_size": cfg.max_batch_size,
-        "baseline_batch_size": cfg.baseline_batch_size, "pad_length": cfg.pad_length,
-        "score_batch_size": score_bs, "steps": cfg.steps, "warmup": cfg.warmup,
-        "warm_all_shapes": cfg.warm_all_shapes,
-        "gradient_checkpointing": cfg.gradient_checkpointing, "compile": cfg.compile,
-        "lora_inputs_bf16": device.type == "cuda",  # medcore's row skips peft's float32 copy (autocast only)
-        "score_autocast": cfg.score_autocast, "optimizer": optimizer, "attn_implementation": attn,
-        "learning_rate": cfg.learning_rate, "source": source, "n_questions_scored": len(score_records),
-        "mean_prompt_tokens": sc["mean_prompt_tokens"],
-        "mean_train_example_tokens": float(np.mean([e["length"] for e in examples["timed"]])),
-        "matmul_size": matmul["size"], "torch_threads": torch.get_num_threads(), "load_seconds": load_s,
-    }
-    levers: list[dict[str, Any]] = []
-    metrics = {
-        "device": device_name, "model": cfg.model, "real_weights": conditions["real_weights"],
-        "matmul_tflops": matmul["flops"] / 1e12,
-        "train_speedup_real_tokens": training[0]["real_tokens_per_s"] / training[1]["real_tokens_per_s"],
-        "train_mfu": training[0]["mfu"], "train_peak_memory_gb": training[0]["peak_memory_bytes"] / 1e9,
-        "score_speedup": sc["rows"][0]["questions_per_s"] / sc["rows"][1]["questions_per_s"],
-        "score_questions_per_s": sc["rows"][0]["questions_per_s"],
-        "score_seconds_4183": SCORE_TARGET_QUESTIONS / sc["rows"][0]["questions_per_s"],
-        "training": training, "scoring": sc["rows"],
+    conditions = {"device_type": device.type, "device_name": device_name, **_versions(), "model": cfg.model.source,
+                  "real_weights": bool(info["real_weights"]), "precision": workflows.precision_label(cfg.quant),
+                  "lora_method": cfg.lora.method, "lora_r": cfg.lora.r, "lora_targets": cfg.lora.targets,
+                  "non_embedding_params": n_params, "load_seconds": load_s, "n_train_questions": len(train_ds),
+                  "n_questions_scored": len(scored), "score_batch_size": sc["batch_size"],
+                  "score_autocast": sc["autocast"], "matmul_size": matmul["size"], "source": opts.source or
+                  default_source(), "mean_prompt_tokens": sc["mean_prompt_tokens"]}
+    metrics: dict[str, Any] = {
+        "code_paths": {"training": "medcore.train.train", "scoring": "medcore.evaluate.score_choices"},
+        "device": device_name, "model": cfg.model.source, "real_weights": conditions["real_weights"],
+        "matmul_tflops": matmul["flops"] / 1e12, "medcore_wall_seconds": load_s + med["train_wall_seconds"],
+        "training": [med, base], "scoring": sc["rows"],
         "scoring_check": {k: v for k, v in sc.items() if k not in ("rows", "pred")},
-        "objective_check": check, "levers": levers, "matmul": matmul, "conditions": conditions,
-    }
-    if profile:
-        metrics["profile"] = profile
-    run_id = cfg.run_id or f"bench-{_slug(cfg.model.partition(':')[2])}-{_slug(device_name)}"
+        "levers": [], "conditions": conditions}
+    run_id = opts.run_id or f"bench-{_slug(cfg.model.source.partition(':')[2])}-{_slug(device_name)}"
 
     def save(final: bool) -> None:
-        """The record so far (rewritten after every lever, so that a run stopped midway keeps what it measured)."""
-        metrics["targets"] = targets(metrics, conditions)
-        metrics["complete"] = final
+        metrics["targets"], metrics["complete"] = targets(metrics), final
         if write:
-            from medcore.results import write_run_record
+            metrics["record"] = str(write_run_record(
+                opts.out, run_id, config=cfg.to_dict(), metrics=metrics, overwrite=True,
+                extra={"real_weights": conditions["real_weights"], "model_source": cfg.model.source, "kind": "bench",
+                       "bench_options": asdict(opts)}))
 
-            path = write_run_record(cfg.out, run_id, config=asdict(cfg), metrics=metrics,
-                                    extra={"real_weights": conditions["real_weights"], "model_source": cfg.model,
-                                           "kind": "bench"}, overwrite=True)
-            metrics["record"] = str(path)
-
-    variants = lever_variants(cfg.levers, cfg, optimizer, attn)
-    if variants:  # the record so far, before the levers run
-        save(final=False)
-    for i, variant in enumerate(variants):
-        if variant["lever"] in SCORING_VARIANTS:
-            size = variant.get("score_batch_size") or score_bs
-            restore_adapter(model, scored)
-            row = {**variant, **time_one_pass(model, tokenizer, score_records, size, device,
-                                              cold=variant.get("cold", False),
-                                              autocast=variant.get("autocast", cfg.score_autocast),
-                                              cudnn=variant.get("cudnn"), reference=sc["pred"]), "error": None}
-            row["mfu"] = mfu(row["real_tokens_per_s"], fscore, matmul["flops"])
-            print(f"[bench] lever {row['variant']}: {row['questions_per_s']:.1f} questions/s"
-                  + (f" (cold pass {row['cold_seconds']:.2f} s)" if "cold_seconds" in row else ""), flush=True)
-        else:
-            row = run_lever(model, variant, cfg, examples, optimizer, state, device, pad_id)
-            if not row.get("error"):
-                row["mfu"] = mfu(row["real_tokens_per_s"], ftrain, matmul["flops"])
-            print(f"[bench] lever {row['variant']}: {row.get('real_tokens_per_s', row.get('error'))}", flush=True)
-        levers.append(row)
+    variants = lever_variants(opts.levers, cfg, opts)
+    save(final=not variants)
+    for i, (lever, label, overrides) in enumerate(variants):
+        row: dict[str, Any] = {"lever": lever, "variant": label, "overrides": overrides, "error": None}
+        try:
+            vcfg = _variant(cfg, overrides)
+            if lever == SCORE_LEVER:
+                row.update(time_one_pass(model, tokenizer, scored, vcfg.eval.batch_size, device, cold=True,
+                                         autocast=sc["autocast"], reference=sc["pred"]))
+            else:
+                row.update(product_training(vcfg, model, tokenizer, train_ds, adapter))
+                row["mfu"] = mfu(row["real_tokens_per_s"], fl_train, matmul["flops"])
+        except Exception as err:  # noqa: BLE001 - one lever's failure (e.g. out of memory) is recorded
+            free_memory()
+            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        metrics["levers"].append(row)
+        print(f"[bench] lever {label}: " + (row["error"] or f"{row.get('real_tokens_per_s', row.get('questions_per_s')):,.0f}"),
+              flush=True)
         save(final=i == len(variants) - 1)
-    if not variants:
-        save(final=True)
     print(format_report(metrics), flush=True)
     if write:
         print(f"[bench] record written to {metrics['record']}", flush=True)
     return metrics
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_bench(parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    cfg, opts = parse_args(argv)
+    run_bench(cfg, opts)
+    return 0
 
 
 if __name__ == "__main__":
     import sys
 
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

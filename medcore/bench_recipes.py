@@ -1,24 +1,21 @@
-"""How `python -m medcore bench` times one recipe: training batches (token-budget and padded), the two losses,
-adapter save/restore, the optimizer, the timed training loop, both scorers, the matmul ceiling and FLOP/MFU
-accounting, peak memory, and the levers (one setting changed per run). ``medcore.bench`` runs them and reports."""
+"""The peers and clocks of `python -m medcore bench`: the tutorial training loop (padded batches, the model's own
+loss), harness-style scoring, adapter save/restore, the matmul ceiling and FLOP/MFU accounting, peak memory and
+timed scoring passes. The medcore rows themselves call the product (``medcore.train.train``,
+``medcore.evaluate.score_choices``); ``medcore.bench`` runs everything and reports."""
 from __future__ import annotations
 
 import contextlib
 import os
 import resource
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from medcore.prompts import IGNORE_INDEX, LETTERS, Collator
-
-if TYPE_CHECKING:
-    from medcore.bench import BenchConfig
 
 
 def free_memory() -> None:
@@ -141,17 +138,6 @@ def _pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[st
         raise ValueError(f"a row of {batch['input_ids'].shape[1]} tokens does not fit the pad length {length}")
     fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
     return {k: torch.nn.functional.pad(v, (0, extra), value=fill[k]) for k, v in batch.items()}
-
-
-def medcore_batches(examples: Sequence[dict], token_budget: int, max_batch_size: int, pad_id: int,
-                    seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    """Token-budget batches (length-sorted, padded to their longest row), batch order shuffled with `seed`."""
-    from medcore.prompts import token_budget_batches
-
-    lengths = [e["length"] for e in examples]
-    groups = token_budget_batches(lengths, token_budget, max_batch_size, shuffle=True, seed=seed)
-    collate = Collator(pad_id)
-    return [collate([examples[i] for i in g]) for g in groups]
 
 
 def baseline_batches(examples: Sequence[dict], batch_size: int, pad_length: int, pad_id: int
@@ -402,79 +388,6 @@ def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, dev
             "accuracy": float(one["correct"].mean()), "mean_prompt_tokens": float(one["prompt_tokens"].mean())}
 
 
-# ---- profile ---------------------------------------------------------------------------------------------------
-
-def _us(event, name: str) -> float:
-    """An averaged profiler event's time in microseconds (torch renamed *cuda* to *device* in 2.4)."""
-    for attr in (name, name.replace("device", "cuda")):
-        if hasattr(event, attr):
-            return float(getattr(event, attr))
-    return 0.0
-
-
-def summarize_profile(prof, wall_s: float, steps: int, top: int = 15) -> dict[str, Any]:
-    """Where the time of `steps` profiled steps went: wall time, total GPU kernel time (kernels of one stream
-    do not overlap, so kernel time / wall time is the GPU's busy share), kernels and CPU-side operator calls
-    per step, and the operators with the most GPU time and the most CPU time of their own."""
-    from torch.autograd import DeviceType
-
-    events = list(prof.key_averages())
-    # CUPTI reports "Command Buffer Full" (the CPU waiting for room in the launch queue) as a device event: it
-    # is not a kernel, and counting it would overstate the GPU's busy time
-    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA
-               and e.key != "Command Buffer Full"]
-    ops = [e for e in events if getattr(e, "device_type", None) == DeviceType.CPU]
-    gpu_us = sum(_us(e, "self_device_time_total") for e in kernels)
-    aten_calls = sum(e.count for e in ops if e.key.startswith("aten::"))
-
-    def rows(items, key):
-        ranked = sorted(items, key=key, reverse=True)[:top]
-        return [{"name": e.key[:90], "calls_per_step": e.count / steps,
-                 "self_gpu_ms_per_step": _us(e, "self_device_time_total") / 1e3 / steps,
-                 "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps} for e in ranked]
-    return {"steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps, "gpu_kernel_ms_per_step": gpu_us / 1e3 / steps,
-            "gpu_busy_share": gpu_us / 1e6 / wall_s if wall_s > 0 else float("nan"),
-            "kernels_per_step": sum(e.count for e in kernels) / steps, "aten_calls_per_step": aten_calls / steps,
-            "top_gpu_ops": rows(ops, lambda e: _us(e, "self_device_time_total")),
-            "top_cpu_ops": rows(ops, lambda e: e.self_cpu_time_total)}
-
-
-def _profiled(device: torch.device):
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    return profile(activities=acts)
-
-
-def profile_training(model, batches: Sequence[dict], loss_fn: Callable, optimizer: str, lr: float,
-                     device: torch.device, adapter_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """torch.profiler over training steps of warm batches (each batch is stepped once untimed first)."""
-    step = _trainer_step(model, loss_fn, optimizer, lr, device, adapter_state)
-    steps = lambda: [step(b) for b in batches]  # noqa: E731
-    _clock(steps, device)
-    with _profiled(device) as prof:
-        wall = _clock(steps, device)[1]
-    del step, steps
-    out = summarize_profile(prof, wall, len(batches))
-    out["real_tokens_per_step"] = batch_tokens(batches)["real_tokens"] / len(batches)
-    free_memory()
-    return out
-
-
-def profile_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, device: torch.device
-                    ) -> dict[str, Any]:
-    """torch.profiler over medcore's one-pass scorer on `records` (after one untimed pass), per batch."""
-    from medcore.evaluate import score_choices
-
-    records = list(records)
-    one_pass = lambda: score_choices(model, tokenizer, records, batch_size=batch_size, progress=False)  # noqa: E731
-    _clock(one_pass, device)
-    with _profiled(device) as prof:
-        wall = _clock(one_pass, device)[1]
-    return {**summarize_profile(prof, wall, max(1, -(-len(records) // batch_size))), "batch_size": batch_size,
-            "questions": len(records)}
-
-
 @contextlib.contextmanager
 def cudnn_attention(enabled: bool | None):
     """SDPA's cuDNN backend on or off inside the block (None: left as it is). cuDNN builds an execution plan
@@ -523,29 +436,9 @@ def time_one_pass(model, tokenizer, records: Sequence[dict], batch_size: int, de
     return out
 
 
-# ---- levers ----------------------------------------------------------------------------------------------------
-
-def _causal(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def attn_implementation(model) -> str:
-    return str(getattr(_causal(model).config, "_attn_implementation", None))
-
-
-def set_attn_implementation(model, impl: str) -> None:
-    causal = _causal(model)
-    if hasattr(causal, "set_attn_implementation"):
-        causal.set_attn_implementation(impl)
-    else:  # older transformers: every module reads its config's field at call time
-        for module in causal.modules():
-            if hasattr(getattr(module, "config", None), "_attn_implementation"):
-                module.config._attn_implementation = impl
-
-
 def set_checkpointing(model, on: bool) -> None:
     """Non-reentrant gradient checkpointing on or off (transformers >= 5.24 calls it activation checkpointing)."""
-    causal = _causal(model)
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     if hasattr(causal, "activation_checkpointing_enable"):
         if on:
             causal.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -557,134 +450,3 @@ def set_checkpointing(model, on: bool) -> None:
         causal.gradient_checkpointing_disable()
 
 
-def cold_sizes(batch_size: int) -> tuple[int, int]:
-    """Two scoring batch sizes near `batch_size` but not it (about 1/16 below and above): their batch shapes
-    are new to a process that scored at `batch_size`, so their first pass is a cold one."""
-    return max(1, min(batch_size - 1, batch_size * 15 // 16)), max(batch_size + 1, batch_size * 17 // 16)
-
-
-def lever_variants(levers: Sequence[str], cfg: BenchConfig, optimizer: str, attn: str) -> list[dict[str, Any]]:
-    """One dict per variant: the lever, a label, and the setting it changes from the base run."""
-    out = []
-    for lever in levers:
-        if lever == "attn":
-            other = "eager" if attn != "eager" else "sdpa"
-            out.append({"lever": "attn", "variant": f"attention={other}", "attn": other})
-        elif lever == "compile":  # regional: each decoder layer compiled (one compiled graph serves all layers)
-            out.append({"lever": "compile", "variant": "eager (no torch.compile)" if cfg.compile
-                        else "torch.compile(each decoder layer, dynamic=True)", "compile": not cfg.compile})
-        elif lever == "optim":
-            other = "paged_adamw_8bit" if optimizer == "adamw_torch" else "adamw_torch"
-            out.append({"lever": "optim", "variant": f"optimizer={other}", "optimizer": other})
-        elif lever == "budget":
-            for budget in cfg.budgets:
-                if budget != cfg.token_budget:
-                    rows = max(1, round(cfg.max_batch_size * budget / cfg.token_budget))
-                    out.append({"lever": "budget", "variant": f"token_budget={budget} (max rows {rows})",
-                                "token_budget": budget, "max_batch_size": rows})
-        elif lever == "repeat":  # nothing changed: how far a later measurement drifts from the first
-            out.append({"lever": "repeat", "variant": "medcore recipe again, unchanged"})
-        elif lever == "ckpt":
-            on = not cfg.gradient_checkpointing
-            out.append({"lever": "ckpt", "variant": f"gradient_checkpointing={'on' if on else 'off'}", "ckpt": on})
-        elif lever == "peft_cast":  # peft's copy of each LoRA input to the adapter's float32, which medcore skips
-            out.append({"lever": "peft_cast", "variant": "peft's float32 copy of each LoRA input kept (peft's "
-                        "default; medcore skips it under autocast)", "lora_input_float32": True})
-        elif lever == "score_batch":  # the one-pass scorer alone at other batch sizes (not a training variant)
-            for size in cfg.score_batch_sizes:
-                out.append({"lever": "score_batch", "variant": f"one-pass scoring, batch {size}",
-                            "score_batch_size": size})
-        elif lever == "score_autocast":  # the one-pass scorer with bf16 autocast toggled (LoRA inputs stay bf16)
-            out.append({"lever": "score_autocast", "variant": "one-pass scoring without autocast" if cfg.score_autocast
-                        else "one-pass scoring under bf16 autocast", "autocast": not cfg.score_autocast})
-        elif lever == "cudnn":  # SDPA's cuDNN backend off: training (warm) and cold scoring passes
-            out.append({"lever": "cudnn", "variant": "cuDNN attention off (SDPA: flash / memory-efficient)",
-                        "cudnn": False})
-            for size, on in zip(cold_sizes(cfg.score_batch_size or 64), (True, False)):
-                out.append({"lever": "score_cold", "variant": f"one-pass scoring, batch {size}, cold then warm, "
-                            f"cuDNN attention {'on' if on else 'off'}", "score_batch_size": size, "cudnn": on,
-                            "cold": True})
-    return out
-
-
-@contextlib.contextmanager
-def medcore_recipe(model, device: torch.device, compile: bool, lora_input_float32: bool = False):
-    """medcore's training settings that live on the model rather than in the batches, as ``train.train`` sets
-    them: each decoder layer compiled (``train.compiled_layers``) and, under CUDA's bf16 autocast, LoRA inputs
-    left in bf16 (``train.skips_lora_input_copy``: peft's float32 copy skipped unless `lora_input_float32`).
-    Both put back after the block."""
-    from peft.helpers import disable_input_dtype_casting
-
-    from medcore.train import compiled_layers, skips_lora_input_copy
-
-    skip = skips_lora_input_copy("lora", device.type == "cuda", lora_input_float32)  # the bench's adapter is LoRA
-    with compiled_layers(model, compile), disable_input_dtype_casting(model, active=skip):
-        yield
-
-
-def medcore_step_batches(examples: dict[str, list], budget: int, rows: int, cfg: BenchConfig, pad_id: int,
-                         device: torch.device) -> tuple[list[dict], list[dict]]:
-    """The medcore recipe's warm-up batches (``--warmup`` of them, from the warm-up examples) and timed batches,
-    on `device`, at a token budget and row cap."""
-    warm = medcore_batches(examples["warm"], budget, rows, pad_id, cfg.seed)[:cfg.warmup]
-    timed = medcore_batches(examples["timed"], budget, rows, pad_id, cfg.seed)
-    return [_to(b, device) for b in warm], [_to(b, device) for b in timed]
-
-
-def run_lever(model, variant: dict, cfg: BenchConfig, examples: dict[str, list], optimizer: str, state,
-              device: torch.device, pad_id: int) -> dict[str, Any]:
-    """The medcore recipe with one setting changed; settings are put back whatever happens."""
-    base_attn = attn_implementation(model)
-    stack = contextlib.ExitStack()
-    try:
-        if "attn" in variant:
-            set_attn_implementation(model, variant["attn"])
-        if variant.get("lora_input_float32") and device.type != "cuda":  # no autocast: nothing to compare
-            raise ValueError("peft_cast needs bf16 autocast, which the bench uses on CUDA only")
-        stack.enter_context(medcore_recipe(model, device, variant.get("compile", cfg.compile),
-                                           variant.get("lora_input_float32", False)))
-        if "cudnn" in variant:
-            stack.enter_context(cudnn_attention(variant["cudnn"]))
-        if "ckpt" in variant:
-            set_checkpointing(model, variant["ckpt"])
-        budget = variant.get("token_budget", cfg.token_budget)
-        rows = variant.get("max_batch_size", cfg.max_batch_size)
-        warm, timed = medcore_step_batches(examples, budget, rows, cfg, pad_id, device)
-        result = time_training(model, warm, timed, medcore_loss, variant.get("optimizer", optimizer),
-                               cfg.learning_rate, device, state, warm_shapes=cfg.warm_all_shapes)
-        setting = {"token_budget": budget, "max_batch_size": rows, "compile": variant.get("compile", cfg.compile),
-                   "gradient_checkpointing": variant.get("ckpt", cfg.gradient_checkpointing)}
-        return {**setting, **variant, **result, "error": None}
-    except Exception as err:  # one failed lever (OOM, a compile error) must not lose the others
-        return {**variant, "error": f"{type(err).__name__}: {str(err)[:300]}"}
-    finally:
-        stack.close()
-        if "attn" in variant:
-            set_attn_implementation(model, base_attn)
-        if "ckpt" in variant:
-            set_checkpointing(model, cfg.gradient_checkpointing)
-        free_memory()
-
-
-def run_trainer(model, tokenizer, cfg: BenchConfig, examples: list[dict]) -> dict[str, Any]:
-    """medcore.train.train (the Trainer, its token-budget sampler and answer-only loss) for one epoch over the
-    timed examples; its own throughput callback times the steps (the first step included)."""
-    import datasets
-
-    from medcore.config import RunConfig
-    from medcore.train import train
-
-    rc = RunConfig()
-    rc.data.max_length = cfg.pad_length
-    for key, value in dict(token_budget=cfg.token_budget, max_batch_size=cfg.max_batch_size, epochs=1.0,
-                           gradient_checkpointing=cfg.gradient_checkpointing, optimizer=cfg.optimizer,
-                           learning_rate=cfg.learning_rate, warmup_ratio=0.0, save_steps=10 ** 9,
-                           eval_steps=10 ** 9, logging_steps=10 ** 9, seed=cfg.seed).items():
-        setattr(rc.train, key, value)
-    ds = datasets.Dataset.from_list([{k: e[k] for k in ("input_ids", "labels", "length")} for e in examples])
-    with tempfile.TemporaryDirectory(prefix="medcore-bench-trainer-") as tmp:
-        m = train(rc, model, tokenizer, ds, None, tmp).metrics
-    return {"recipe": "medcore via train.train (Trainer)", "steps": m["global_step"], "seconds": m["step_seconds"],
-            "real_tokens": m["real_tokens"], "examples": m["examples"], "real_tokens_per_s": m["real_tokens_per_s"],
-            "examples_per_s": m["examples_per_s"], "peak_memory_bytes": m["peak_memory_bytes"],
-            "peak_memory_kind": m["peak_memory_kind"], "optimizer": m["optimizer"]}

@@ -216,15 +216,15 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
 def evaluate(cfg, adapter: str | Path | None = None, run_id: str | None = None) -> tuple[Path | None, pd.DataFrame]:
     """Score the config's evaluation questions sharded over the processes; the main process writes the record."""
     from medcore import evaluate as scoring, results
-    from medcore.workflows import _tables, _weights_note, precision_label
+    from medcore.workflows import _tables, _weights_note, eval_batch_size, precision_label
 
     state = process_state()
     cfg.validate()
     _, eval_ds = _data(cfg, state)
     model, tokenizer = load_for_process(cfg, state, adapter=adapter)
     start = time.perf_counter()
-    preds = score_sharded(model, tokenizer, eval_ds, batch_size=cfg.eval.batch_size, max_length=cfg.data.max_length,
-                          state=state, progress=True)
+    preds = score_sharded(model, tokenizer, eval_ds, batch_size=eval_batch_size(cfg, model.device),
+                          max_length=cfg.data.max_length, state=state, progress=True)
     seconds = time.perf_counter() - start
     record = None
     if state.is_main_process:

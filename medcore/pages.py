@@ -335,6 +335,10 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
                                                                  "Other models and precisions on the H200", other)
                                         + bench_summary_markdown(root / "results" / "bench-cpu", "On a CPU")
                                         + scale_markdown(root / "results" / "scale"))
+    from medcore.pages_product import gpu_check_markdown, product_bench_markdown
+
+    (out / "product.md").write_text(product_bench_markdown(root / "results" / "bench-product"))
+    (out / "gpu_check.md").write_text(gpu_check_markdown(root / "results" / "gpu-check"))
     (out / "scale_gpu.md").write_text(scale_gpu_markdown(root / "results" / "scale-h200", out))
     (out / "scaleout.md").write_text(scaleout_markdown(root / "results" / "scaleout", out,
                                                        fsdp_dir=root / "results" / "scaleout-fsdp"))

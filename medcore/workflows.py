@@ -45,6 +45,17 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def eval_batch_size(cfg: RunConfig, dev: torch.device) -> int:
+    """``eval.batch_size``, or where unset the device's default: large batches keep a GPU busy, small ones a CPU's
+    memory low."""
+    return cfg.eval.batch_size or (256 if dev.type == "cuda" else 16)
+
+
+def eval_autocast(cfg: RunConfig, dev: torch.device) -> bool:
+    """Whether scoring runs under bf16 autocast (``eval.autocast``: auto = on CUDA only)."""
+    return cfg.eval.autocast == "bf16" or (cfg.eval.autocast == "auto" and dev.type == "cuda")
+
+
 def free_memory() -> None:
     """Collect garbage and hand cached CUDA blocks back (between models loaded in one process)."""
     import gc
@@ -185,15 +196,16 @@ def score_and_record(cfg: RunConfig, model, tokenizer, eval_ds, run_id: str, rol
     Predictions: one row per question.
     """
     start = time.perf_counter()
-    preds = evaluate.score_choices(model, tokenizer, eval_ds, batch_size=cfg.eval.batch_size,
+    size, autocast = eval_batch_size(cfg, device()), eval_autocast(cfg, device())
+    preds = evaluate.score_choices(model, tokenizer, eval_ds, batch_size=size, autocast=autocast,
                                    max_length=cfg.data.max_length, progress=False,
                                    rotations=evaluate.rotations_on(cfg.eval.rotations, device()))
     metrics: dict[str, Any] = {"role": role, "precision": precision_label(cfg.quant), "score_seconds":
                                time.perf_counter() - start, **_tables(evaluate.accuracy_summary(preds)),
                                "footprint_bytes": quantize.footprint(model, disk=False)["total_bytes"]}
     if cost:
-        sample = eval_ds.select(range(min(len(eval_ds), cost_questions or 8 * cfg.eval.batch_size)))
-        metrics["cost"] = evaluate.measure_cost(model, tokenizer, sample, batch_sizes=(1, cfg.eval.batch_size),
+        sample = eval_ds.select(range(min(len(eval_ds), cost_questions or 8 * size)))
+        metrics["cost"] = evaluate.measure_cost(model, tokenizer, sample, batch_sizes=(1, size),
                                                 n_latency=cfg.eval.latency_batches, max_length=cfg.data.max_length)
     note = {**_weights_note(model), **(extra or {})}
     metrics["real_weights"] = note["real_weights"]
