@@ -105,3 +105,15 @@ def test_grouped_accuracy():
     assert list(table["tier"]) == ["a", "b", "unknown"] and list(table["n"]) == [2, 1, 1]
     assert table.loc[0, "accuracy"] == 0.5
     assert (table.loc[0, "ci_low"], table.loc[0, "ci_high"]) == wilson_interval(1, 2)
+
+
+def test_fractional_credit_of_ties_is_kept_in_groups_and_intervals():
+    import pandas as pd
+    from medcore.stats import grouped_accuracy
+
+    df = pd.DataFrame({"tier": ["a", "a", "a", "b"], "credit": [1.0, 0.25, 0.5, 0.0]})  # two questions tied
+    table = grouped_accuracy(df, "tier", correct="credit")
+    assert list(table["correct"]) == [1.75, 0.0] and table.loc[0, "accuracy"] == pytest.approx(1.75 / 3)
+    low, high = wilson_interval(1.75, 3)
+    assert (table.loc[0, "ci_low"], table.loc[0, "ci_high"]) == (low, high)
+    assert wilson_interval(1, 3)[0] < low < wilson_interval(2, 3)[0]  # between its integer neighbours

@@ -1,0 +1,78 @@
+"""The study driver: its ablations and seeds are valid runs, and a tiny CPU study records every metric (an
+ablation goes through the same train_and_score as a seed run)."""
+from pathlib import Path
+
+import pytest
+
+from medcore import analysis, study
+from medcore.config import ConfigError, load_profile
+from medcore.results import load_run, load_runs
+
+
+@pytest.fixture(scope="module")
+def profile(medmcqa_dir):
+    return load_profile("study", [f"data.source=local:{medmcqa_dir / 'dev.json'}",
+                                  f"data.train_source=local:{medmcqa_dir / 'train_sample.jsonl'}"])
+
+
+def test_ablations_change_one_thing_each(profile, medmcqa_dir):
+    expected = {"abl-no-shuffle": ("data", "shuffle_options", False),
+                "abl-explanation": ("data", "train_on_explanation", True),
+                "abl-llm-keyed": ("data", "train_source", f"local:{medmcqa_dir / 'train_sample_llm_keyed.jsonl'}")}
+    for name, (section, field, value) in expected.items():
+        run = study._variant(profile, name, study.ABLATIONS[name])
+        assert getattr(getattr(run, section), field) == value and run.name == name
+        assert getattr(getattr(profile, section), field) != value  # the profile itself is left alone
+    keyed = study._variant(profile, "abl-llm-keyed", study.ABLATIONS["abl-llm-keyed"])
+    assert Path(keyed.data.train_source.removeprefix("local:")).is_file()
+    no_file = load_profile("ci")
+    with pytest.raises(ConfigError, match="data.train_source=None: the train_sample_llm_keyed.jsonl ablation"):
+        study._variant(no_file, "abl-llm-keyed", study.ABLATIONS["abl-llm-keyed"])
+
+
+def test_label_noise_ablation_trains_on_other_questions_and_scores_the_same(profile):
+    train_ds, eval_ds = study.workflows.study_data(profile)
+    keyed = study._variant(profile, "abl-llm-keyed", study.ABLATIONS["abl-llm-keyed"])
+    own = study._train_set(keyed, profile, train_ds)
+    assert len(own) == 2135 and len(train_ds) == 1619 and not set(own["id"]) & set(train_ds["id"])
+    r4 = study._variant(profile, "abl-r4", study.ABLATIONS["abl-r4"])
+    assert study._train_set(r4, profile, train_ds) is train_ds  # the evaluation set is the study's in both cases
+
+
+def test_seed_runs_name_each_seed(profile):
+    runs = study.seed_runs(profile, "0,1,2")
+    assert [r.name for r in runs] == ["study", "study-seed1", "study-seed2"]
+    assert [r.train.seed for r in runs] == [0, 1, 2] and runs[0] is profile
+    assert [r.name for r in study.seed_runs(profile, None)] == ["study"]
+    for bad in ("0,x", "1,1", "-1"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            study.seed_runs(profile, bad)
+
+
+def test_tiny_study_records_every_metric_for_each_seed(tmp_path, medmcqa_dir):
+    sets = [f"results_dir={tmp_path / 'results'}", f"data.source=local:{medmcqa_dir / 'dev.json'}",
+            f"data.train_source=local:{medmcqa_dir / 'train_sample.jsonl'}", "data.train_size=16",
+            "data.eval_limit=12", "train.max_steps=2", "train.save_steps=1000", "train.eval_steps=1000",
+            "eval.rotations=true", "eval.latency_batches=1"]
+    study.main(["--profile", "ci", "--parts", "zero-shot,main", "--seeds", "0,1",
+                *[a for s in sets for a in ("--set", s)]])
+    results = tmp_path / "results"
+    scored = ["ci-nf4-dq-zero-shot", "ci-fine-tuned", "ci-seed1-fine-tuned"]
+    for run in scored:
+        m = load_run(results / run)["metrics"]
+        assert m["rotations"] and m["n"] == 12 and m["ties"] == 0, run
+        for key in ("accuracy", "circular_accuracy", "debiased_accuracy", "circular_ci_low", "debiased_ci_high",
+                    "recall_A", "predicted_share_D", "predicted_share_all_orders_A"):
+            assert 0 <= m[key] <= 1, (run, key)
+        assert m["circular_accuracy"] <= m["accuracy"] + 1e-12
+    assert load_run(results / "ci-seed1-fine-tuned")["config"]["train"]["seed"] == 1
+
+    runs = load_runs(results)
+    tests = analysis.all_metric_tests(analysis.results_table(runs), results)
+    pairs = tests.groupby("after_run")["metric"].apply(set)
+    metrics = {"standard", "circular", "debiased", *(f"{k}_{c}" for k in ("recall", "predicted") for c in "ABCD")}
+    assert set(pairs.index) == set(scored[1:]) and all(p == metrics for p in pairs)
+    assert (tests["before_run"] == "ci-nf4-dq-zero-shot").all() and tests["pvalue"].between(0, 1).all()
+    spread = analysis.seed_spread(runs)
+    assert set(spread["metric"]) == set(analysis.SEED_METRICS) and set(spread["seeds"]) == {"0, 1"}
+    assert set(spread["recipe"]) == {"ci-fine-tuned"}
