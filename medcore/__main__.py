@@ -19,7 +19,8 @@ def _cmd_evaluate(args) -> None:
 
     evaluate_model(model_spec=args.model, source=args.source, split=args.split, limit=args.limit,
                    precision=args.precision, adapter=args.adapter, batch_size=args.batch_size,
-                   results_dir=args.results_dir, run_id=args.run_id, on_invalid=args.on_invalid)
+                   results_dir=args.results_dir, run_id=args.run_id, on_invalid=args.on_invalid,
+                   rotations=args.rotations)
 
 
 def _cmd_train(args) -> None:

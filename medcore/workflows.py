@@ -397,7 +397,7 @@ def before_after(cfg: RunConfig, adapter_dir: str | Path, datasets_: tuple | Non
 def evaluate_model(model_spec: str, source: str = "mirror", split: str = "validation", limit: int | None = None,
                    precision: str = "bf16", adapter: str | None = None, batch_size: int = 16,
                    results_dir: str = "results", run_id: str | None = None, seed: int = 0,
-                   on_invalid: str = "raise") -> Path:
+                   on_invalid: str = "raise", rotations: bool | None = None) -> Path:
     """The `python -m medcore evaluate` command: score, print accuracy, tables and cost, write a record.
 
     ``limit`` keeps a stratified subset of that many questions; ``on_invalid="skip"`` scores the valid records of a
@@ -410,7 +410,7 @@ def evaluate_model(model_spec: str, source: str = "mirror", split: str = "valida
                     results_dir=results_dir)
     cfg.model.source, cfg.quant.precision, cfg.quant.double_quant = model_spec, precision, True
     cfg.data.source, cfg.data.eval_split, cfg.eval.batch_size, cfg.data.seed = source, split, batch_size, seed
-    cfg.data.on_invalid = on_invalid
+    cfg.data.on_invalid, cfg.eval.rotations = on_invalid, rotations  # rotations None: on CUDA only
     cfg.validate()
     ds, loaded = data.load_medmcqa_report(source, split, on_invalid=on_invalid)
     data.require_answers(ds, purpose="scoring")
