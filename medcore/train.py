@@ -463,8 +463,9 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
           callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Fine-tune `model` (with its adapter attached) on `train_ds`; evaluate on `eval_ds` (None: no evaluation).
 
-    Datasets may be MedMCQA records (encoded here with ``data.max_length`` / ``data.train_on_explanation``) or
-    already encoded (input_ids, labels, length). ``resume=True`` continues from the last checkpoint in
+    Datasets may be MedMCQA records (encoded here with ``data.max_length`` / ``data.train_on_explanation``; with
+    ``data.shuffle_options`` the training records get a fresh balanced option order every epoch,
+    ``option_order.ShuffledOptions``) or already encoded (input_ids, labels, length). ``resume=True`` continues from the last checkpoint in
     `output_dir` if there is one (else starts fresh). Extra `callbacks` go to the Trainer.
     """
     output_dir = Path(output_dir)
