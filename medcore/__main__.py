@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="the letter distribution a model gives to a question, as the scorer computes it")
     p.add_argument("--model", default="embedded:gemma-3-270m")
     p.add_argument("--adapter", default=None, help="a PEFT adapter folder to apply")
-    p.add_argument("--precision", default="bf16", help="bf16 | int8 | nf4 | fp4 (4-bit with double quant)")
+    p.add_argument("--precision", default="bf16", help="bf16 | int8 | nf4 | fp4 (4-bit with double quant) | fp32 "
+                   "(as evaluate; fp32 is what lm-evaluation-harness agrees with question for question)")
     p.add_argument("--question", default=None)
     p.add_argument("--options", nargs="+", default=None, metavar="OPTION", help="exactly four, for A-D")
     p.add_argument("--file", default=None, help="JSON lines: question + options (or opa..opd), optional answer/cop")
