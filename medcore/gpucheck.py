@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,8 +33,8 @@ TRAIN_VARIANTS = {  # entry -> overrides on the paper profile (everything else a
     "train int8 lora": ["quant.precision=int8"],
     "train bf16 lora": ["quant.precision=bf16"],
     "train no checkpointing": ["train.gradient_checkpointing=false"],
-    "train compile": ["train.compile=true"],
     "train lora_input_float32": ["train.lora_input_float32=true"],
+    "train compile": ["train.compile=true"],
 }
 
 
@@ -58,9 +59,48 @@ def entries(model: str, source: str, steps: int, work: Path, extra_sets: list[st
     out.append(("evaluate (defaults)", [*py, "evaluate", "--model", model, "--source", source,
                                         "--results-dir", str(work / "results"), "--run-id", "check-evaluate"]))
     out.append(("bench (short)", [*py, "bench", "--model", model, "--source", source, "--steps", "10",
-                                  "--set", f"train.max_steps={max(steps, 20)}", "--n-questions", "1024",
-                                  "--out", str(work / "bench")]))
+                                  *[x for kv in [f"train.max_steps={max(steps, 20)}", *extra_sets] for x in ("--set", kv)],
+                                  "--n-questions", "1024", "--out", str(work / "bench")]))
     return out
+
+
+PAPER_TRAIN_QUESTIONS = 182_822  # MedMCQA's training split
+
+
+def write_paper_sized_train(sources: list[Path], out: Path, n: int = PAPER_TRAIN_QUESTIONS) -> Path:
+    """A training file as large as MedMCQA's training split, made by repeating the real questions of `sources`
+    (MedMCQA release format) with fresh ids (``<id>-rep<k>``): for timing an epoch, not for accuracy."""
+    rows = [line for path in sources for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with out.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            record = json.loads(rows[i % len(rows)])
+            record["id"] = f"{record.get('id', i)}-rep{i // len(rows)}"
+            f.write(json.dumps(record) + "\n")
+    return out
+
+
+def paper_epoch(model: str, source: str, work: Path, resume: bool, timeout: float, env: dict) -> list[dict]:
+    """`medcore train --profile paper` for one epoch of a paper-sized training file, then `medcore evaluate` of
+    its adapter on the validation split; ``resume`` continues a run stopped by a time limit."""
+    dev = Path(source.removeprefix("local:"))
+    folder = dev if dev.is_dir() else dev.parent
+    train_file = work / "paper_train.json"
+    if not train_file.is_file():
+        sample = [folder / "train_sample.jsonl"] if (folder / "train_sample.jsonl").is_file() else []
+        write_paper_sized_train([dev if dev.is_file() else folder / "dev.json", *sample], train_file)
+    py = [sys.executable, "-m", "medcore"]
+    sets = [f"model.source={model}", f"data.source={source}", f"data.train_source=local:{train_file}",
+            "data.train_split=train", f"results_dir={work / 'results'}", "name=paper-epoch"]
+    train_cmd = [*py, "train", "--profile", "paper", *[x for kv in sets for x in ("--set", kv)],
+                 "--output-dir", str(work / "ckpt"), *(["--resume"] if resume else [])]
+    rows = [run_entry("paper epoch: train" + (" (resumed)" if resume else ""), train_cmd, timeout, env)]
+    rows[-1].update(_train_figures(work, "paper-epoch"))
+    if rows[-1]["passed"]:
+        rows.append(run_entry("paper epoch: evaluate", [*py, "evaluate", "--model", model, "--source", source,
+                                                        "--adapter", str(work / "ckpt" / "adapter"), "--results-dir",
+                                                        str(work / "results"), "--run-id", "paper-epoch-eval"],
+                              timeout, env))
+    return rows
 
 
 def _train_figures(work: Path, name: str) -> dict[str, Any]:
@@ -91,6 +131,32 @@ def run_entry(name: str, argv: list[str], timeout: float, env: dict[str, str]) -
             "seconds": seconds, "output_tail": (errors + lines[-15:]) if status != "pass" else lines[-3:]}
 
 
+def _print(row: dict[str, Any]) -> None:
+    rate = row.get("steady_real_tokens_per_s")
+    print(f"[gpu-check] {row['status']:>4}  {row['entry']}  ({row['seconds']:.0f} s"
+          + (f", {rate:,.0f} real tok/s steady, peak {row['peak_memory_bytes'] / 1e9:.1f} GB" if rate else "") + ")",
+          flush=True)
+    if not row["passed"]:
+        print("\n".join("      " + x for x in row["output_tail"][-6:]), flush=True)
+
+
+def run_entries(a: argparse.Namespace, source: str, work: Path, env: dict[str, str], save) -> list[dict[str, Any]]:
+    """Run the entries `a.only` selects, calling ``save(rows)`` after each (a run cut short keeps its rows)."""
+    wanted = [x.strip() for x in a.only.split(",") if x.strip()]
+    rows = []
+    for name, cmd in entries(a.model, source, a.steps, work, a.set):
+        if wanted and not any(w in name for w in wanted):
+            continue
+        row = run_entry(name, cmd, a.timeout, env)
+        run_name = next((x.split("=", 1)[1] for x in cmd if x.startswith("name=")), None)
+        if run_name:
+            row.update(_train_figures(work, run_name))
+        rows.append(row)
+        _print(row)
+        save(rows, final=False)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     from medcore.bench import default_source
 
@@ -103,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every run that takes --set")
     p.add_argument("--out", default="results/gpu-check")
     p.add_argument("--run-id", default=None)
+    p.add_argument("--paper-epoch", action="store_true",
+                   help="instead: one epoch of a paper-sized training file with the paper profile, then evaluate")
+    p.add_argument("--work", default=None, help="scratch folder kept between calls (with --paper-epoch --resume)")
+    p.add_argument("--resume", action="store_true", help="with --paper-epoch: continue its training run")
     a = p.parse_args(argv)
     import torch
 
@@ -110,35 +180,30 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     source = a.source or default_source()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="medcore-gpu-check-") as tmp:
-        work = Path(tmp)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        todo = entries(a.model, source, a.steps, work, a.set)
-        wanted = [x.strip() for x in a.only.split(",") if x.strip()]
-        todo = [(n, cmd) for n, cmd in todo if not wanted or any(w in n for w in wanted)]
-        for i, (name, cmd) in enumerate(todo):
-            row = run_entry(name, cmd, a.timeout, env)
-            run_name = next((x.split("=", 1)[1] for x in cmd if x.startswith("name=")), None)
-            if run_name:
-                row.update(_train_figures(work, run_name))
-            rows.append(row)
-            rate = row.get("steady_real_tokens_per_s")
-            print(f"[gpu-check] {row['status']:>4}  {name}  ({row['seconds']:.0f} s"
-                  + (f", {rate:,.0f} real tok/s steady, peak {row['peak_memory_bytes'] / 1e9:.1f} GB" if rate else "")
-                  + ")", flush=True)
-            if not row["passed"]:
-                print("\n".join("      " + x for x in row["output_tail"][-6:]), flush=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    weights = not a.model.startswith("random:")
+    run_id = a.run_id or ("paper-epoch" + ("-resumed" if a.resume else "") if a.paper_epoch else
+                          "gpu-check-" + re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-"))
+
+    def save(rows: list[dict[str, Any]], final: bool) -> Path:
+        passed = sum(r["passed"] for r in rows)
+        return write_run_record(a.out, run_id, config=vars(a), metrics={
+            "device": device, "model": a.model, "real_weights": weights, "entries": rows, "passed": passed,
+            "total": len(rows), "all_passed": passed == len(rows), "complete": final},
+            extra={"real_weights": weights, "kind": "gpu-check"}, overwrite=True)
+
+    if a.paper_epoch:
+        work = Path(a.work or tempfile.mkdtemp(prefix="medcore-paper-epoch-"))
+        work.mkdir(parents=True, exist_ok=True)
+        rows = paper_epoch(a.model, source, work, a.resume, a.timeout, env)
+        for row in rows:
+            _print(row)
+    else:
+        with tempfile.TemporaryDirectory(prefix="medcore-gpu-check-") as tmp:
+            rows = run_entries(a, source, Path(tmp), env, save)
     passed = sum(r["passed"] for r in rows)
     print(f"[gpu-check] {passed} of {len(rows)} entries passed on {device}", flush=True)
-    import re
-
-    run_id = a.run_id or "gpu-check-" + re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    record = write_run_record(a.out, run_id, config=vars(a), metrics={
-        "device": device, "model": a.model, "real_weights": not a.model.startswith("random:"), "entries": rows,
-        "passed": passed, "total": len(rows), "all_passed": passed == len(rows)},
-        extra={"real_weights": not a.model.startswith("random:"), "kind": "gpu-check"}, overwrite=True)
-    print(f"[gpu-check] record written to {record}")
+    print(f"[gpu-check] record written to {save(rows, final=True)}")
     return 0 if passed == len(rows) else 1
 
 
