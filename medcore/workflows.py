@@ -267,7 +267,8 @@ def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: 
 # ---- training folders --------------------------------------------------------------------------------------
 
 RUN_MARKER = "medcore_run.json"  # written first into every training folder: medcore's own, and its settings
-OWN_ENTRIES = ("adapter", "train_result.json", RUN_MARKER)  # with checkpoint-N: all medcore (and its Trainer) writes
+# with checkpoint-N, everything medcore and its Trainer write there (runs/: the TensorBoard events)
+OWN_ENTRIES = ("adapter", "runs", "train_result.json", RUN_MARKER)
 RESUME_MAY_CHANGE = ("name", "results_dir", "eval.")  # where the record goes and how scoring runs: not training
 
 
@@ -301,7 +302,12 @@ def prepare_output_dir(cfg: RunConfig, output_dir: str | Path, resume: bool, wri
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"output folder {output_dir} is a file; pick a folder for --output-dir")
     if resume and marker.is_file():
-        changed = changed_settings(json.loads(marker.read_text()).get("config", {}), cfg.to_dict())
+        try:
+            recorded = json.loads(marker.read_text())["config"]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"--resume: {marker} is unreadable, so the run's settings cannot be checked; "
+                              "start a new run in another --output-dir") from None
+        changed = changed_settings(recorded, cfg.to_dict())
         if changed:
             raise ConfigError(f"--resume: these settings differ from the run in {output_dir}: {'; '.join(changed)}. "
                               "Resume with the run's settings, or start a new run in another --output-dir")

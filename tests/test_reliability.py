@@ -242,7 +242,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     with pytest.raises(train.NonFiniteLossError, match=r"training loss is nan at step 3; the last checkpoint, "
                                                        r".*checkpoint-2, is from before it"):
         train.train(cfg, _adapted(), tok, ds, None, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]  # no adapter/, nothing after the NaN
+    saved = sorted(p.name for p in tmp_path.iterdir() if p.name != "runs")  # runs/: the TensorBoard events
+    assert saved == ["checkpoint-2"]  # no adapter/, nothing after the NaN
     assert train.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     weights = load_file(tmp_path / "checkpoint-2" / "adapter_model.safetensors")
     assert weights and all(torch.isfinite(w).all() for w in weights.values())

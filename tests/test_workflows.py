@@ -111,7 +111,7 @@ def test_finetune_refuses_a_folder_medcore_did_not_write(cfg, tmp_path, no_model
 
 def test_a_new_run_in_medcore_s_own_folder_replaces_only_what_medcore_wrote(cfg, tmp_path):
     out = wf.prepare_output_dir(cfg, tmp_path / "out", resume=False)
-    for name in ("checkpoint-2", "checkpoint-4", "adapter"):
+    for name in ("checkpoint-2", "checkpoint-4", "adapter", "runs"):
         (out / name).mkdir()
         (out / name / "weights.bin").write_bytes(b"0")
     (out / "train_result.json").write_text("{}")
