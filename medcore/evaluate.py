@@ -150,10 +150,15 @@ def _float32_head(hidden: torch.Tensor, head: torch.nn.Linear, cap: float | None
         chunks = [slice(i, i + HEAD_CHUNK_ROWS) for i in range(0, weight.shape[0], HEAD_CHUNK_ROWS)]
         if token_ids is None:
             return torch.log_softmax(torch.cat([logits(c) for c in chunks], dim=1), dim=-1)
+        ids = torch.tensor(list(token_ids), device=h.device)
         norm = torch.full((h.shape[0],), -torch.inf, device=h.device)
+        picked = torch.empty((h.shape[0], len(ids)), device=h.device)
         for c in chunks:
-            norm = torch.logaddexp(norm, torch.logsumexp(logits(c), dim=-1))
-        return logits(torch.tensor(list(token_ids), device=weight.device)) - norm[:, None]
+            z = logits(c)
+            norm = torch.logaddexp(norm, torch.logsumexp(z, dim=-1))
+            inside = (ids >= c.start) & (ids < c.start + z.shape[1])
+            picked[:, inside] = z[:, ids[inside] - c.start]  # the same products the normaliser summed
+        return picked - norm[:, None]
 
 
 def last_position_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -213,7 +218,7 @@ def _credit(top: np.ndarray, answer: np.ndarray) -> np.ndarray:
 def _rotation_columns(ids: list[str], answer: np.ndarray, logp: np.ndarray) -> dict[str, np.ndarray]:
     """Per question, from ``logp`` (rotations x questions x letters, each rotation in its own letters): the choice
     in each rotation, circular and debiased choice, credit and correctness."""
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {"ties_in_orders": np.zeros(len(answer), dtype=np.int64)}
     circular_credit, circular_correct = np.ones(len(answer)), np.ones(len(answer), dtype=bool)
     by_option = []
     for k, order in enumerate(ROTATIONS):
@@ -225,7 +230,6 @@ def _rotation_columns(ids: list[str], answer: np.ndarray, logp: np.ndarray) -> d
         if k:
             out[f"pred_r{k}"] = choice
             out.update({f"logprob_r{k}_{letter}": logp[k][:, j] for j, letter in enumerate(LETTERS)})
-        out.setdefault("ties_in_orders", np.zeros(len(answer), dtype=np.int64))
         out["ties_in_orders"] += top.sum(axis=1) > 1
     # summed in sorted order: options that got the same four numbers in other orders tie exactly
     mean = np.sort(np.stack(by_option), axis=0).sum(axis=0) / len(ROTATIONS)
@@ -239,7 +243,7 @@ def _rotation_columns(ids: list[str], answer: np.ndarray, logp: np.ndarray) -> d
 def _frame(records: list[dict], encoded: list[dict], logp: np.ndarray, rotated: np.ndarray | None = None) -> pd.DataFrame:
     norm = np.exp(logp - logp.max(axis=1, keepdims=True))
     norm /= norm.sum(axis=1, keepdims=True)
-    ids = [str(r.get("id", i)) for i, r in enumerate(records)]
+    ids = [str(i if r.get("id") is None else r["id"]) for i, r in enumerate(records)]  # seeds of the tie draws
     answer = np.array([r["answer"] for r in records], dtype=np.int64)
     pred, top = _choose(logp, ids)
     df = pd.DataFrame({
