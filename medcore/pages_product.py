@@ -84,18 +84,24 @@ def _measured(target: dict) -> str:
 
 
 def gpu_check_markdown(folder: Path) -> str:
-    """One row per entry of the newest GPU check."""
+    """One row per entry of every GPU-check record (a check split over calls by a time limit is several records)."""
     runs = _records(folder)
     if not runs:
         return _note(f"No GPU check record yet under `results/{folder.name}/`: run `python -m medcore gpu-check` on a "
                      "GPU and commit its record.")
-    path, rec = runs[-1]
-    m, env = rec["metrics"], rec["environment"] or {}
-    rows = [{"entry": e["entry"], "result": "pass" if e["passed"] else e["status"], "seconds": f"{e['seconds']:.0f}",
-             "steady real tokens/s": f"{e['steady_real_tokens_per_s']:,.0f}" if e.get("steady_real_tokens_per_s")
-             else "—", "peak": _gb(e.get("peak_memory_bytes"))} for e in m["entries"]]
+    rows, heads = [], []
+    for path, rec in runs:
+        m, env = rec["metrics"], rec["environment"] or {}
+        heads.append(f"`{path.name}`: {m['passed']} of {m['total']} passed on {m['device']} (git commit "
+                     f"`{str(env.get('git_commit'))[:14]}`{'' if m.get('complete', True) else '; stopped by a time limit'})")
+        rows += [{"record": f"`{path.name}`", "entry": e["entry"], "result": "pass" if e["passed"] else e["status"],
+                  "seconds": f"{e['seconds']:.0f}", "real tokens/s": f"{e['steady_real_tokens_per_s']:,.0f}"
+                  if e.get("steady_real_tokens_per_s") else "—", "peak": _gb(e.get("peak_memory_bytes"))}
+                 for e in m["entries"]]
+    failed = [r for r in rows if r["result"] != "pass"]
     return "\n".join([
-        f"Record `{path.name}`: {m['passed']} of {m['total']} entry points passed on {m['device']} with "
-        f"`{m['model']}` (**random weights**; git commit `{str(env.get('git_commit'))[:10]}`). Each is the command a "
-        "user types, with its defaults and a few training steps (the rates of such short runs include their "
-        "first, slow steps).\n", an.markdown_table(pd.DataFrame(rows))]) + "\n"
+        f"`{runs[-1][1]['metrics']['model']}` (**random weights**). Each entry is the command a user types, with its "
+        "defaults and 8 training steps; a rate over so few steps includes their first, slow steps, so read the "
+        "benchmark above for speed. Records: " + "; ".join(heads) + ".\n", an.markdown_table(pd.DataFrame(rows)),
+        *([_note("Failing: " + "; ".join(f"{r['entry']} ({r['result']})" for r in failed) + ". See the record's "
+                 "`output_tail` for the error.")] if failed else [])]) + "\n"
