@@ -401,7 +401,7 @@ def before_after(cfg: RunConfig, adapter_dir: str | Path, datasets_: tuple | Non
 
 
 def evaluate_model(model_spec: str, source: str = "mirror", split: str = "validation", limit: int | None = None,
-                   precision: str = "bf16", adapter: str | None = None, batch_size: int = 16,
+                   precision: str = "bf16", adapter: str | None = None, batch_size: int | None = None,
                    results_dir: str = "results", run_id: str | None = None, seed: int = 0,
                    on_invalid: str = "raise", rotations: bool | None = None) -> Path:
     """The `python -m medcore evaluate` command: score, print accuracy, tables and cost, write a record.
