@@ -12,6 +12,7 @@ the paired test matches the two models' predictions by question id.
 - position-robust metrics: :func:`position_table` (standard, circular and debiased accuracy, ties, letter shares and
   recall), :func:`metric_tests` / :func:`all_metric_tests` (McNemar on every metric), :func:`seed_spread`;
 - :func:`ablation_table`, :func:`breakdown`, :func:`cost_table`, :func:`train_table`, :func:`loss_long`;
+- :func:`majority_letter` (the always-the-key's-commonest-letter score), :func:`scored_exactly`;
 - data tables for notebook 01: :func:`split_overview`, :func:`category_counts`, :func:`prompt_lengths`.
 """
 from __future__ import annotations
@@ -383,6 +384,24 @@ def error_summary(errors: pd.DataFrame) -> pd.DataFrame:
         return errors
     return (errors.groupby(["precision", "kind"], sort=False)["error"]
             .agg(layers="size", mean="mean", max="max").reset_index())
+
+
+def majority_letter(answers: Any) -> dict[str, Any]:
+    """What always answering the key's most frequent letter scores on these questions (answers 0..3 or "A".."D"):
+    letter, correct, n, accuracy and its Wilson interval. A multiple-choice score below this line can be earned
+    by the letter prior alone."""
+    letters = pd.Series(list(answers)).map(lambda a: "ABCD"[int(a)] if not isinstance(a, str) else a)
+    counts = letters.value_counts().reindex(list("ABCD"), fill_value=0)
+    letter, correct, n = counts.idxmax(), int(counts.max()), int(counts.sum())
+    low, high = stats.wilson_interval(correct, n)
+    return {"letter": letter, "correct": correct, "n": n, "accuracy": correct / n if n else np.nan,
+            "ci_low": low, "ci_high": high}
+
+
+def scored_exactly(predictions: pd.DataFrame) -> bool:
+    """Whether a record's ties were split fairly: exact scoring writes each answer's 1/k ``credit``. Records from
+    before it scored in bf16 and gave every tie to the earliest tied letter, which flatters A."""
+    return "credit" in predictions.columns
 
 
 def records_overview(runs: pd.DataFrame) -> pd.DataFrame:

@@ -8,7 +8,10 @@ PNG figures that the hand-written pages include (``{include} _generated/<name>.m
 - ``study.md`` / ``study_glance.md`` - the GPU study (``results/study/``, real weights): before/after with
   intervals, the paired test, tiers and choice types, loss curves, the ablation, the scoring cost; then the
   ablations on a CPU (``results/ablations-cpu/``);
-- ``run.md`` - the command, the notebooks and the machine of the run (reproducibility page).
+- ``run.md`` - the command, the notebooks and the machine of the run (reproducibility page);
+- ``verdict.md`` / ``verdict_accuracy.png`` - the intro's three-sentence answer and its headline figure, from the
+  study and the footprint record; ``seed_versus_measured.md`` - one row per claim of the seed study
+  (:data:`SEED_CLAIMS`) beside the measured figure; ``reproduce.md`` - the recorded times of the intro's commands.
 
 The Performance page's parts are made in :mod:`medcore.pages_bench` (the benchmark) and :mod:`medcore.pages_perf`
 (model size, the GPU scale table, scale-out), which :func:`write_generated` calls:
@@ -31,10 +34,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from medcore import analysis as an
-from medcore.results import load_run, load_runs, run_dirs
+from medcore.results import load_loss_history, load_run, load_runs, run_dirs
 
 
 def _save(fig, out: Path, name: str, alt: str) -> str:
@@ -312,6 +316,245 @@ def cpu_ablation_markdown(abl_dir: Path, zero_shot_dir: Path, out: Path) -> str:
         _save(fig, out, "cpu_ablation.png", "CPU ablations with intervals")])
 
 
+# ---- the intro's first screen: verdict, seed versus measured, reproduce ---------------------------------------------
+
+SEED_CLAIMS = {  # the seed study's reported figures (its claims, not measurements of this project)
+    "model size": "2009.06 MB \u2192 398.72 MB",
+    "accuracy": "22.11 % \u2192 33.35 %",
+    "training memory": "40 GB \u2192 10 GB",
+    "inference latency": "200 ms \u2192 150 ms",
+    "validation loss": "1.36",
+    "question types": "basic / intermediate / advanced",
+}
+# medcore's subject tiers (medcore.data.SUBJECT_TIERS) in the order of the seed's question types
+SEED_TYPES = {"pre-clinical": "basic", "para-clinical": "intermediate", "clinical": "advanced"}
+
+
+def headline_records(study_dir: Path) -> dict[str, Any]:
+    """The study's main records: the results table rows of the zero-shot bf16 and NF4 models, the NF4 fine-tuned
+    and k-fold ones (ablations left out), the runs frame, and the key's most-frequent-letter baseline on the
+    fine-tuned record's questions. Empty without a fine-tuned record."""
+    from medcore.results import load_predictions
+    from medcore.study import ABLATIONS
+
+    runs = load_runs(study_dir)
+    table = an.results_table(runs)
+    table = table[~table["run"].isin({f"{name}-fine-tuned" for name in ABLATIONS})]
+    tuned = table[(table["role"] == "fine-tuned") & (table["precision"] != "bf16")]
+    if tuned.empty:
+        return {}
+    tuned = tuned.iloc[0]
+    pick = (lambda mask: table[mask].iloc[0] if mask.any() else None)
+    preds = load_predictions(study_dir / tuned["run"])
+    return {"runs": runs, "tuned": tuned, "base": pick(table["run"] == tuned["baseline_run"]),
+            "bf16": pick((table["role"] == "zero-shot") & (table["precision"] == "bf16")),
+            "kfold": pick(table["role"] == "fine-tuned-kfold"),
+            "majority": an.majority_letter(preds["answer"]), "key_a": float((preds["answer"] == 0).mean()),
+            "exact": an.scored_exactly(preds)}
+
+
+def _ci(row: Any) -> str:
+    return f"**{row['accuracy']:.1%}** [{row['ci_low']:.1%}, {row['ci_high']:.1%}]"
+
+
+def _footprint(root: Path) -> pd.DataFrame | None:
+    """The per-precision footprint summary of the first ``*-footprint`` record in results/scale-h200, results/scale."""
+    for folder in ("scale-h200", "scale"):
+        for record in run_dirs(root / "results" / folder):
+            if record.name.endswith("-footprint"):
+                return an.footprint_tables(load_run(record))[0].set_index("precision").assign(record=record.name)
+    return None
+
+
+def verdict_markdown(root: Path, out: Path) -> str:
+    """Three sentences computed from ``results/study`` and the footprint record, and the headline figure."""
+    from medcore import plots
+
+    h = headline_records(root / "results" / "study")
+    if not h:
+        return _note("No fine-tuned study record under `results/study/`: the verdict is computed from it.")
+    record = h["runs"].set_index("run_id")
+    base, tuned, kfold, maj = h["base"], h["tuned"], h["kfold"], h["majority"]
+    k = int(an.get(record.loc[kfold["run"]], "k", default=0)) if kfold is not None else 0
+    tuned_models = [("fine-tuned", tuned)] + ([(f"{k}-fold", kfold)] if kfold is not None else [])
+
+    def versus(name: str, row: pd.Series) -> str:
+        side = ("lies below it" if row["ci_high"] < maj["accuracy"] else "lies above it"
+                if row["ci_low"] > maj["accuracy"] else "contains it")
+        return f"the {name} model's interval {side}"
+
+    first = (f"QLoRA ({tuned['precision']}) took `{tuned['model']}` on {int(tuned['n']):,} MedMCQA validation "
+             f"questions from {_ci(base)} zero-shot to {_ci(tuned)}"
+             + (f" ({_ci(kfold)} in the {k}-fold protocol)" if kfold is not None else "")
+             + f"; always answering **{maj['letter']}**, the key's most frequent letter on the same questions, "
+             f"scores **{maj['accuracy']:.1%}**: " + ", ".join(versus(n, r) for n, r in tuned_models) + ".")
+    scored = [("zero-shot", base), *tuned_models]
+    ties = [an.get(record.loc[r["run"]], "ties", default=np.nan) / r["n"] for _, r in scored]
+    shares = {}
+    for name, row in scored:
+        letters = pd.DataFrame(an.get(record.loc[row["run"]], "letters", default=[]))
+        if len(letters):
+            shares[name] = float(letters.set_index("letter")["predicted_share"].get("A", np.nan))
+    lean = ", ".join(f"{v:.0%} of the {name} model's" for name, v in shares.items())
+    second = ("These records were scored before exact scoring existed: bf16 logits tied on "
+              f"{min(ties):.0%} to {max(ties):.0%} of the questions (`ties` in each record's metrics) and every tie "
+              "went to the earliest tied letter, so their accuracy is flattered" if not h["exact"] else
+              "These records were scored exactly, each tie split between its letters")
+    second += (f"; and the predicted letters lean on A ({lean} answers are A, against {h['key_a']:.0%} of the key)."
+               if shares else ".")
+    fp = _footprint(root)
+    third = ""
+    if fp is not None and {"bf16", "nf4+dq"} <= set(fp.index):
+        bf, q = fp.loc["bf16"], fp.loc["nf4+dq"]
+        third = (f" Stored in NF4 with double quantization, the Gemma-2B shape's weights take "
+                 f"**{q['total_bytes'] / 1e9:.2f} GB** against **{bf['total_bytes'] / 1e9:.2f} GB** in bf16 "
+                 f"({bf['total_bytes'] / q['total_bytes']:.2f}x smaller, where 16-bit to 4-bit bounds it at 4x: "
+                 f"the {q['embedding_bytes'] / 1e9:.2f} GB embedding stays in bf16; record `{q['record']}`).")
+    rows = [r for r in (h["bf16"], base, tuned, kfold) if r is not None]
+    frame = pd.DataFrame({"model": [_short(record.loc[r["run"]]) for r in rows],
+                          "role": ["zero-shot" if r["role"] == "zero-shot" else "fine-tuned" for r in rows],
+                          **{c: [r[c] for r in rows] for c in ("accuracy", "ci_low", "ci_high")}})
+    fig = plots.ablation_plot(frame, setting="model", hue="role", prior=(maj["letter"], maj["accuracy"]),
+                              title=f"MedMCQA validation accuracy, {int(tuned['n']):,} questions (95% interval)")
+    return (f"{first} {second}{third}\n" +
+            _save(fig, out, "verdict_accuracy.png", "Accuracy with 95% intervals, zero-shot and fine-tuned, beside "
+                  "the chance line and the always-the-most-frequent-letter line"))
+
+
+def _record(root: Path, folder: str, suffix: str) -> dict[str, Any] | None:
+    """The metrics and config of the first record in ``results/<folder>`` whose name ends in ``suffix``."""
+    for path in run_dirs(root / "results" / folder):
+        if path.name.endswith(suffix):
+            return {**load_run(path), "name": path.name, "path": path}
+    return None
+
+
+def seed_table(root: Path) -> pd.DataFrame:
+    """One row per claim of the seed study (:data:`SEED_CLAIMS`): its figure, the figure measured here (from the
+    committed records, "not measured" where a record is missing), the conditions, and why the two differ."""
+    missing = "not measured (no record)"
+    rows = {claim: {"measured here": missing, "conditions": "", "why they differ": ""} for claim in SEED_CLAIMS}
+    fp = _footprint(root)
+    if fp is not None and {"bf16", "nf4+dq"} <= set(fp.index):
+        bf, q = fp.loc["bf16"], fp.loc["nf4+dq"]
+        rows["model size"] = {
+            "measured here": f"{bf['total_bytes'] / 1e6:,.0f} MB \u2192 {q['total_bytes'] / 1e6:,.0f} MB "
+                             f"({bf['total_bytes'] / q['total_bytes']:.2f}x)",
+            "conditions": f"Gemma-2B shape, weights in memory, bf16 \u2192 NF4 + double quantization (`{q['record']}`)",
+            "why they differ": f"16-bit to 4-bit shrinks at most 4x, the seed claims "
+                               f"{_seed_ratio('model size'):.2f}x; bitsandbytes keeps the "
+                               f"{q['embedding_bytes'] / 1e6:,.0f} MB embedding in bf16; the seed's bf16 size is that "
+                               f"of {_seed_values('model size')[0] / 2 / 1e3:.2f} B parameters, Gemma-2B has "
+                               f"{bf['total_bytes'] / 2 / 1e9:.2f} B"}
+    h = headline_records(root / "results" / "study")
+    if h and h["base"] is not None:
+        base, tuned, kfold, maj = h["base"], h["tuned"], h["kfold"], h["majority"]
+        train = _record(root, "study", f"{tuned['run'].removesuffix('-fine-tuned')}-train") or {}
+        n_train = an.get(train.get("metrics") or {}, "n_train")
+        rows["accuracy"] = {
+            "measured here": f"{base['accuracy']:.1%} \u2192 {tuned['accuracy']:.1%}" +
+                             (f" ({kfold['accuracy']:.1%} k-fold)" if kfold is not None else ""),
+            "conditions": f"`{tuned['model']}`, {tuned['precision']}, {int(tuned['n']):,} validation questions"
+                          + (f", trained on {int(n_train):,}" if n_train else "") + " (`results/study`)",
+            "why they differ": f"a smaller model than the seed's Gemma-2B; always {maj['letter']} scores "
+                               f"{maj['accuracy']:.1%} here" + ("; bf16 ties went to the earliest letter"
+                                                                 if not h["exact"] else "")}
+        history = load_loss_history(train["path"]) if train else pd.DataFrame()
+        if "eval_loss" in history:
+            last = history.dropna(subset=["eval_loss"]).iloc[-1]
+            rows["validation loss"] = {
+                "measured here": f"{last['eval_loss']:.3f}",
+                "conditions": f"answer-letter loss on {int(an.get(train['metrics'], 'n_eval', default=0)):,} "
+                              f"validation questions after step {int(last['step'])} (`{train['name']}`)",
+                "why they differ": "medcore's loss covers the answer letter only and the seed does not say which "
+                                   f"tokens its loss covers; its model is Gemma-2B, this one `{tuned['model']}`"}
+        record = h["runs"].set_index("run_id")
+        tiers = {r: {t["tier"]: t["accuracy"] for t in (an.get(record.loc[r], "by_tier", default=[]) or [])}
+                 for r in (base["run"], tuned["run"])}
+        shown = [f"{SEED_TYPES[t]} = {t}: {tiers[base['run']][t]:.1%} \u2192 {tiers[tuned['run']][t]:.1%}"
+                 for t in SEED_TYPES if all(t in v for v in tiers.values())]
+        if shown:
+            rows["question types"] = {
+                "measured here": "; ".join(shown), "conditions": "zero-shot \u2192 fine-tuned, medcore's subject "
+                                                                "tiers (`results/study`)",
+                "why they differ": "the seed does not define its types; medcore groups MedMCQA's subjects by the "
+                                   "phase of the curriculum that teaches them"}
+    bench = _record(root, "bench-product", "")
+    bf16_train = _record(root, "scale-h200", "-bf16-train")
+    if bench:
+        runs = [t for t in bench["metrics"].get("training", []) if t.get("recipe") == "medcore"]
+        runs += [lv for lv in bench["metrics"].get("levers", []) if lv.get("recipe") == "medcore" and not lv.get("error")]
+        peaks = dict(sorted((int(r["token_budget"]), r["peak_memory_bytes"] / 1e9) for r in runs
+                            if r.get("peak_memory_bytes")))
+        if peaks:
+            cell = "QLoRA " + ", ".join(f"{gb:.1f} GB at {tb:,}" for tb, gb in peaks.items()) + " tokens per batch"
+            why = ""
+            tb = int(an.get(bf16_train["config"]["train"], "token_budget", default=0)) if bf16_train else 0
+            if tb in peaks:
+                bf16_gb = bf16_train["metrics"]["peak_memory_bytes"] / 1e9
+                cell = f"bf16 LoRA {bf16_gb:.1f} GB at {tb:,}; " + cell
+                why = f"; at the same batch QLoRA needs {bf16_gb / peaks[tb]:.1f}x less, as activations do not shrink"
+            rows["training memory"] = {
+                "measured here": cell,
+                "conditions": f"Gemma-2B shape, random weights, {bench['metrics'].get('device', '?')}, LoRA r=16 "
+                              f"all linear, gradient checkpointing (`{bench['name']}`"
+                              + (f", `{bf16_train['name']}`)" if bf16_train else ")"),
+                "why they differ": "peak memory grows with the batch, which the seed does not state; with LoRA "
+                                   "both precisions train only the adapter, so 4-bit saves the frozen weights' share"
+                                   + why}
+    costs = {p: _record(root, "scale-h200", f"-{p}-cost") for p in ("bf16", "nf4-dq")}
+    if all(costs.values()):
+        c = {p: r["metrics"]["cost"] for p, r in costs.items()}
+        rows["inference latency"] = {
+            "measured here": f"{c['bf16']['latency_ms_median']:.1f} ms \u2192 {c['nf4-dq']['latency_ms_median']:.1f} ms"
+                             f" (batch 1); {c['bf16']['best_qps']:,.0f} \u2192 {c['nf4-dq']['best_qps']:,.0f} "
+                             f"questions/s at batch {c['nf4-dq']['best_batch_size']}",
+            "conditions": f"Gemma-2B shape, bf16 \u2192 NF4 + double quantization, one forward pass per question, "
+                          f"{c['bf16'].get('conditions', {}).get('device_name', '?')} (`results/scale-h200`)",
+            "why they differ": "4-bit weights are dequantized on every pass, so one question at a time is slower; "
+                               "only large batches amortise that; the seed states neither batch nor machine"}
+    return pd.DataFrame([{"seed claim": claim, "seed figure": SEED_CLAIMS[claim], **rows[claim]}
+                         for claim in SEED_CLAIMS])
+
+
+def _seed_values(claim: str) -> list[float]:
+    import re
+
+    return [float(v) for v in re.findall(r"\d+(?:\.\d+)?", SEED_CLAIMS[claim])]
+
+
+def _seed_ratio(claim: str) -> float:
+    before, after = _seed_values(claim)[:2]
+    return before / after
+
+
+def seed_markdown(root: Path) -> str:
+    return an.markdown_table(seed_table(root))
+
+
+def reproduce_markdown(root: Path) -> str:
+    """How long the commands of the Reproduce box took, read from their records."""
+    lines = []
+    timing = root / "results" / "demo-cpu" / "make_demo_time.txt"
+    real = next((line.split()[1] for line in timing.read_text().splitlines() if line.startswith("real")), None) \
+        if timing.is_file() else None
+    demo = load_runs(root / "results" / "demo-cpu")
+    cores = an.get(demo.iloc[0], "env.cpu_count") if len(demo) else None
+    if real:
+        minutes, seconds = real.removesuffix("s").split("m")
+        lines.append(f"`make demo` took {int(minutes)} min {float(seconds):.0f} s of wall time"
+                     + (f" on {int(cores)} CPU cores" if cores else "") +
+                     " with the venv already built (`results/demo-cpu/make_demo_time.txt`).")
+    runs = load_runs(root / "results" / "study")
+    if len(runs):
+        train = runs.loc[runs.get("role") == "train", "wall_seconds"].sum() if "wall_seconds" in runs else 0
+        score = runs["score_seconds"].sum() if "score_seconds" in runs else 0
+        device = an.get(runs.iloc[0], "env.device", default="a GPU")
+        lines.append(f"The study's records (main, k-fold, ablations) on {device} add up to {train / 60:.0f} min of training and "
+                     f"{score / 60:.0f} min of scoring (`wall_seconds`, `score_seconds`; loading models not counted).")
+    return " ".join(lines) + "\n" if lines else "*No timing record yet.*\n"
+
+
 def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root: Path) -> dict[str, str]:
     """Write every generated part into ``book_dir/_generated`` (emptied first); return the substitutions."""
     import matplotlib
@@ -329,6 +572,9 @@ def write_generated(book_dir: Path, run_dir: Path, status: dict[str, Any], root:
     study += cpu_ablation_markdown(root / "results" / "ablations-cpu", root / "results" / "demo-cpu", out)
     (out / "study.md").write_text(study)
     (out / "study_glance.md").write_text(glance)
+    (out / "verdict.md").write_text(verdict_markdown(root, out))
+    (out / "seed_versus_measured.md").write_text(seed_markdown(root))
+    (out / "reproduce.md").write_text(reproduce_markdown(root))
     bench, other = bench_records(root / "results" / "bench"), bench_records(root / "results" / "bench-h200-other")
     (out / "performance.md").write_text(bench_markdown(root / "results" / "bench", out, bench)
                                         + bench_summary_markdown(root / "results" / "bench-h200-other",

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 LETTERS = ("A", "B", "C", "D")
 CHANCE = 0.25  # four choices
@@ -313,15 +314,18 @@ def position_bias(df: pd.DataFrame, hue: str = "model", title: str | None = None
 
 
 def ablation_plot(df: pd.DataFrame, setting: str = "setting", hue: str | None = "ablation",
-                  title: str | None = None, chance: float | None = CHANCE) -> Figure:
+                  title: str | None = None, chance: float | None = CHANCE,
+                  prior: tuple[str, float] | None = None) -> Figure:
     """Accuracy with its interval for each ablation setting, one row per setting.
 
     Columns: ``setting`` (a label, e.g. "r=8"), ``accuracy``, ``ci_low``, ``ci_high``; optional ``hue``
-    column (default ``ablation``, e.g. "lora.r") that colours settings of one family alike.
+    column (default ``ablation``, e.g. "lora.r") that colours settings of one family alike. ``prior`` (letter,
+    accuracy) adds the line of always answering the key's most frequent letter beside the chance line: a model
+    left of it has not beaten the letter prior.
     """
     _require(df, [setting, "accuracy", "ci_low", "ci_high"], "ablation_plot")
     data = df.reset_index(drop=True)
-    fig, ax = _figure(7, max(2.5, 0.45 * len(data) + 1.2))
+    fig, ax = _figure(7, max(2.5, 0.45 * len(data) + 1.2) + 0.8)
     families = _order(data[hue].astype(str)) if hue and hue in data.columns else [None]
     colors = dict(zip(families, sns.color_palette(n_colors=len(families))))
     for i, row in data.iterrows():
@@ -333,10 +337,16 @@ def ablation_plot(df: pd.DataFrame, setting: str = "setting", hue: str | None = 
     ax.set_yticks(range(len(data)), data[setting].astype(str).tolist())
     ax.invert_yaxis()
     if chance is not None:
-        ax.axvline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.axvline(chance, color="grey", linestyle="--", linewidth=1, label="chance (one letter in four)")
+    if prior is not None:
+        ax.axvline(prior[1], color="firebrick", linestyle=":", linewidth=1.5,
+                   label=f"always {prior[0]} (the key's most frequent letter)")
     ax.set_xlabel("accuracy (95% interval)")
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_ylabel(setting)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    # below the axes, so the plot keeps the column's width for the intervals
+    below = 0.7 / max(fig.get_figheight() - 1.6, 0.8)  # clear of the tick labels and the x label (axes fraction)
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -below), ncol=2, frameon=False)
     return _finish(fig, title)
 
 

@@ -265,3 +265,98 @@ def test_performance_page_and_notes_come_from_the_bench_record(tmp_path):
     notes = (ROOT / "book" / "performance_notes.md").read_text()
     assert "pending" not in notes and all("{{ " + key + " }}" in notes for key in subs)
     shutil.rmtree(out)
+
+
+def test_majority_letter_and_scored_exactly():
+    m = an.majority_letter([0, 0, 1, 2, 3, 0, 2])
+    assert (m["letter"], m["correct"], m["n"]) == ("A", 3, 7) and m["accuracy"] == pytest.approx(3 / 7)
+    assert (m["ci_low"], m["ci_high"]) == pytest.approx(stats.wilson_interval(3, 7))
+    assert an.majority_letter(["C", "C", "B"])["letter"] == "C"
+    assert not an.scored_exactly(_preds(["a", "b"], [True, False]))
+    assert an.scored_exactly(_preds(["a", "b"], [True, False]).assign(credit=1.0))
+
+
+def _study_root(records, tmp_path, exact: bool) -> Path:
+    """A project root whose results/study holds the ci records (answers keyed to C mostly), exact or not."""
+    study = tmp_path / "root" / "results" / "study"
+    shutil.copytree(records, study)
+    for run in ("ci-zero-shot", "ci-fine-tuned", "ci-bf16-zero-shot"):
+        preds = pd.read_parquet(study / run / "predictions.parquet")
+        preds["answer"] = np.where(np.arange(len(preds)) % 4 == 0, 1, 2)  # C is the key's commonest letter
+        if exact:
+            preds["credit"] = preds["correct"].astype(float)
+        preds.to_parquet(study / run / "predictions.parquet")
+    return tmp_path / "root"
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_verdict_from_synthetic_records(records, tmp_path, exact):
+    root = _study_root(records, tmp_path, exact)
+    (out := tmp_path / "gen").mkdir()
+    text = pages.verdict_markdown(root, out)
+    assert "**25.0%** [" in text and "**50.0%** [" in text  # ci-zero-shot 10/40, ci-fine-tuned 20/40
+    assert "always answering **C**" in text and "**75.0%**" in text  # 30 of the 40 keyed C
+    assert "the fine-tuned model's interval lies below it" in text
+    assert ("before exact scoring existed" in text) == (not exact)
+    assert "GB" not in text  # no footprint record: no size sentence
+    assert (out / "verdict_accuracy.png").stat().st_size > 0
+    assert "No fine-tuned study record" in pages.verdict_markdown(tmp_path / "empty", out)
+
+
+@pytest.mark.skipif(not (STUDY / "study-fine-tuned").is_dir(), reason="the GPU study records are not committed")
+def test_verdict_numbers_equal_the_committed_records(tmp_path):
+    (out := tmp_path / "gen").mkdir()
+    text = pages.verdict_markdown(ROOT, out)
+    metrics = {r: json.loads((STUDY / r / "metrics.json").read_text())
+               for r in ("study-nf4-dq-zero-shot", "study-fine-tuned", "study-kfold5")}
+    for m in metrics.values():
+        assert f"**{m['accuracy']:.1%}** [{m['ci_low']:.1%}, {m['ci_high']:.1%}]" in text
+    key = pd.read_parquet(STUDY / "study-fine-tuned" / "predictions.parquet")["answer"].value_counts()
+    assert f"always answering **{'ABCD'[key.idxmax()]}**" in text and f"**{key.max() / key.sum():.1%}**" in text
+    ties = [m["ties"] / m["n"] for m in metrics.values()]
+    assert f"tied on {min(ties):.0%} to {max(ties):.0%}" in text and "before exact scoring existed" in text
+    for m in metrics.values():  # the A lean, from each record's letters table
+        share = next(row["predicted_share"] for row in m["letters"] if row["letter"] == "A")
+        assert f"{share:.0%} of the" in text
+    fp_dir = next(d for d in (ROOT / "results" / "scale-h200", ROOT / "results" / "scale") if d.is_dir())
+    fp = {f["precision"]: f for f in json.loads(next(fp_dir.glob("*-footprint/metrics.json")).read_text())["footprint"]}
+    assert f"**{fp['nf4+dq']['total_bytes'] / 1e9:.2f} GB** against **{fp['bf16']['total_bytes'] / 1e9:.2f} GB**" in text
+    assert (out / "verdict_accuracy.png").stat().st_size > 0
+
+
+def test_seed_table_has_one_row_per_claim_and_reads_the_records(tmp_path):
+    empty = pages.seed_table(tmp_path)
+    assert list(empty["seed claim"]) == list(pages.SEED_CLAIMS)
+    assert set(empty["measured here"]) == {"not measured (no record)"}
+    table = pages.seed_table(ROOT).set_index("seed claim")
+    assert list(table.index) == list(pages.SEED_CLAIMS) and len(table.columns) <= 7
+    assert list(table["seed figure"]) == list(pages.SEED_CLAIMS.values())
+    if not (STUDY / "study-fine-tuned").is_dir():
+        return
+    measured = table["measured here"]
+    assert "not measured (no record)" not in set(measured)
+    fp = {f["precision"]: f["total_bytes"] for f in json.loads(
+        (ROOT / "results" / "scale-h200" / "scale-gemma-2b-random-footprint" / "metrics.json").read_text())["footprint"]}
+    assert measured["model size"].startswith(f"{fp['bf16'] / 1e6:,.0f} MB \u2192 {fp['nf4+dq'] / 1e6:,.0f} MB")
+    acc = {r: json.loads((STUDY / r / "metrics.json").read_text()) for r in ("study-nf4-dq-zero-shot", "study-fine-tuned")}
+    assert measured["accuracy"].startswith(f"{acc['study-nf4-dq-zero-shot']['accuracy']:.1%} \u2192 "
+                                           f"{acc['study-fine-tuned']['accuracy']:.1%}")
+    history = json.loads((STUDY / "study-train" / "loss_history.json").read_text())
+    assert measured["validation loss"] == f"{[h for h in history if 'eval_loss' in h][-1]['eval_loss']:.3f}"
+    for tier, kind in pages.SEED_TYPES.items():
+        after = next(t["accuracy"] for t in acc["study-fine-tuned"]["by_tier"] if t["tier"] == tier)
+        assert f"{kind} = {tier}: " in measured["question types"] and f"\u2192 {after:.1%}" in measured["question types"]
+    cost = {p: json.loads((ROOT / "results" / "scale-h200" / f"scale-gemma-2b-random-{p}-cost" / "metrics.json")
+                          .read_text())["cost"]["latency_ms_median"] for p in ("bf16", "nf4-dq")}
+    assert measured["inference latency"].startswith(f"{cost['bf16']:.1f} ms \u2192 {cost['nf4-dq']:.1f} ms")
+    bench = json.loads(next((ROOT / "results" / "bench-product").glob("*/metrics.json")).read_text())
+    medcore = next(t for t in bench["training"] if t["recipe"] == "medcore")
+    assert f"{medcore['peak_memory_bytes'] / 1e9:.1f} GB at {medcore['token_budget']:,}" in measured["training memory"]
+    assert "| seed claim |" in pages.seed_markdown(ROOT)
+
+
+def test_reproduce_markdown_reads_the_recorded_times(tmp_path):
+    assert "No timing record" in pages.reproduce_markdown(tmp_path)
+    (tmp_path / "results" / "demo-cpu").mkdir(parents=True)
+    (tmp_path / "results" / "demo-cpu" / "make_demo_time.txt").write_text("book built\nreal\t3m07.6s\nuser\t1m0s\n")
+    assert "`make demo` took 3 min 8 s of wall time" in pages.reproduce_markdown(tmp_path)

@@ -28,6 +28,7 @@ import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from medcore.analysis import RANDOM_LABEL
+from medcore.pages import SEED_CLAIMS
 from medcore.pages_bench import BENCH_LABEL
 from medcore.pipeline import NOTEBOOKS, _write_status, build_book, read_status
 from medcore.results import write_run_record
@@ -56,7 +57,8 @@ def _fake_project(tmp: Path, finished: list[str], records: bool = True) -> tuple
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
     if records:
-        for part in ("study", "bench", "bench-h200-other", "bench-cpu", "scale-h200", "scaleout"):
+        for part in ("study", "bench", "bench-h200-other", "bench-cpu", "scale", "scale-h200", "scaleout",
+                     "bench-product", "demo-cpu"):
             if (ROOT / "results" / part).is_dir():
                 shutil.copytree(ROOT / "results" / part, root / "results" / part)
     (root / "notebooks").mkdir()
@@ -133,6 +135,10 @@ def test_build_copies_executed_notebooks_and_never_executes(built_book):
     assert (generated / "accuracy.png").stat().st_size > 0
     assert "study-fine-tuned" in (generated / "study.md").read_text()
     assert BENCH_LABEL in (generated / "performance.md").read_text()
+    assert "always answering" in (generated / "verdict.md").read_text()
+    assert (generated / "verdict_accuracy.png").stat().st_size > 0
+    assert all(claim in (generated / "seed_versus_measured.md").read_text() for claim in SEED_CLAIMS)
+    assert "`make demo` took" in (generated / "reproduce.md").read_text()
     reproduce = (generated / "run.md").read_text()
     assert "python -m medcore run --profile ci --set train.max_steps=4" in reproduce
     refs = (html / "book" / "references.html").read_text().lower()
@@ -180,8 +186,16 @@ def test_browser_shows_results_tables_and_figures(built_book):
     shots.mkdir(exist_ok=True)
     profile = tmp / "chromium-profile"
     index_dom = _browse(html / "index.html", shots / "index.png", profile)
-    # index.html redirects to the intro page: the study's before/after table and the run's results table
+    # index.html redirects to the intro page: the question and the verdict with its figure come before any table
     assert "At a glance" in index_dom
+    question, verdict = index_dom.find("The question."), index_dom.find("always answering")
+    first_table, figure = index_dom.find("<table"), index_dom.find("verdict_accuracy.png")
+    assert 0 <= question < verdict < first_table and 0 <= figure < first_table
+    assert re.search(r'class="admonition tip"[^>]*>\s*<p class="admonition-title">Reproduce', index_dom)
+    seed = next(t for t in re.findall(r"<table.*?</table>", index_dom, flags=re.S) if "seed claim" in t)
+    assert all(f"<td><p>{claim}</p></td>" in seed or f"<td>{claim}</td>" in seed for claim in SEED_CLAIMS)
+    assert "not measured" not in seed
+    # the study's before/after table and the run's results table
     tables = re.findall(r"<table.*?</table>", index_dom, flags=re.S)
     assert any("accuracy" in t and "study-fine-tuned" in t and "study-kfold5" in t for t in tables)
     assert any("accuracy" in t and "ci-fine-tuned" in t and "random weights" in t for t in tables)

@@ -119,7 +119,20 @@ def test_ablation_plot_rows_and_legend():
                        "ci_high": [0.35, 0.4, 0.38, 0.36]})
     ax = plots.ablation_plot(df).axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["r=4", "r=16", "nf4", "fp4"]
-    assert {"lora.r", "quant", "chance"} <= set(_legend_texts(ax))
+    assert {"lora.r", "quant", "chance (one letter in four)"} <= set(_legend_texts(ax))
+    assert not any("most frequent" in t for t in _legend_texts(ax))  # the prior line only when asked for
+
+
+def test_ablation_plot_draws_the_most_frequent_letter_line_beside_chance():
+    df = pd.DataFrame({"model": ["zero-shot", "QLoRA"], "role": ["zero-shot", "fine-tuned"],
+                       "accuracy": [0.28, 0.31], "ci_low": [0.27, 0.29], "ci_high": [0.30, 0.32]})
+    ax = plots.ablation_plot(df, setting="model", hue="role", prior=("A", 0.322)).axes[0]
+    lines = {ln.get_label(): ln.get_xdata()[0] for ln in ax.get_lines() if len(set(ln.get_xdata())) == 1}
+    assert lines["chance (one letter in four)"] == pytest.approx(0.25)
+    assert lines["always A (the key's most frequent letter)"] == pytest.approx(0.322)
+    assert {"chance (one letter in four)", "always A (the key's most frequent letter)", "zero-shot",
+            "fine-tuned"} <= set(_legend_texts(ax))
+    assert ax.xaxis.get_major_formatter()(0.3, 0).endswith("%")
 
 
 def test_length_hist_and_count_bars():
