@@ -381,35 +381,33 @@ def verdict_markdown(root: Path, out: Path) -> str:
     def versus(name: str, row: pd.Series) -> str:
         side = ("lies below it" if row["ci_high"] < maj["accuracy"] else "lies above it"
                 if row["ci_low"] > maj["accuracy"] else "contains it")
-        return f"the {name} model's interval {side}"
+        return f"the {name} interval {side}"
 
-    first = (f"QLoRA ({tuned['precision']}) took `{tuned['model']}` on {int(tuned['n']):,} MedMCQA validation "
-             f"questions from {_ci(base)} zero-shot to {_ci(tuned)}"
-             + (f" ({_ci(kfold)} in the {k}-fold protocol)" if kfold is not None else "")
-             + f"; always answering **{maj['letter']}**, the key's most frequent letter on the same questions, "
-             f"scores **{maj['accuracy']:.1%}**: " + ", ".join(versus(n, r) for n, r in tuned_models) + ".")
+    first = (f"QLoRA ({tuned['precision']}) took `{tuned['model']}` from {_ci(base)} zero-shot to {_ci(tuned)} on "
+             f"{int(tuned['n']):,} MedMCQA validation questions"
+             + (f" ({_ci(kfold)} in {k} folds)" if kfold is not None else "")
+             + f", but always answering **{maj['letter']}**, the key's most frequent letter, scores "
+             f"**{maj['accuracy']:.1%}**: " + ", ".join(versus(n, r) for n, r in tuned_models) + ".")
     scored = [("zero-shot", base), *tuned_models]
     ties = [an.get(record.loc[r["run"]], "ties", default=np.nan) / r["n"] for _, r in scored]
-    shares = {}
-    for name, row in scored:
+    shares = []
+    for _, row in scored:
         letters = pd.DataFrame(an.get(record.loc[row["run"]], "letters", default=[]))
         if len(letters):
-            shares[name] = float(letters.set_index("letter")["predicted_share"].get("A", np.nan))
-    lean = ", ".join(f"{v:.0%} of the {name} model's" for name, v in shares.items())
-    second = ("These records were scored before exact scoring existed: bf16 logits tied on "
-              f"{min(ties):.0%} to {max(ties):.0%} of the questions (`ties` in each record's metrics) and every tie "
-              "went to the earliest tied letter, so their accuracy is flattered" if not h["exact"] else
-              "These records were scored exactly, each tie split between its letters")
-    second += (f"; and the predicted letters lean on A ({lean} answers are A, against {h['key_a']:.0%} of the key)."
-               if shares else ".")
+            shares.append(float(letters.set_index("letter")["predicted_share"].get("A", np.nan)))
+    second = ("The records predate exact scoring: bf16 ties (" f"{min(ties):.0%} to {max(ties):.0%} of answers, "
+              "`ties` in each record) all went to the earliest tied letter, which flatters their accuracy"
+              if not h["exact"] else "The records were scored exactly, each tie split between its letters")
+    second += (f", and the models answer A {min(shares):.0%} to {max(shares):.0%} of the time against "
+               f"{h['key_a']:.0%} in the key." if shares else ".")
     fp = _footprint(root)
     third = ""
     if fp is not None and {"bf16", "nf4+dq"} <= set(fp.index):
         bf, q = fp.loc["bf16"], fp.loc["nf4+dq"]
-        third = (f" Stored in NF4 with double quantization, the Gemma-2B shape's weights take "
-                 f"**{q['total_bytes'] / 1e9:.2f} GB** against **{bf['total_bytes'] / 1e9:.2f} GB** in bf16 "
-                 f"({bf['total_bytes'] / q['total_bytes']:.2f}x smaller, where 16-bit to 4-bit bounds it at 4x: "
-                 f"the {q['embedding_bytes'] / 1e9:.2f} GB embedding stays in bf16; record `{q['record']}`).")
+        third = (f" NF4 with double quantization stores the Gemma-2B shape in **{q['total_bytes'] / 1e9:.2f} GB** "
+                 f"instead of **{bf['total_bytes'] / 1e9:.2f} GB** ({bf['total_bytes'] / q['total_bytes']:.2f}x, "
+                 f"under the 4x bound because the {q['embedding_bytes'] / 1e9:.2f} GB embedding stays bf16; "
+                 f"`{q['record']}`).")
     rows = [r for r in (h["bf16"], base, tuned, kfold) if r is not None]
     frame = pd.DataFrame({"model": [_short(record.loc[r["run"]]) for r in rows],
                           "role": ["zero-shot" if r["role"] == "zero-shot" else "fine-tuned" for r in rows],
