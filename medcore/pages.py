@@ -362,7 +362,8 @@ def _footprint(root: Path) -> pd.DataFrame | None:
     for folder in ("scale-h200", "scale"):
         for record in run_dirs(root / "results" / folder):
             if record.name.endswith("-footprint"):
-                return an.footprint_tables(load_run(record))[0].set_index("precision").assign(record=record.name)
+                summary = an.footprint_tables(load_run(record))[0].set_index("precision")
+                return summary.assign(record=record.name, folder=folder)
     return None
 
 
@@ -431,19 +432,21 @@ def seed_table(root: Path) -> pd.DataFrame:
     """One row per claim of the seed study (:data:`SEED_CLAIMS`): its figure, the figure measured here (from the
     committed records, "not measured" where a record is missing), the conditions, and why the two differ."""
     missing = "not measured (no record)"
-    rows = {claim: {"measured here": missing, "conditions": "", "why they differ": ""} for claim in SEED_CLAIMS}
+    rows = {claim: {"measured here": missing, "conditions": "", "why they differ": "", "records": ""}
+            for claim in SEED_CLAIMS}
     fp = _footprint(root)
     if fp is not None and {"bf16", "nf4+dq"} <= set(fp.index):
         bf, q = fp.loc["bf16"], fp.loc["nf4+dq"]
         rows["model size"] = {
             "measured here": f"{bf['total_bytes'] / 1e6:,.0f} MB \u2192 {q['total_bytes'] / 1e6:,.0f} MB "
                              f"({bf['total_bytes'] / q['total_bytes']:.2f}x)",
-            "conditions": f"Gemma-2B shape, weights in memory, bf16 \u2192 NF4 + double quantization (`{q['record']}`)",
+            "conditions": "Gemma-2B shape, weights in memory, bf16 \u2192 NF4 + double quantization",
+            "records": f"results/{q['folder']}/{q['record']}",
             "why they differ": f"16-bit to 4-bit shrinks at most 4x, the seed claims "
                                f"{_seed_ratio('model size'):.2f}x; bitsandbytes keeps the "
                                f"{q['embedding_bytes'] / 1e6:,.0f} MB embedding in bf16; the seed's bf16 size is that "
                                f"of {_seed_values('model size')[0] / 2 / 1e3:.2f} B parameters, Gemma-2B has "
-                               f"{bf['total_bytes'] / 2 / 1e9:.2f} B"}
+                               f"{bf['total_bytes'] / 2 / 1e9:.2f} B parameters"}
     h = headline_records(root / "results" / "study")
     if h and h["base"] is not None:
         base, tuned, kfold, maj = h["base"], h["tuned"], h["kfold"], h["majority"]
@@ -452,8 +455,9 @@ def seed_table(root: Path) -> pd.DataFrame:
         rows["accuracy"] = {
             "measured here": f"{base['accuracy']:.1%} \u2192 {tuned['accuracy']:.1%}" +
                              (f" ({kfold['accuracy']:.1%} k-fold)" if kfold is not None else ""),
-            "conditions": f"`{tuned['model']}`, {tuned['precision']}, {int(tuned['n']):,} validation questions"
-                          + (f", trained on {int(n_train):,}" if n_train else "") + " (`results/study`)",
+            "conditions": f"{tuned['model'].removeprefix('embedded:')}, {tuned['precision']}, "
+                          f"{int(tuned['n']):,} validation questions" + (f", trained on {int(n_train):,}" if n_train else ""),
+            "records": f"results/study/{base['run']}, {tuned['run']}" + (f", {kfold['run']}" if kfold is not None else ""),
             "why they differ": f"a smaller model than the seed's Gemma-2B; always {maj['letter']} scores "
                                f"{maj['accuracy']:.1%} here" + ("; bf16 ties went to the earliest letter"
                                                                  if not h["exact"] else "")}
@@ -463,9 +467,10 @@ def seed_table(root: Path) -> pd.DataFrame:
             rows["validation loss"] = {
                 "measured here": f"{last['eval_loss']:.3f}",
                 "conditions": f"answer-letter loss on {int(an.get(train['metrics'], 'n_eval', default=0)):,} "
-                              f"validation questions after step {int(last['step'])} (`{train['name']}`)",
+                              f"validation questions after step {int(last['step'])}",
+                "records": f"results/study/{train['name']}",
                 "why they differ": "medcore's loss covers the answer letter only and the seed does not say which "
-                                   f"tokens its loss covers; its model is Gemma-2B, this one `{tuned['model']}`"}
+                                   f"tokens its loss covers; its model is Gemma-2B, this one {tuned['model'].removeprefix('embedded:')}"}
         record = h["runs"].set_index("run_id")
         tiers = {r: {t["tier"]: t["accuracy"] for t in (an.get(record.loc[r], "by_tier", default=[]) or [])}
                  for r in (base["run"], tuned["run"])}
@@ -473,8 +478,8 @@ def seed_table(root: Path) -> pd.DataFrame:
                  for t in SEED_TYPES if all(t in v for v in tiers.values())]
         if shown:
             rows["question types"] = {
-                "measured here": "; ".join(shown), "conditions": "zero-shot \u2192 fine-tuned, medcore's subject "
-                                                                "tiers (`results/study`)",
+                "measured here": "; ".join(shown), "conditions": "zero-shot \u2192 fine-tuned, medcore's subject tiers",
+                "records": f"results/study/{base['run']}, {tuned['run']}",
                 "why they differ": "the seed does not define its types; medcore groups MedMCQA's subjects by the "
                                    "phase of the curriculum that teaches them"}
     bench = _record(root, "bench-product", "")
@@ -485,18 +490,20 @@ def seed_table(root: Path) -> pd.DataFrame:
         peaks = dict(sorted((int(r["token_budget"]), r["peak_memory_bytes"] / 1e9) for r in runs
                             if r.get("peak_memory_bytes")))
         if peaks:
-            cell = "QLoRA " + ", ".join(f"{gb:.1f} GB at {tb:,}" for tb, gb in peaks.items()) + " tokens per batch"
+            cell = "QLoRA peak " + ", ".join(f"{gb:.1f} GB at {tb:,}" for tb, gb in peaks.items()) + " tokens per batch"
             why = ""
             tb = int(an.get(bf16_train["config"]["train"], "token_budget", default=0)) if bf16_train else 0
             if tb in peaks:
                 bf16_gb = bf16_train["metrics"]["peak_memory_bytes"] / 1e9
-                cell = f"bf16 LoRA {bf16_gb:.1f} GB at {tb:,}; " + cell
+                cell = f"{bf16_gb:.1f} GB \u2192 {peaks[tb]:.1f} GB at {tb:,} tokens per batch" + "".join(
+                    f"; QLoRA {gb:.1f} GB at {other:,}" for other, gb in peaks.items() if other != tb)
                 why = f"; at the same batch QLoRA needs {bf16_gb / peaks[tb]:.1f}x less, as activations do not shrink"
             rows["training memory"] = {
                 "measured here": cell,
-                "conditions": f"Gemma-2B shape, random weights, {bench['metrics'].get('device', '?')}, LoRA r=16 "
-                              f"all linear, gradient checkpointing (`{bench['name']}`"
-                              + (f", `{bf16_train['name']}`)" if bf16_train else ")"),
+                "conditions": f"Gemma-2B shape, bf16 LoRA \u2192 QLoRA (NF4 + double quantization), r=16 all "
+                              f"linear, gradient checkpointing, {bench['metrics'].get('device', '?')}",
+                "records": f"results/bench-product/{bench['name']}"
+                           + (f", results/scale-h200/{bf16_train['name']}" if tb in peaks else ""),
                 "why they differ": "peak memory grows with the batch, which the seed does not state; with LoRA "
                                    "both precisions train only the adapter, so 4-bit saves the frozen weights' share"
                                    + why}
@@ -508,7 +515,8 @@ def seed_table(root: Path) -> pd.DataFrame:
                              f" (batch 1); {c['bf16']['best_qps']:,.0f} \u2192 {c['nf4-dq']['best_qps']:,.0f} "
                              f"questions/s at batch {c['nf4-dq']['best_batch_size']}",
             "conditions": f"Gemma-2B shape, bf16 \u2192 NF4 + double quantization, one forward pass per question, "
-                          f"{c['bf16'].get('conditions', {}).get('device_name', '?')} (`results/scale-h200`)",
+                          f"{c['bf16'].get('conditions', {}).get('device_name', '?')}",
+            "records": ", ".join(f"results/scale-h200/{r['name']}" for r in costs.values()),
             "why they differ": "4-bit weights are dequantized on every pass, so one question at a time is slower; "
                                "only large batches amortise that; the seed states neither batch nor machine"}
     return pd.DataFrame([{"seed claim": claim, "seed figure": SEED_CLAIMS[claim], **rows[claim]}
@@ -527,7 +535,10 @@ def _seed_ratio(claim: str) -> float:
 
 
 def seed_markdown(root: Path) -> str:
-    return an.markdown_table(seed_table(root))
+    """The table without its records column (record names do not wrap), then the records it read, per claim."""
+    table = seed_table(root)
+    read = "; ".join(f"{claim}: `{records}`" for claim, records in zip(table["seed claim"], table["records"]) if records)
+    return an.markdown_table(table.drop(columns="records")) + (f"\nRecords read \u2014 {read}.\n" if read else "")
 
 
 def reproduce_markdown(root: Path) -> str:

@@ -352,7 +352,12 @@ def test_seed_table_has_one_row_per_claim_and_reads_the_records(tmp_path):
     bench = json.loads(next((ROOT / "results" / "bench-product").glob("*/metrics.json")).read_text())
     medcore = next(t for t in bench["training"] if t["recipe"] == "medcore")
     assert f"{medcore['peak_memory_bytes'] / 1e9:.1f} GB at {medcore['token_budget']:,}" in measured["training memory"]
-    assert "| seed claim |" in pages.seed_markdown(ROOT)
+    for claim, records in table["records"].items():  # each measured cell names records that exist
+        folder, *names = records.split(", ")
+        parent = (ROOT / folder).parent
+        assert (ROOT / folder).is_dir() and all((parent / n).is_dir() or (ROOT / n).is_dir() for n in names), claim
+    text = pages.seed_markdown(ROOT)
+    assert "| seed claim |" in text and "| records |" not in text and "Records read" in text
 
 
 def test_reproduce_markdown_reads_the_recorded_times(tmp_path):
