@@ -24,8 +24,8 @@ The Performance page's parts are made in :mod:`medcore.pages_bench` (the benchma
 - ``scaleout.md`` - one GPU against DDP (random weights) and the real-weight DDP fine-tune against the one-GPU
   record (``results/scaleout/``), FSDP from ``results/scaleout-fsdp/`` when it exists.
 
-The helpers these modules use (``_save``, ``_note``, ``_fmt``) live here; ``pages_bench`` and ``pages_perf`` import
-them, and this module imports them only inside :func:`write_generated`, so no import is circular.
+The helpers every generator uses live in :mod:`medcore.page_parts`; this module imports ``pages_bench``,
+``pages_perf`` and ``pages_product`` and none of them imports it back.
 """
 from __future__ import annotations
 
@@ -38,16 +38,10 @@ import numpy as np
 import pandas as pd
 
 from medcore import analysis as an
+from medcore.page_parts import format_numbers as _fmt, note as _note, save_figure as _save
 from medcore.results import load_loss_history, load_run, load_runs, run_dirs
 
 
-def _save(fig, out: Path, name: str, alt: str) -> str:
-    fig.savefig(out / name, dpi=110, bbox_inches="tight")
-    return f"\n![{alt}]({name})\n"
-
-
-def _note(text: str) -> str:
-    return f"```{{note}}\n{text}\n```\n"
 
 
 # ---- the pipeline run ---------------------------------------------------------------------------------------
@@ -99,11 +93,6 @@ def _setting(row: pd.Series, runs: pd.DataFrame) -> str:
     train = runs.set_index("run_id").get("n_train", pd.Series(dtype=float)).get(f"{row['config.name']}-train")
     epochs = an.get(row, "config.train.epochs")
     return f"{lora}; {epochs:g} epochs on {int(train)} training questions" if train else lora
-
-
-def _fmt(df: pd.DataFrame) -> pd.DataFrame:
-    return df.map(lambda v: f"{v:,.0f}" if isinstance(v, float) and abs(v) >= 1000 else
-                  f"{v:.3g}" if isinstance(v, float) else v)
 
 
 def study_markdown(study_dir: Path, out: Path) -> tuple[str, str]:

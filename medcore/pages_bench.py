@@ -13,7 +13,7 @@ from typing import Sequence
 import pandas as pd
 
 from medcore import analysis as an
-from medcore.pages import _fmt, _note, _save
+from medcore.page_parts import format_numbers as _fmt, note as _note, save_figure as _save
 from medcore.results import load_run, run_dirs
 
 BENCH_LABEL = "random weights (Gemma-2B shape)"

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from medcore import analysis as an
-from medcore.pages import _note, _save
+from medcore.page_parts import note as _note, save_figure as _save
 from medcore.pages_bench import BENCH_LABEL
 from medcore.results import load_run, run_dirs
 

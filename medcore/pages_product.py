@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from medcore import analysis as an
-from medcore.pages import _note
+from medcore.page_parts import note as _note
 from medcore.pages_bench import BENCH_LABEL
 
 
