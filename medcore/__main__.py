@@ -43,24 +43,6 @@ def _cmd_book(args) -> None:
     build_book(run_dir=args.run_dir)
 
 
-def _cmd_bench(args) -> None:
-    from medcore.bench import main as bench_main
-
-    bench_main(args.rest)
-
-
-def _cmd_study(args) -> None:
-    from medcore.study import main as study_main
-
-    study_main(args.rest)
-
-
-def _cmd_scaleout(args) -> None:
-    from medcore.scaleout import main as scaleout_main
-
-    raise SystemExit(scaleout_main(args.rest))
-
-
 def _cmd_ask(args) -> None:
     from medcore.ask import ask, question_record, read_questions
 
@@ -129,16 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None)
     p.set_defaults(func=_cmd_book)
 
-    p = sub.add_parser("study", help="the study: zero-shot, QLoRA, k-fold, ablations, scale figures")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_study)
-
-    p = sub.add_parser("bench", help="training and scoring throughput against baseline recipes")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_bench)
-    p = sub.add_parser("scaleout", help="one GPU against DDP and FSDP on several GPUs of one host")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_scaleout)
+    # commands with their own argument parser (PASS_THROUGH): listed here for --help
+    sub.add_parser("study", help="the study: zero-shot, QLoRA, k-fold, ablations, scale figures")
+    sub.add_parser("bench", help="training and scoring throughput against baseline recipes")
+    sub.add_parser("scaleout", help="one GPU against DDP and FSDP on several GPUs of one host")
 
     p = sub.add_parser("ask", help="the letter distribution a model gives to a question, as the scorer computes it")
     p.add_argument("--model", default="embedded:gemma-3-270m")

@@ -18,7 +18,6 @@ layer with the original weights (relative Frobenius error).
 """
 from __future__ import annotations
 
-import inspect
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,11 +82,7 @@ def load_quantized(spec: str, quant_cfg: QuantConfig, device: str | torch.device
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     qcfg = quantization_config(quant_cfg.precision, quant_cfg.double_quant, quant_cfg.compute_dtype, quant_storage)
     dtype = dtype or (torch.float32 if quant_cfg.precision == "fp32" else DTYPES[quant_cfg.compute_dtype])
-    params = inspect.signature(models.load_model).parameters
-    if "device" in params:
-        kwargs.setdefault("device", device)
-    elif "device_map" in params:
-        kwargs.setdefault("device_map", {"": device.index or 0} if device.type == "cuda" else {"": "cpu"})
+    kwargs.setdefault("device_map", {"": device.index or 0} if device.type == "cuda" else {"": "cpu"})
     model = models.load_model(spec, dtype=dtype, quantization_config=qcfg, **kwargs)
     if qcfg is None and next(model.parameters()).device != device:
         model = model.to(device)
