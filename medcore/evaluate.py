@@ -502,7 +502,7 @@ def accuracy_summary(preds: pd.DataFrame, n_bins: int = 10) -> dict[str, Any]:
 def _rss() -> int | None:
     try:
         import psutil
-    except ImportError:  # not on every machine (the lent GPU)
+    except ImportError:  # psutil is optional on GPU machines
         return None
     return psutil.Process().memory_info().rss
 

@@ -1,4 +1,4 @@
-"""Scale-out on one host with several GPUs, measured against one GPU in the same call (issue: two H200s).
+"""Scale-out on one host with several GPUs, measured against one GPU in the same call.
 
 `python -m medcore scaleout --gpus 2 --parts throughput,fsdp,accuracy --results-dir results/scaleout` runs:
 

@@ -1,4 +1,4 @@
-"""The study the book reports, as one resumable driver (issue: "The study on the H200").
+"""The study the book reports, as one resumable driver.
 
 `python -m medcore study --parts zero-shot,main,kfold,ablations,scale --results results/study` runs, on
 whatever device is there (made for one H200; every part also runs on a CPU with `--set` overrides):

@@ -303,7 +303,7 @@ def uses_autocast(cfg: RunConfig, on_cuda: bool) -> bool:
 def training_arguments(cfg: RunConfig, output_dir: str | Path, total_steps: int, on_cuda: bool,
                        has_eval: bool) -> TrainingArguments:
     t = cfg.train
-    # transformers 5.24 renamed gradient_checkpointing; the lent GPU runs 5.17
+    # transformers 5.24 renamed gradient_checkpointing; older 5.x versions still take the old name
     ckpt = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
         else "gradient_checkpointing"
     return TrainingArguments(
