@@ -38,11 +38,11 @@ def product_bench_markdown(folder: Path) -> str:
     med, base = m["training"]
     one, harness = m["scoring"]
     t = cfg.get("train", {})
-    lines = [f"Record `{path.name}` ({BENCH_LABEL}: **random weights**, speed and memory only): "
+    lines = [f"Record `{path.name}` (**{BENCH_LABEL}**: speed and memory only): "
              f"`{c['model']}`, {c['precision']}, {c['lora_method']} r={c['lora_r']} {c['lora_targets']}, on "
              f"{m['device']}; torch {c.get('torch')}, transformers {c.get('transformers')}, bitsandbytes "
-             f"{c.get('bitsandbytes')}, git commit `{str(env.get('git_commit'))[:10]}`. The configuration is the "
-             f"`{cfg.get('name')}` profile's: {t.get('token_budget')} tokens per batch (at most "
+             f"{c.get('bitsandbytes')}, git commit `{str(env.get('git_commit'))[:14]}`. Its configuration "
+             f"(`config.json`: the `{cfg.get('name')}` profile at that commit): {t.get('token_budget')} tokens per batch (at most "
              f"{t.get('max_batch_size')} rows), checkpointing {'on' if t.get('gradient_checkpointing') else 'off'}, "
              f"compile {'on' if t.get('compile') else 'off'}, optimizer {med.get('optimizer')}.\n",
              an.markdown_table(pd.DataFrame([
