@@ -252,6 +252,15 @@ def _memory_rows(training: dict, roles: tuple[str, ...]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _scored_with_ties(scaleout_dir: Path) -> bool:
+    """Whether a scored record of the folder lacks exact scoring's 1/k ``credit`` column."""
+    from medcore.analysis import scored_exactly
+    from medcore.results import load_predictions
+
+    scored = [p for p in scaleout_dir.glob("*-fine-tuned") if (p / "predictions.parquet").is_file()]
+    return any(not scored_exactly(load_predictions(p)) for p in scored)
+
+
 def scaleout_markdown(scaleout_dir: Path, out: Path, fsdp_dir: Path | None = None) -> str:
     """Scale-out on the GPUs of one host from the ``scaleout-summary`` record ``python -m medcore scaleout`` writes
     (``results/scaleout``): the runs and their status, one GPU against DDP (random weights), the real-weight DDP
@@ -318,6 +327,10 @@ def scaleout_markdown(scaleout_dir: Path, out: Path, fsdp_dir: Path | None = Non
 
     parts.append("\n### Accuracy: the real-weight fine-tune with DDP against one GPU\n")
     acc = m.get("accuracy")
+    if acc and _scored_with_ties(scaleout_dir):
+        parts.append(_note("**Scored with ties.** These records predate exact scoring: their bf16 letter scores "
+                           "often tied, and every tie went to the earliest tied letter (A most often), so both "
+                           "accuracies are flattered and their difference is not a clean measurement."))
     if acc:
         ref = Path(str(acc.get("reference_run", "")))
         ref_train = _load(root / ref.parent / f"{ref.name.removesuffix('-fine-tuned')}-train") if ref.name else None

@@ -205,3 +205,17 @@ def test_other_records_show_their_levers_and_fill_only_the_notes_cells_the_headl
     assert "### Training levers (random weights)" in text and "| bench-b16 |" in text.split("Training levers")[1]
     assert "bench-small (stopped in its levers: `complete: false`)" in text
     assert "LoRA inputs bf16" in text
+
+
+def test_scaleout_accuracy_is_labelled_when_scored_with_ties(tmp_path):
+    """Records without exact scoring's 1/k credit are labelled as scored with ties; exact ones are not."""
+    import pandas as pd
+
+    folder = tmp_path / "scaleout"
+    (folder / "x-fine-tuned").mkdir(parents=True)
+    frame = pd.DataFrame({"id": ["a", "b"], "answer": [0, 1], "pred": [0, 0], "correct": [True, False]})
+    frame.to_parquet(folder / "x-fine-tuned" / "predictions.parquet")
+    assert pages_perf._scored_with_ties(folder)
+    frame.assign(credit=[1.0, 0.0]).to_parquet(folder / "x-fine-tuned" / "predictions.parquet")
+    assert not pages_perf._scored_with_ties(folder)
+    assert pages_perf._scored_with_ties(ROOT / "results" / "scaleout")  # the committed two-GPU records predate it
