@@ -312,7 +312,7 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
     import datasets
 
     from medcore import lora, models, workflows
-    from medcore.results import write_run_record
+    from medcore.results import portable_paths, write_run_record
 
     device = workflows.device()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -370,9 +370,9 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
         metrics["targets"], metrics["complete"] = targets(metrics), final
         if write:
             metrics["record"] = str(write_run_record(
-                opts.out, run_id, config=cfg.to_dict(), metrics=metrics, overwrite=True,
-                extra={"real_weights": conditions["real_weights"], "model_source": cfg.model.source, "kind": "bench",
-                       "bench_options": asdict(opts)}))
+                opts.out, run_id, config=portable_paths(cfg.to_dict()), metrics=portable_paths(metrics),
+                overwrite=True, extra=portable_paths({"real_weights": conditions["real_weights"], "kind": "bench",
+                                                      "model_source": cfg.model.source, "bench_options": asdict(opts)})))
 
     variants = lever_variants(opts.levers, cfg, opts)
     save(final=not variants)

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from medcore.results import write_run_record
+    from medcore.results import portable_paths, write_run_record
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     source = a.source or default_source()
@@ -187,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(rows: list[dict[str, Any]], final: bool) -> Path:
         passed = sum(r["passed"] for r in rows)
-        return write_run_record(a.out, run_id, config=vars(a), metrics={
+        return write_run_record(a.out, run_id, config=portable_paths(vars(a)), metrics=portable_paths({
             "device": device, "model": a.model, "real_weights": weights, "entries": rows, "passed": passed,
-            "total": len(rows), "all_passed": passed == len(rows), "complete": final},
+            "total": len(rows), "all_passed": passed == len(rows), "complete": final}),
             extra={"real_weights": weights, "kind": "gpu-check"}, overwrite=True)
 
     if a.paper_epoch:

@@ -152,6 +152,26 @@ def environment_info() -> dict[str, Any]:
     return info
 
 
+def portable_paths(value: Any, root: str | Path | None = None) -> Any:
+    """``value`` (JSON-like) with machine paths in its strings made portable: the repository `root` (default: this
+    checkout) relative to it, the home folder as ``~``, the temporary folder as ``<tmp>``. For records whose
+    commands and sources name files on the machine that ran them."""
+    import tempfile
+
+    root = str(Path(root) if root else Path(__file__).resolve().parent.parent)
+    pairs = [(root + "/", ""), (root, "."), (str(Path.home()) + "/", "~/"), (tempfile.gettempdir() + "/", "<tmp>/")]
+    if isinstance(value, dict):
+        return {k: portable_paths(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable_paths(v, root) for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        for old, new in pairs:
+            value = value.replace(old, new)
+    return value
+
+
 # ---- writing -------------------------------------------------------------------------------------------------
 
 def write_run_record(results_dir: str | Path, run_id: str, config: dict, metrics: dict, loss_history=None,

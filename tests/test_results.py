@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -145,3 +146,15 @@ def test_a_commit_named_by_the_caller_wins_over_the_checkouts(monkeypatch):
     assert info["git_commit"] == "73adde9" and info["git_commit_source"] == "MEDCORE_GIT_COMMIT"
     monkeypatch.delenv("MEDCORE_GIT_COMMIT")
     assert results.environment_info()["git_commit"] != "73adde9"
+
+
+def test_portable_paths_name_files_relative_to_the_repository(tmp_path):
+    import tempfile
+
+    from medcore.results import portable_paths
+
+    root = tmp_path / "checkout"
+    value = {"source": f"local:{root}/shared/dev.json", "cwd": str(root), "out": str(Path.home() / "out"),
+             "cmd": [f"{tempfile.gettempdir()}/medcore-x/ckpt-1", "--steps", 8], "n": 3.5, "flag": True}
+    assert portable_paths(value, root) == {"source": "local:shared/dev.json", "cwd": ".", "out": "~/out",
+                                           "cmd": ["<tmp>/medcore-x/ckpt-1", "--steps", 8], "n": 3.5, "flag": True}
