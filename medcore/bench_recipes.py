@@ -180,12 +180,6 @@ def baseline_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
                  use_cache=False).loss
 
 
-def resolve_optimizer(name: str, device: torch.device) -> str:
-    from medcore.train import resolve_optimizer as resolve  # one rule for "auto", the trainer's
-
-    return resolve(name, device.type == "cuda")
-
-
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if name == "adamw_torch":
         return torch.optim.AdamW(params, lr=lr)

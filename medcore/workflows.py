@@ -143,18 +143,11 @@ def data_record(cfg: RunConfig, split: StudyData, tables: dict[str, pd.DataFrame
 
 def load(cfg: RunConfig, quant: QuantConfig | None = None, adapter: str | Path | None = None):
     """(model, tokenizer) for the config's model at `quant` (default: the config's), optionally with an adapter."""
-    check_adapter(adapter)
+    lora.require_adapter(adapter or None)
     model = quantize.load_quantized(cfg.model.source, quant or cfg.quant, device=device())
     if adapter:
         model = _with_adapter(model, adapter)
     return model, models.load_tokenizer(cfg.model.source)
-
-
-def check_adapter(adapter: str | Path | None) -> None:
-    """Refuse an adapter folder without ``adapter_config.json`` before the base model is loaded for it."""
-    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"adapter {adapter}: no adapter_config.json there (a PEFT adapter folder, e.g. "
-                                "<output-dir>/adapter of `medcore train`)")
 
 
 def _with_adapter(model, adapter: str | Path):
@@ -411,7 +404,7 @@ def evaluate_model(model_spec: str, source: str = "mirror", split: str = "valida
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: give a positive number of questions, or leave --limit out to score "
                           "the whole split")
-    check_adapter(adapter)
+    lora.require_adapter(adapter or None)
     cfg = RunConfig(name=run_id or f"eval-{model_spec.split(':')[-1].replace('/', '_')}-{precision}",
                     results_dir=results_dir)
     cfg.model.source, cfg.quant.precision, cfg.quant.double_quant = model_spec, precision, True

@@ -331,16 +331,23 @@ def _complete_checkpoint(out: Path) -> int | None:
     return int(found.rsplit("-", 1)[1]) if found else None
 
 
-def test_sigkill_between_checkpoints_then_resume_ends_like_an_uninterrupted_run(cli_root):
-    run = cli_root / "killed"
+def _train_until_first_checkpoint(cli_root: Path, name: str):
+    """`medcore train` started in its own folder, returned once its first complete checkpoint is on disk (or it
+    ended, or 300 s passed): (process, output folder, log)."""
+    run = cli_root / name
     run.mkdir()
     out, log = run / "out", run / "log.txt"
     with open(log, "ab") as f:
-        proc = subprocess.Popen(_train_cmd(cli_root, "killed"), cwd=ROOT, env=_env(), stdout=f,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(_train_cmd(cli_root, name), cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while _complete_checkpoint(out) is None and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    return proc, out, log
+
+
+def test_sigkill_between_checkpoints_then_resume_ends_like_an_uninterrupted_run(cli_root):
+    proc, out, log = _train_until_first_checkpoint(cli_root, "killed")
+    run = out.parent
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{log.read_text()[-2000:]}"
@@ -452,15 +459,7 @@ def test_an_unexpected_error_keeps_its_traceback(monkeypatch):
 
 
 def test_ctrl_c_during_training_is_one_line_keeps_the_checkpoint_and_resume_finishes(cli_root):
-    run = cli_root / "ctrl-c"
-    run.mkdir()
-    out, log = run / "out", run / "log.txt"
-    with open(log, "ab") as f:
-        proc = subprocess.Popen(_train_cmd(cli_root, "ctrl-c"), cwd=ROOT, env=_env(), stdout=f,
-                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while _complete_checkpoint(out) is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    proc, out, log = _train_until_first_checkpoint(cli_root, "ctrl-c")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
     text = log.read_text()
