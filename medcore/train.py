@@ -13,7 +13,7 @@ every ``eval_steps`` (always on the answer letter only, so runs with and without
 every ``save_steps`` and resume from the last complete one (a run killed while saving leaves a folder without
 ``trainer_state.json``, which is skipped); the adapter saved in PEFT format under ``<output_dir>/adapter``.
 A NaN or infinite loss or gradient stops training with :class:`NonFiniteLossError` naming the step, before the
-optimizer step, so every checkpoint holds finite weights. Before the model runs, examples are checked: one whose
+next log, evaluation or save (:class:`FiniteGuard`), so every checkpoint holds finite weights. Before the model runs, examples are checked: one whose
 choices alone exceed ``data.max_length`` raises (or with ``data.on_invalid="skip"`` is dropped and counted), one
 longer than ``train.token_budget`` raises a ConfigError naming it; questions cut to fit are counted.
 bf16 autocast (``train.autocast``: auto = on CUDA, off on CPU; ``bf16`` forces it, on a CPU too) around the whole
@@ -153,10 +153,12 @@ class AnswerOnlyTrainer(Trainer):
     def __init__(self, *args, token_budget: int, max_batch_size: int, pad_token_id: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.token_budget, self.max_batch_size = token_budget, max_batch_size
-        self.collate = Collator(pad_token_id)
+        self.collate = RealTokenCounts(Collator(pad_token_id))
         self.seen = {"tokens": 0, "examples": 0}
+        self.finite = FiniteGuard()
         self.train_sampler: TokenBudgetBatchSampler | None = None
         self.add_callback(EpochCallback(self))
+        self.add_callback(self.finite)
 
     def _loader(self, ds: datasets.Dataset, sampler: TokenBudgetBatchSampler) -> DataLoader:
         loader = DataLoader(ds, batch_sampler=sampler, collate_fn=self.collate, pin_memory=False)
@@ -175,17 +177,17 @@ class AnswerOnlyTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         training = model.training
-        if training:
-            self.seen["tokens"] += int(inputs["attention_mask"].sum())
+        real_tokens = inputs.pop(REAL_TOKENS, None)
+        if training:  # counted on the CPU by the collator: reading a device tensor here would wait for the GPU
+            self.seen["tokens"] += real_tokens if real_tokens is not None else int(inputs["attention_mask"].sum())
             self.seen["examples"] += inputs["input_ids"].shape[0]
         args = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         inner = self.accelerator.unwrap_model(model)
         # accelerate wraps its autocast around model.forward only; this loss runs the submodules directly
         with self.accelerator.autocast():
             loss = answer_only_loss(model, *args) if inner is model else loss_through_wrapper(model, inner, *args)
-        if training and not torch.isfinite(loss.detach()):  # stop before backward: weights and checkpoints stay good
-            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.state.global_step + 1}; "
-                                     f"{_last_good(self.args.output_dir)}. Lower train.learning_rate or check the data")
+        if training:
+            self.finite.note("loss", loss.detach(), self.state.global_step + 1)
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -217,21 +219,63 @@ def _last_good(output_dir: str | Path) -> str:
     return f"the last checkpoint, {found}, is from before it" if found else "no checkpoint was written before it"
 
 
-class FiniteGradientCallback(TrainerCallback):
-    """Stops before an optimizer step with a NaN or infinite gradient (a finite loss can still overflow in backward),
-    so no checkpoint ever holds weights such a step would have ruined."""
+REAL_TOKENS = "n_real_tokens"
+
+
+@dataclass
+class RealTokenCounts:
+    """A collator that also returns the batch's non-padding token count as a Python int (under ``REAL_TOKENS``),
+    counted on the CPU before the batch moves to the device."""
+
+    collate: Callable
+
+    def __call__(self, features) -> dict[str, Any]:
+        batch = self.collate(features)
+        batch[REAL_TOKENS] = int(batch["attention_mask"].sum())
+        return batch
+
+
+class FiniteGuard(TrainerCallback):
+    """Stops training at the first NaN or infinite loss or gradient, naming its step, before anything is saved.
+
+    Every step folds "is the loss finite" and "is every gradient entry finite" into device flags without reading
+    them: a read waits for the GPU, and one such wait per step leaves it idle while the next step is launched.
+    The flags are read only where the Trainer is about to log, evaluate, save or stop, and again before the adapter
+    is saved, so no checkpoint or adapter ever holds weights a bad step reached; the weights in memory may have
+    taken the bad step and the steps up to the next read. The largest gradient entry (a max-norm) is checked, not
+    a 2-norm, which huge finite entries could overflow.
+    """
+
+    def __init__(self):
+        self.first_bad: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # kind -> (first bad step or -1, value)
+
+    def note(self, kind: str, value: torch.Tensor, step: int) -> None:
+        value = value.float()
+        step_t, seen = self.first_bad.get(kind) or (torch.full((), -1, device=value.device), value.new_zeros(()))
+        new = ~torch.isfinite(value) & (step_t < 0)
+        self.first_bad[kind] = torch.where(new, step, step_t), torch.where(new, value, seen)
+
+    def check(self, output_dir: str | Path) -> None:
+        found = [(int(step), kind, float(value)) for kind, (step, value) in self.first_bad.items()]
+        bad = sorted((step, kind != "loss", kind, value) for step, kind, value in found if step >= 0)
+        if not bad:
+            return
+        step, _, kind, value = bad[0]
+        what = f"training loss is {value}" if kind == "loss" else "a gradient is NaN or infinite"
+        raise NonFiniteLossError(f"{what} at step {step}; {_last_good(output_dir)}. "
+                                 "Lower train.learning_rate or check the data")
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # FSDP: this rank's shard
                  for p in (model.parameters() if model is not None else []) if p.grad is not None]
-        if not grads:
-            return
-        total = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: fused over every tensor
-        # the max-norm: finite exactly when every entry is (a 2-norm of huge finite entries could overflow)
-        largest = total(grads, float("inf")) if total else torch.stack([g.abs().amax() for g in grads]).amax()
-        if not torch.isfinite(largest):
-            raise NonFiniteLossError(f"a gradient is NaN or infinite at step {state.global_step + 1}; "
-                                     f"{_last_good(args.output_dir)}. Lower train.learning_rate or check the data")
+        if grads:
+            total = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: fused over every tensor
+            largest = total(grads, float("inf")) if total else torch.stack([g.abs().amax() for g in grads]).amax()
+            self.note("gradient", largest, state.global_step + 1)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
+            self.check(args.output_dir)
 
 
 class ThroughputCallback(TrainerCallback):
@@ -317,6 +361,7 @@ def training_arguments(cfg: RunConfig, output_dir: str | Path, total_steps: int,
         # TensorBoard events land in <output_dir>/runs/<date>_<host>/, the Trainer's default (5.24 has no logging_dir)
         report_to=t.report_to if t.report_to != "auto" else ("tensorboard" if is_tensorboard_available() else "none"),
         dataloader_pin_memory=on_cuda, label_names=["labels"],
+        logging_nan_inf_filter=False,  # its check reads the loss every step; FiniteGuard stops on one instead
     )
 
 
@@ -497,7 +542,7 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = AnswerOnlyTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        callbacks=[clock, FiniteGradientCallback(), *(callbacks or [])],
+        callbacks=[clock, *(callbacks or [])],
         token_budget=cfg.train.token_budget, max_batch_size=cfg.train.max_batch_size, pad_token_id=pad,
     )
     clock.seen = trainer.seen
@@ -508,6 +553,7 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     try:  # evaluation and scoring afterwards run eager (no second compile for inference), with peft's copy
         with compiled_layers(model, cfg.train.compile), lora_inputs_in_bf16(model, cfg, on_cuda):
             output = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.finite.check(output_dir)
     finally:
         release_optimizer_overrides(model)
     wall = time.perf_counter() - start

@@ -252,7 +252,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert resumed.metrics["resumed_from"].endswith("checkpoint-2") and resumed.metrics["global_step"] == 4
 
 
-def test_non_finite_gradient_stops_before_the_optimizer_step(tmp_path, tok):
+def test_non_finite_gradient_stops_before_anything_is_saved_from_it(tmp_path, tok):
     class InfGradientAtStep2(TrainerCallback):
         def on_step_begin(self, args, state, control, model=None, **kwargs):
             if state.global_step == 1:
@@ -263,7 +263,28 @@ def test_non_finite_gradient_stops_before_the_optimizer_step(tmp_path, tok):
     with pytest.raises(train.NonFiniteLossError, match="a gradient is NaN or infinite at step 2.*checkpoint-1"):
         train.train(_cfg(save_steps=1), model, tok, datasets.Dataset.from_list(_records(8)), None, tmp_path,
                     callbacks=[InfGradientAtStep2()])
-    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step never reached the weights
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "runs") == ["checkpoint-1"]
+    weights = load_file(tmp_path / "checkpoint-1" / "adapter_model.safetensors")
+    assert weights and all(torch.isfinite(w).all() for w in weights.values())  # nothing saved after the bad step
+
+
+def test_a_bad_step_between_reads_is_named_by_its_own_step(tmp_path, tok, monkeypatch):
+    # flags are read only at logging / saving steps: a NaN at step 2 is found at step 4 and still named step 2
+    real, calls = train.answer_only_loss, {"n": 0}
+
+    def poisoned(model, *args):
+        loss = real(model, *args)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return loss * float("inf")
+        return loss
+    monkeypatch.setattr(train, "answer_only_loss", poisoned)
+    cfg = _cfg(max_steps=6, save_steps=4, logging_steps=4)
+    with pytest.raises(train.NonFiniteLossError, match=r"training loss is inf at step 2; no checkpoint"):
+        train.train(cfg, _adapted(), tok, datasets.Dataset.from_list(_records(12)), None, tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name != "runs"]  # checkpoint-4 never written
+    assert calls["n"] == 4  # it ran on to the first read, no further
 
 
 def test_incomplete_checkpoint_is_skipped(tmp_path):
