@@ -120,14 +120,25 @@ def train_and_score(cfg: RunConfig, train_ds, eval_ds, role: str = "fine-tuned")
     return record
 
 
-def kfold(cfg: RunConfig, eval_ds, k: int) -> None:
+def kfold(cfg: RunConfig, eval_ds, k: int, folds: list[int] | None = None) -> None:
+    """Train and score the folds in `folds` (default all k; separate processes can take different folds), then,
+    once every fold has its record, write the combined one."""
     run_id = f"{cfg.name}-kfold{k}"
     if _done(cfg, run_id):
         return
+    splits = list(data.kfold_splits(eval_ds, k, seed=cfg.data.seed))
+    names = [f"{cfg.name}-kfold{k}-fold{fold}" for fold in range(k)]
+    for fold in folds if folds is not None else range(k):
+        train_idx, test_idx = splits[fold]
+        train_and_score(_variant(cfg, names[fold], {}), eval_ds.select(train_idx), eval_ds.select(test_idx),
+                        role="fold")
+    missing = [fold for fold in range(k) if not _done(cfg, f"{names[fold]}-fold")]
+    if missing:
+        print(f"k-fold: folds {missing} have no record yet; the combined record waits for them")
+        return
     frames, fold_metrics = [], []
-    for fold, (train_idx, test_idx) in enumerate(data.kfold_splits(eval_ds, k, seed=cfg.data.seed)):
-        fcfg = _variant(cfg, f"{cfg.name}-kfold{k}-fold{fold}", {})
-        train_and_score(fcfg, eval_ds.select(train_idx), eval_ds.select(test_idx), role="fold")
+    for fold in range(k):
+        fcfg = _variant(cfg, names[fold], {})
         preds = results.load_predictions(Path(cfg.results_dir) / f"{fcfg.name}-fold").assign(fold=fold)
         frames.append(preds)
         fold_metrics.append(results.load_run(Path(cfg.results_dir) / f"{fcfg.name}-train")["metrics"])
@@ -193,6 +204,13 @@ def _check_arguments(args) -> None:
             raise ConfigError(f"{flag}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
     if "kfold" in args.parts.split(",") and args.k < 2:
         raise ConfigError(f"--k {args.k}: k-fold needs at least 2 folds")
+    if args.folds is not None:
+        try:
+            folds = [int(f) for f in args.folds.split(",")]
+        except ValueError:
+            folds = None
+        if not folds or any(not 0 <= f < args.k for f in folds):
+            raise ConfigError(f"--folds {args.folds!r}: give fold numbers from 0 to {args.k - 1}, e.g. 0,1")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parts", default="zero-shot,main,kfold,ablations")
     p.add_argument("--ablations", default=",".join(ABLATIONS))
     p.add_argument("--k", type=int, default=5)
+    p.add_argument("--folds", default=None, help="only these k-fold folds, e.g. 0,1 (default: all)")
     p.add_argument("--deadline", type=float, default=None, help="seconds; start no part after this")
     p.add_argument("--seeds", default=None, help="train.seed of each main run, e.g. 0,1,2 (default: the profile's)")
     args = p.parse_args(argv)
@@ -219,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
             for run in seed_runs(cfg, args.seeds):
                 steps.append((f"main {run.name}", lambda run=run: train_and_score(run, train_ds, eval_ds)))
         elif part == "kfold":
-            steps.append(("kfold", lambda: kfold(cfg, eval_ds, args.k)))
+            folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+            steps.append(("kfold", lambda: kfold(cfg, eval_ds, args.k, folds)))
         elif part == "ablations":
             for name in args.ablations.split(","):
                 run = _variant(cfg, name, ABLATIONS[name])

@@ -6,7 +6,7 @@ import pytest
 
 from medcore import analysis, study
 from medcore.config import ConfigError, load_profile
-from medcore.results import load_run, load_runs
+from medcore.results import load_predictions, load_run, load_runs
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +76,21 @@ def test_tiny_study_records_every_metric_for_each_seed(tmp_path, medmcqa_dir):
     spread = analysis.seed_spread(runs)
     assert set(spread["metric"]) == set(analysis.SEED_METRICS) and set(spread["seeds"]) == {"0, 1"}
     assert set(spread["recipe"]) == {"ci-fine-tuned"}
+
+
+def test_kfold_folds_run_separately_and_combine_once_all_are_recorded(tmp_path, medmcqa_dir):
+    sets = [f"results_dir={tmp_path / 'results'}", f"data.source=local:{medmcqa_dir / 'dev.json'}",
+            "data.eval_limit=10", "train.max_steps=1", "train.save_steps=1000", "train.eval_steps=1000",
+            "eval.latency_batches=1"]
+    args = ["--profile", "ci", "--parts", "kfold", "--k", "2", *[a for s in sets for a in ("--set", s)]]
+    results = tmp_path / "results"
+    study.main([*args, "--folds", "1"])
+    assert (results / "ci-kfold2-fold1-fold" / "metrics.json").is_file()
+    assert not (results / "ci-kfold2").exists()  # waits for fold 0
+    study.main([*args, "--folds", "0"])
+    combined = load_run(results / "ci-kfold2")
+    preds = load_predictions(results / "ci-kfold2")
+    assert sorted(preds["id"]) == sorted(preds["id"].unique()) and len(preds) == 10  # each question once
+    assert set(preds["fold"]) == {0, 1} and combined["metrics"]["k"] == 2
+    with pytest.raises(ConfigError, match="--folds '2'"):
+        study.main([*args, "--folds", "2"])
