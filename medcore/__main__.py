@@ -15,26 +15,29 @@ def _cmd_data(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from medcore.workflows import evaluate_model
+    from medcore.config import config_from_args
+    from medcore.workflows import evaluate_defaults, evaluate_model
 
+    base = config_from_args(args) if args.profile else evaluate_defaults().with_overrides(args.set)
     evaluate_model(model_spec=args.model, source=args.source, split=args.split, limit=args.limit,
                    precision=args.precision, adapter=args.adapter, batch_size=args.batch_size,
                    results_dir=args.results_dir, run_id=args.run_id, on_invalid=args.on_invalid,
-                   rotations=args.rotations)
+                   rotations=args.rotations, base=base)
 
 
 def _cmd_train(args) -> None:
-    from medcore.config import load_profile
+    from medcore.config import config_from_args
     from medcore.workflows import finetune
 
-    cfg = load_profile(args.profile, args.set)
+    cfg = config_from_args(args)
     finetune(cfg, output_dir=args.output_dir, resume=args.resume)
 
 
 def _cmd_run(args) -> None:
-    from medcore.pipeline import run_pipeline
+    from medcore.pipeline import parse_parameters, run_pipeline
 
-    run_pipeline(args.profile, args.set, run_dir=args.run_dir, resume=args.resume)
+    run_pipeline(args.profile, args.set, run_dir=args.run_dir, resume=args.resume,
+                 parameters=parse_parameters(args.parameter))
 
 
 def _cmd_book(args) -> None:
@@ -66,6 +69,8 @@ def _cmd_export(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medcore.config import add_config_arguments
+
     parser = argparse.ArgumentParser(prog="medcore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -76,35 +81,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("evaluate", help="score a model on MedMCQA and write a run record")
-    p.add_argument("--model", default="embedded:gemma-3-270m")
-    p.add_argument("--source", default="mirror")
-    p.add_argument("--split", default="validation")
+    add_config_arguments(p, profile=None, what="without a profile: the defaults below; a flag given wins over both")
+    p.add_argument("--model", default=None, help="default embedded:gemma-3-270m (or the profile's model.source)")
+    p.add_argument("--source", default=None, help="default mirror (or the profile's data.source)")
+    p.add_argument("--split", default=None, help="default validation (or the profile's data.eval_split)")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--precision", default="bf16", help="bf16 | int8 | nf4 | fp4 (4-bit with double quant) | fp32 "
-                                                       "(unquantized float32: lm-evaluation-harness's exact choices)")
+    p.add_argument("--precision", default=None, help="bf16 (default without a profile) | int8 | nf4 | fp4 (4-bit "
+                   "with double quant) | fp32 (unquantized float32: lm-evaluation-harness's exact choices)")
     p.add_argument("--adapter", default=None, help="a PEFT adapter folder to apply")
     p.add_argument("--batch-size", type=int, default=None, help="default 256 on a GPU, 16 on a CPU")
     p.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
                    help="also score the options in their other 3 cyclic orders (circular and debiased accuracy, "
                         "4x the time); default: on with a GPU, off on a CPU")
-    p.add_argument("--results-dir", default="results")
+    p.add_argument("--results-dir", default=None, help="default results (or the profile's results_dir)")
     p.add_argument("--run-id", default=None)
-    p.add_argument("--on-invalid", default="raise", choices=["raise", "skip"],
-                   help="skip: score the valid records of a file with broken ones (the report counts them)")
+    p.add_argument("--on-invalid", default=None, choices=["raise", "skip"],
+                   help="default raise; skip: score the valid records of a file with broken ones (the report counts them)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("train", help="QLoRA fine-tuning for a profile")
-    p.add_argument("--profile", default="demo")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(p)
     p.add_argument("--output-dir", default=None)
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="execute notebooks 01-05 with papermill for a profile")
-    p.add_argument("--profile", default="demo")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(p)
     p.add_argument("--run-dir", default=None)
     p.add_argument("--resume", action="store_true", help="skip notebooks that already finished")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a notebook parameter, the value read as YAML: -p presets '[bf16, nf4+dq]' -p cost_questions 128")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("book", help="build the Jupyter Book from the last pipeline run")

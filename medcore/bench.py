@@ -80,12 +80,11 @@ class BenchOptions:
 
 def parse_args(argv: Sequence[str] | None):
     """(RunConfig, BenchOptions) from the command line; bad values raise ConfigError or exit 2 naming the flag."""
-    from medcore.config import load_profile
+    from medcore.config import add_config_arguments, config_from_args
 
     d = BenchOptions()
     p = argparse.ArgumentParser(prog="medcore bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", default="paper", help="the run configuration a user's command would get")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(p, profile="paper", what="the run configuration a user's command would get")
     p.add_argument("--model", default="random:gemma-2b", help="model.source (default: the Gemma-2B shape, random)")
     p.add_argument("--steps", type=int, default=d.steps, help="timed tutorial-baseline steps")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed baseline steps first")
@@ -118,7 +117,7 @@ def parse_args(argv: Sequence[str] | None):
             sizes[name] = []
         if not sizes[name] or min(sizes[name]) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(a, name)!r}: give whole numbers of at least 1, comma-separated")
-    cfg = load_profile(a.profile, [f"model.source={a.model}", *a.set])
+    cfg = config_from_args(a, f"model.source={a.model}")
     opts = BenchOptions(steps=a.steps, warmup=a.warmup, baseline_batch_size=a.baseline_batch_size,
                         pad_length=a.pad_length, n_train=a.n_train, n_questions=a.n_questions, levers=levers,
                         matmul_size=a.matmul_size, source=a.source, out=a.out, run_id=a.run_id, seed=a.seed, **sizes)

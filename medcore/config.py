@@ -10,6 +10,8 @@ project root (the folder holding ``medcore/``). Paths given with ``--set`` stay 
 """
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
 import difflib
 import os
@@ -130,6 +132,15 @@ class RunConfig:
         validate(self)
         return self
 
+    def with_overrides(self, overrides: dict[str, Any] | list[str] | None = None, **fields_: Any) -> "RunConfig":
+        """A validated copy with dotted overrides (``{"train.seed": 1}`` or ``["train.seed=1"]``) and top-level
+        fields (``name=...``) applied; this config is left as it is."""
+        out = copy.deepcopy(self)
+        items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+        for key, value in [*fields_.items(), *items]:
+            set_field(out, key, value)
+        return out.validate()
+
 
 def _section_types() -> dict[str, type]:
     return {f.name: f.default_factory for f in fields(RunConfig) if f.default_factory is not dataclasses.MISSING}
@@ -243,6 +254,24 @@ def load_profile(profile: str | Path = "demo", overrides: list[str] | dict[str, 
     for key, value in items:
         set_field(cfg, key, value)
     return cfg.validate()
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, profile: str | None = "demo", prefix: str = "",
+                         what: str = "") -> None:
+    """``--profile`` and ``--set`` (``--<prefix>profile``, ``--<prefix>set``): the one way a command takes its run
+    configuration; :func:`config_from_args` reads them back."""
+    scope = f" ({what})" if what else ""
+    parser.add_argument(f"--{prefix}profile", default=profile,
+                        help=f"a profile name (medcore/profiles) or a YAML path{scope}; default {profile}")
+    parser.add_argument(f"--{prefix}set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override one setting, e.g. train.seed=1; repeatable{scope}")
+
+
+def config_from_args(args: argparse.Namespace, *first: str, prefix: str = "") -> RunConfig:
+    """The validated RunConfig of :func:`add_config_arguments`' flags: the profile, then `first` (a command's own
+    settings, e.g. ``model.source=...`` from ``--model``), then each ``--set`` in order."""
+    dest = prefix.replace("-", "_")
+    return load_profile(getattr(args, f"{dest}profile"), [*first, *getattr(args, f"{dest}set")])
 
 
 def _resolve_local_paths(values: dict[str, Any], base: Path) -> None:

@@ -181,9 +181,7 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
 
     state = process_state()
     fsdp = is_fsdp(state)
-    if fsdp and cfg.train.optimizer == "auto":
-        cfg.train.optimizer = "adamw_torch"
-    cfg.validate()
+    cfg = cfg.with_overrides({"train.optimizer": "adamw_torch"} if fsdp and cfg.train.optimizer == "auto" else {})
     train_ds, eval_ds = _data(cfg, state)
     output_dir = Path(output_dir or Path(cfg.results_dir).parent / "checkpoints" / cfg.name)
     prepare_output_dir(cfg, output_dir, resume, write=False)  # every process refuses the same mistakes
@@ -244,14 +242,15 @@ def evaluate(cfg, adapter: str | Path | None = None, run_id: str | None = None) 
 # ---- command line ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from medcore.config import add_config_arguments
+
     parser = argparse.ArgumentParser(prog="accelerate launch --config_file medcore/accelerate/ddp.yaml -m "
                                           "medcore.distributed", description="medcore on several processes")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("train", "QLoRA for a profile (DDP or FSDP, from the accelerate config)"),
                        ("evaluate", "score the profile's evaluation questions, sharded over processes")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--profile", default="demo")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        add_config_arguments(p)
         if name == "train":
             p.add_argument("--output-dir", default=None)
             p.add_argument("--resume", action="store_true")
@@ -262,10 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medcore.config import load_profile
+    from medcore.config import config_from_args
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_profile(args.profile, args.set)
+    cfg = config_from_args(args)
     if args.command == "train":
         train(cfg, output_dir=args.output_dir, resume=args.resume)
     else:

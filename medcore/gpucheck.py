@@ -38,27 +38,28 @@ TRAIN_VARIANTS = {  # entry -> overrides on the paper profile (everything else a
 }
 
 
-def entries(model: str, source: str, steps: int, work: Path, extra_sets: list[str] = ()) -> list[tuple[str, list[str]]]:
-    """(name, argv) of every entry; paths of the scratch runs under `work`; `extra_sets` go to every run that takes
-    ``--set`` (a CPU rehearsal with a tiny model needs a longer ``data.max_length``, say)."""
+def entries(model: str, source: str, steps: int, work: Path, extra_sets: list[str] = (),
+            profile: str = "paper") -> list[tuple[str, list[str]]]:
+    """(name, argv) of every entry; paths of the scratch runs under `work`; `profile` and `extra_sets` go to every
+    run that takes ``--profile``/``--set`` (a CPU rehearsal with a tiny model needs a longer ``data.max_length``)."""
     py = [sys.executable, "-m", "medcore"]
     data = [f"data.source={source}", f"data.train_source={source}", "data.train_split=validation",
             f"model.source={model}", f"train.max_steps={steps}", f"results_dir={work / 'results'}",
             "train.save_steps=1000000", "train.eval_steps=1000000", *extra_sets]
     sets = lambda extra: [x for kv in [*data, *extra] for x in ("--set", kv)]  # noqa: E731
-    out = [(name, [*py, "train", "--profile", "paper", *sets([f"name=check-{i}", *extra]),
+    out = [(name, [*py, "train", "--profile", profile, *sets([f"name=check-{i}", *extra]),
                    "--output-dir", str(work / f"ckpt-{i}")]) for i, (name, extra) in enumerate(TRAIN_VARIANTS.items())]
-    out.append(("study main", [*py, "study", "--profile", "paper", "--parts", "main",
+    out.append(("study main", [*py, "study", "--profile", profile, "--parts", "main",
                                *sets(["name=check-study", "data.eval_limit=512"])]))
     for kind in ("ddp", "fsdp_qlora"):
         out.append((f"distributed train {kind}", [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file",
             str(ROOT / "medcore" / "accelerate" / f"{kind}.yaml"), "--num_processes", "1", "-m",
-            "medcore.distributed", "train", "--profile", "paper", *sets([f"name=check-{kind}"]),
+            "medcore.distributed", "train", "--profile", profile, *sets([f"name=check-{kind}"]),
             "--output-dir", str(work / f"ckpt-{kind}")]))
     out.append(("evaluate (defaults)", [*py, "evaluate", "--model", model, "--source", source,
                                         "--results-dir", str(work / "results"), "--run-id", "check-evaluate"]))
-    out.append(("bench (short)", [*py, "bench", "--model", model, "--source", source, "--steps", "10",
+    out.append(("bench (short)", [*py, "bench", "--profile", profile, "--model", model, "--source", source, "--steps", "10",
                                   *[x for kv in [f"train.max_steps={max(steps, 20)}", *extra_sets] for x in ("--set", kv)],
                                   "--n-questions", "1024", "--out", str(work / "bench")]))
     return out
@@ -79,8 +80,9 @@ def write_paper_sized_train(sources: list[Path], out: Path, n: int = PAPER_TRAIN
     return out
 
 
-def paper_epoch(model: str, source: str, work: Path, resume: bool, timeout: float, env: dict) -> list[dict]:
-    """`medcore train --profile paper` for one epoch of a paper-sized training file, then `medcore evaluate` of
+def paper_epoch(model: str, source: str, work: Path, resume: bool, timeout: float, env: dict,
+                profile: str = "paper") -> list[dict]:
+    """`medcore train --profile paper` (or `profile`) for one epoch of a paper-sized training file, then `medcore evaluate` of
     its adapter on the validation split; ``resume`` continues a run stopped by a time limit."""
     dev = Path(source.removeprefix("local:"))
     folder = dev if dev.is_dir() else dev.parent
@@ -91,7 +93,7 @@ def paper_epoch(model: str, source: str, work: Path, resume: bool, timeout: floa
     py = [sys.executable, "-m", "medcore"]
     sets = [f"model.source={model}", f"data.source={source}", f"data.train_source=local:{train_file}",
             "data.train_split=train", f"results_dir={work / 'results'}", "name=paper-epoch"]
-    train_cmd = [*py, "train", "--profile", "paper", *[x for kv in sets for x in ("--set", kv)],
+    train_cmd = [*py, "train", "--profile", profile, *[x for kv in sets for x in ("--set", kv)],
                  "--output-dir", str(work / "ckpt"), *(["--resume"] if resume else [])]
     rows = [run_entry("paper epoch: train" + (" (resumed)" if resume else ""), train_cmd, timeout, env)]
     rows[-1].update(_train_figures(work, "paper-epoch"))
@@ -144,7 +146,7 @@ def run_entries(a: argparse.Namespace, source: str, work: Path, env: dict[str, s
     """Run the entries `a.only` selects, calling ``save(rows)`` after each (a run cut short keeps its rows)."""
     wanted = [x.strip() for x in a.only.split(",") if x.strip()]
     rows = []
-    for name, cmd in entries(a.model, source, a.steps, work, a.set):
+    for name, cmd in entries(a.model, source, a.steps, work, a.set, profile=a.profile):
         if wanted and not any(w in name for w in wanted):
             continue
         row = run_entry(name, cmd, a.timeout, env)
@@ -159,6 +161,7 @@ def run_entries(a: argparse.Namespace, source: str, work: Path, env: dict[str, s
 
 def main(argv: list[str] | None = None) -> int:
     from medcore.bench import default_source
+    from medcore.config import add_config_arguments, config_from_args
 
     p = argparse.ArgumentParser(prog="medcore gpu-check", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="random:gemma-2b")
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8, help="training steps per entry")
     p.add_argument("--only", default="", help="comma list of entry names (substrings) to run")
     p.add_argument("--timeout", type=float, default=300, help="seconds per entry")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every run that takes --set")
+    add_config_arguments(p, profile="paper", what="for every run that takes --profile and --set")
     p.add_argument("--out", default="results/gpu-check")
     p.add_argument("--run-id", default=None)
     p.add_argument("--paper-epoch", action="store_true",
@@ -174,12 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="scratch folder kept between calls (with --paper-epoch --resume)")
     p.add_argument("--resume", action="store_true", help="with --paper-epoch: continue its training run")
     a = p.parse_args(argv)
+    source = a.source or default_source()
+    # the settings every entry starts from (each adds its own --set): a bad --profile or --set fails here, in one line
+    cfg = config_from_args(a, f"model.source={a.model}", f"data.source={source}")
+    options = {k: v for k, v in vars(a).items() if k not in ("profile", "set")}
     import torch
 
     from medcore.results import portable_paths, write_run_record
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    source = a.source or default_source()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     weights = not a.model.startswith("random:")
     run_id = a.run_id or ("paper-epoch" + ("-resumed" if a.resume else "") if a.paper_epoch else
@@ -187,15 +193,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(rows: list[dict[str, Any]], final: bool) -> Path:
         passed = sum(r["passed"] for r in rows)
-        return write_run_record(a.out, run_id, config=portable_paths(vars(a)), metrics=portable_paths({
+        return write_run_record(a.out, run_id, config=portable_paths(cfg.to_dict()), metrics=portable_paths({
             "device": device, "model": a.model, "real_weights": weights, "entries": rows, "passed": passed,
             "total": len(rows), "all_passed": passed == len(rows), "complete": final}),
-            extra={"real_weights": weights, "kind": "gpu-check"}, overwrite=True)
+            extra={"real_weights": weights, "kind": "gpu-check", "options": portable_paths(options)}, overwrite=True)
 
     if a.paper_epoch:
         work = Path(a.work or tempfile.mkdtemp(prefix="medcore-paper-epoch-"))
         work.mkdir(parents=True, exist_ok=True)
-        rows = paper_epoch(a.model, source, work, a.resume, a.timeout, env)
+        rows = paper_epoch(a.model, source, work, a.resume, a.timeout, env, profile=a.profile)
         for row in rows:
             _print(row)
     else:

@@ -28,7 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from medcore.config import RunConfig, load_profile
+import yaml
+
+from medcore.config import ConfigError, RunConfig, load_profile
 
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_quantize.ipynb", "03_finetune.ipynb", "04_evaluate.ipynb",
              "05_analysis.ipynb")
@@ -109,6 +111,45 @@ def _config_json(cfg: RunConfig) -> dict[str, Any]:
     return json.loads(json.dumps(cfg.to_dict(), default=str))
 
 
+RUN_PARAMETERS = ("profile", "overrides", "run_dir", "resume")  # every notebook's; run_pipeline passes them itself
+
+
+def notebook_parameters(paths: Iterable[str | Path]) -> dict[str, list[str]]:
+    """Each name a notebook's parameters cell sets -> the notebooks that set it (the run's own four left out)."""
+    import papermill as pm
+
+    out: dict[str, list[str]] = {}
+    for path in paths:
+        for name in pm.inspect_notebook(str(path)):
+            if name not in RUN_PARAMETERS:
+                out.setdefault(name, []).append(Path(path).name)
+    return out
+
+
+def parse_parameters(pairs: Iterable[Sequence[str]]) -> dict[str, Any]:
+    """``[(name, value), ...]`` from ``medcore run -p NAME VALUE`` with each value read as YAML (``8``, ``true``,
+    ``[bf16, nf4]``, ``null``; anything else stays a string)."""
+    out = {}
+    for name, text in pairs:
+        try:
+            out[name] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            out[name] = text
+    return out
+
+
+def check_parameters(parameters: dict[str, Any], paths: Sequence[Path]) -> None:
+    """Refuse a parameter no notebook of the run takes, or one of the run's own, naming what is allowed."""
+    known = notebook_parameters(paths)
+    for name in parameters:
+        if name in RUN_PARAMETERS:
+            flag = {"overrides": "--set"}.get(name, "--" + name.replace("_", "-"))
+            raise ConfigError(f"parameter {name!r} is the run's own: give it as {flag}")
+        if name not in known:
+            allowed = ", ".join(f"{k} ({', '.join(v)})" for k, v in known.items()) or "none"
+            raise ConfigError(f"parameter {name!r}: no notebook of this run takes it; parameters: {allowed}")
+
+
 def run_pipeline(profile: str | Path = "demo", overrides: Iterable[str] | None = None, run_dir: str | Path | None = None,
                  resume: bool = False, notebooks: str | Path | Sequence[str | Path] | None = None, *,
                  parameters: dict[str, Any] | None = None, kernel_name: str = KERNEL_NAME, progress: bool = True,
@@ -117,7 +158,8 @@ def run_pipeline(profile: str | Path = "demo", overrides: Iterable[str] | None =
 
     A bad override raises ``ConfigError`` before any kernel starts. ``resume`` skips the notebooks that
     ``pipeline.json`` lists as finished, if its config is this one (otherwise :class:`PipelineError`); notebook 03
-    then continues training from its last checkpoint. ``parameters`` are extra papermill parameters; notebooks run
+    then continues training from its last checkpoint. ``parameters`` are extra papermill parameters, each one that some
+    notebook's parameters cell sets (checked before any kernel starts; ``medcore run -p NAME VALUE``); notebooks run
     with the project ``root`` as working directory. Raises :class:`NotebookError` at the first failing notebook.
     """
     import papermill as pm
@@ -128,6 +170,7 @@ def run_pipeline(profile: str | Path = "demo", overrides: Iterable[str] | None =
     cfg = load_profile(profile, overrides)
     root = Path(root).resolve() if root else project_root()
     paths = notebook_paths(notebooks, root)
+    check_parameters(dict(parameters or {}), paths)
     run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(profile, root)
     (run_dir / "results").mkdir(parents=True, exist_ok=True)
     old = read_status(run_dir)
@@ -135,7 +178,8 @@ def run_pipeline(profile: str | Path = "demo", overrides: Iterable[str] | None =
         raise PipelineError(f"{run_dir} holds a run of another config (profile {old.get('profile')!r}, overrides "
                             f"{old.get('overrides')}); resume it with those settings, or pick another run_dir")
     keep = resume and bool(old)
-    status = {"profile": str(profile), "overrides": overrides, "config": _config_json(cfg), "run_dir": str(run_dir),
+    status = {"profile": str(profile), "overrides": overrides, "parameters": dict(parameters or {}),
+              "config": _config_json(cfg), "run_dir": str(run_dir),
               "notebooks": [p.name for p in paths], "finished": list(old.get("finished", [])) if keep else [],
               "seconds": dict(old.get("seconds", {})) if keep else {}, "failed": None,
               "started": old.get("started") if keep else datetime.now(timezone.utc).isoformat(timespec="seconds")}

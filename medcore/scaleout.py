@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,26 @@ CONFIG_DIR = Path(__file__).parent / "accelerate"
 THROUGHPUT_SETTINGS = {"train.gradient_checkpointing": "true", "train.max_batch_size": "128",
                        "train.optimizer": "adamw_torch", "train.eval_steps": "1000000",
                        "train.save_steps": "1000000", "train.logging_steps": "5", "data.eval_limit": "64"}
+
+
+@dataclass
+class ScaleoutOptions:
+    """What only the scale-out needs; the runs' settings come from the RunConfigs of ``--profile``/``--set`` and
+    ``--accuracy-profile``/``--accuracy-set``."""
+    gpus: int = 2
+    parts: str = "throughput,fsdp,accuracy"
+    summary_id: str = "scaleout-summary"
+    model: str = "random:gemma-2b"  # model.source of the throughput and fsdp parts
+    steps: int = 40
+    token_budget: int = 4096
+    reference: str | None = "results/study/study-fine-tuned"
+    results_dir: str = "results/scaleout"
+    run_limit: float = 300.0
+    deadline: float | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "ScaleoutOptions":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
 def config_path(name: str) -> Path:
@@ -81,9 +102,9 @@ def plan(args) -> list[dict[str, Any]]:
                      "cmd": launcher(gpus, config) + ["train", "--profile", args.profile]
                      + _sets({**common, "name": name}) + user_sets})
     if "accuracy" in parts:
-        from medcore.config import load_profile
+        from medcore.config import config_from_args
 
-        ref = load_profile(args.accuracy_profile, args.accuracy_set)
+        ref = config_from_args(args, prefix="accuracy-")
         name = f"scaleout-real-ddp{args.gpus}"
         settings = {"name": name, "results_dir": args.results_dir,
                     "train.max_batch_size": max(1, ref.train.max_batch_size // args.gpus),
@@ -103,18 +124,29 @@ def plan(args) -> list[dict[str, Any]]:
 
 def check_arguments(args) -> None:
     """Refuse a bad argument here, in one line, before any run starts (a run would fail in its own log)."""
-    from medcore.config import ConfigError, load_profile
+    from medcore.config import ConfigError
 
     if args.gpus < 2:
         raise ConfigError(f"--gpus {args.gpus}: must be at least 2 (the one-GPU run is part of the comparison)")
     for flag, value in (("--steps", args.steps), ("--token-budget", args.token_budget), ("--run-limit", args.run_limit)):
         if value <= 0:
             raise ConfigError(f"{flag} {value}: must be positive")
-    parts = _parts(args)
+    configs(args)  # names a bad --model or --set
+
+
+def configs(args) -> dict[str, Any]:
+    """The validated RunConfig of each requested side: ``throughput`` (the throughput, ddp and fsdp parts, with the
+    settings every one of their runs gets) and ``accuracy``."""
+    from medcore.config import config_from_args
+
+    parts, out = _parts(args), {}
     if {"throughput", "ddp", "fsdp"} & set(parts):
-        load_profile(args.profile, [*args.set, f"model.source={args.model}"])  # names a bad --model or --set
+        common = {"model.source": args.model, "train.max_steps": args.steps, "train.token_budget": args.token_budget,
+                  **THROUGHPUT_SETTINGS, "results_dir": args.results_dir}
+        out["throughput"] = config_from_args(args, *[f"{k}={v}" for k, v in common.items()])
     if "accuracy" in parts:
-        load_profile(args.accuracy_profile, args.accuracy_set)
+        out["accuracy"] = config_from_args(args, prefix="accuracy-")
+    return out
 
 
 def execute(runs: list[dict[str, Any]], deadline: float | None, log_dir: Path) -> list[dict[str, Any]]:
@@ -194,22 +226,23 @@ def summarize(done: list[dict[str, Any]], results_dir: Path, reference: Path | N
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medcore.config import add_config_arguments
+
     p = argparse.ArgumentParser(prog="medcore scaleout", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpus", type=int, default=2)
-    p.add_argument("--parts", default="throughput,fsdp,accuracy", help="throughput (one GPU and DDP), ddp (DDP "
+    d = ScaleoutOptions()
+    p.add_argument("--gpus", type=int, default=d.gpus)
+    p.add_argument("--parts", default=d.parts, help="throughput (one GPU and DDP), ddp (DDP "
                    "alone), fsdp, accuracy")
-    p.add_argument("--summary-id", default="scaleout-summary", help="run id of the summary record")
-    p.add_argument("--model", default="random:gemma-2b", help="throughput and fsdp parts")
-    p.add_argument("--profile", default="study", help="data of the throughput and fsdp parts")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="throughput and fsdp parts")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--token-budget", type=int, default=4096)
-    p.add_argument("--accuracy-profile", default="study")
-    p.add_argument("--accuracy-set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--reference", default="results/study/study-fine-tuned", help="the one-GPU record to compare")
-    p.add_argument("--results-dir", default="results/scaleout")
-    p.add_argument("--run-limit", type=float, default=300.0, help="seconds for each run")
+    p.add_argument("--summary-id", default=d.summary_id, help="run id of the summary record")
+    p.add_argument("--model", default=d.model, help="throughput and fsdp parts")
+    add_config_arguments(p, profile="study", what="the throughput and fsdp parts")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--token-budget", type=int, default=d.token_budget)
+    add_config_arguments(p, profile="study", prefix="accuracy-", what="the accuracy part")
+    p.add_argument("--reference", default=d.reference, help="the one-GPU record to compare")
+    p.add_argument("--results-dir", default=d.results_dir)
+    p.add_argument("--run-limit", type=float, default=d.run_limit, help="seconds for each run")
     p.add_argument("--deadline", type=float, default=None, help="seconds; start no run after this")
     args = p.parse_args(argv)
     check_arguments(args)
@@ -222,9 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir)
     done = execute(plan(args), args.deadline, results_dir.parent / "logs" / "scaleout")
     summary = summarize(done, results_dir, Path(args.reference) if args.reference else None)
-    record = results.write_run_record(results_dir, args.summary_id, vars(args), summary,
+    cfgs = configs(args)
+    record = results.write_run_record(results_dir, args.summary_id, next(iter(cfgs.values())).to_dict(), summary,
                                       extra={"real_weights": "mixed", "note": f"throughput and fsdp: {args.model} "
-                                             "(random weights: speed and memory only); accuracy: real weights"},
+                                             "(random weights: speed and memory only); accuracy: real weights",
+                                             "options": asdict(ScaleoutOptions.from_args(args)),
+                                             "configs": {k: c.to_dict() for k, c in cfgs.items()}},
                                       overwrite=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1, default=str))
     print(f"record: {record}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from medcore import data, results, workflows
-from medcore.config import ConfigError, RunConfig, load_profile
+from medcore.config import ConfigError, RunConfig, add_config_arguments, config_from_args
 
 ABLATIONS = {  # run name -> overrides on the study profile
     "abl-bf16-lora": {"quant.precision": "bf16"},
@@ -80,13 +80,7 @@ def _train_set(run: RunConfig, cfg: RunConfig, train_ds):
 
 
 def _variant(cfg: RunConfig, name: str, overrides: dict) -> RunConfig:
-    out = copy.deepcopy(cfg)
-    out.name = name
-    for key, value in overrides.items():
-        from medcore.config import set_field
-
-        set_field(out, key, value(cfg) if callable(value) else value)
-    return out.validate()
+    return cfg.with_overrides({k: v(cfg) if callable(v) else v for k, v in overrides.items()}, name=name)
 
 
 def _done(cfg: RunConfig, run_id: str) -> bool:
@@ -216,8 +210,7 @@ def _check_arguments(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="medcore study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="study")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(p, profile="study")
     p.add_argument("--parts", default="zero-shot,main,kfold,ablations")
     p.add_argument("--ablations", default=",".join(ABLATIONS))
     p.add_argument("--k", type=int, default=5)
@@ -226,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default=None, help="train.seed of each main run, e.g. 0,1,2 (default: the profile's)")
     args = p.parse_args(argv)
     _check_arguments(args)
-    cfg = load_profile(args.profile, args.set)
+    cfg = config_from_args(args)
     t0 = time.perf_counter()
     train_ds, eval_ds = workflows.study_data(cfg)
     print(f"study {cfg.name}: train {len(train_ds)}, eval {len(eval_ds)} questions, results in {cfg.results_dir}")

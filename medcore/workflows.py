@@ -393,24 +393,35 @@ def before_after(cfg: RunConfig, adapter_dir: str | Path, datasets_: tuple | Non
     return out
 
 
-def evaluate_model(model_spec: str, source: str = "mirror", split: str = "validation", limit: int | None = None,
-                   precision: str = "bf16", adapter: str | None = None, batch_size: int | None = None,
-                   results_dir: str = "results", run_id: str | None = None, seed: int = 0,
-                   on_invalid: str = "raise", rotations: bool | None = None) -> Path:
+def evaluate_defaults() -> RunConfig:
+    """What `medcore evaluate` scores with when no profile is given: RunConfig's defaults at bf16."""
+    return RunConfig(quant=QuantConfig(precision="bf16", double_quant=True))
+
+
+def evaluate_model(model_spec: str | None = None, source: str | None = None, split: str | None = None,
+                   limit: int | None = None, precision: str | None = None, adapter: str | None = None,
+                   batch_size: int | None = None, results_dir: str | None = None, run_id: str | None = None,
+                   seed: int | None = None, on_invalid: str | None = None, rotations: bool | None = None,
+                   base: RunConfig | None = None) -> Path:
     """The `python -m medcore evaluate` command: score, print accuracy, tables and cost, write a record.
 
-    ``limit`` keeps a stratified subset of that many questions; ``on_invalid="skip"`` scores the valid records of a
-    file with broken ones (the report counts them). The adapter is checked before anything loads."""
+    The settings are `base` (a profile's config; default: RunConfig's defaults at bf16) with each argument that is
+    given on top; a precision given means that preset with double quantization. ``limit`` keeps a stratified subset
+    of that many questions; ``on_invalid="skip"`` scores the valid records of a file with broken ones (the report
+    counts them). The adapter is checked before anything loads."""
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: give a positive number of questions, or leave --limit out to score "
                           "the whole split")
     lora.require_adapter(adapter or None)
-    cfg = RunConfig(name=run_id or f"eval-{model_spec.split(':')[-1].replace('/', '_')}-{precision}",
-                    results_dir=results_dir)
-    cfg.model.source, cfg.quant.precision, cfg.quant.double_quant = model_spec, precision, True
-    cfg.data.source, cfg.data.eval_split, cfg.eval.batch_size, cfg.data.seed = source, split, batch_size, seed
-    cfg.data.on_invalid, cfg.eval.rotations = on_invalid, rotations  # rotations None: on CUDA only
-    cfg.validate()
+    given = {"model.source": model_spec, "data.source": source, "data.eval_split": split, "results_dir": results_dir,
+             "quant.precision": precision, "quant.double_quant": True if precision is not None else None,
+             "eval.batch_size": batch_size, "data.seed": seed, "data.on_invalid": on_invalid,
+             "eval.rotations": rotations}  # rotations None: on CUDA only
+    start = base or evaluate_defaults()
+    spec, preset = model_spec or start.model.source, precision or start.quant.precision
+    name = run_id or f"eval-{spec.split(':')[-1].replace('/', '_')}-{preset}"
+    cfg = start.with_overrides({k: v for k, v in given.items() if v is not None}, name=name)
+    source, split, seed, on_invalid = cfg.data.source, cfg.data.eval_split, cfg.data.seed, cfg.data.on_invalid
     ds, loaded = data.load_medmcqa_report(source, split, on_invalid=on_invalid)
     data.require_answers(ds, purpose="scoring")
     skipped = {"skipped_records": sum(loaded.skipped.values()), "skipped_reasons": dict(loaded.skipped)}

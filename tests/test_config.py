@@ -104,3 +104,46 @@ def test_profile_paths_are_relative_to_the_profile_not_the_working_directory(tmp
     assert load_profile(folder / "mine.yaml").data.source == f"local:{folder / 'data' / 'dev.json'}"
     given = load_profile(folder / "mine.yaml", ["data.source=local:elsewhere.json"])  # --set: as typed
     assert given.data.source == "local:elsewhere.json"
+
+
+# ---- the one way a command takes its configuration --------------------------------------------------------------
+
+def test_with_overrides_returns_a_validated_copy_and_leaves_the_config_alone():
+    cfg = load_profile("ci")
+    out = cfg.with_overrides({"train.seed": 3}, name="other")
+    assert (out.train.seed, out.name) == (3, "other") and (cfg.train.seed, cfg.name) == (0, "ci")
+    assert cfg.with_overrides(["lora.r=6"]).lora.r == 6 and cfg.lora.r != 6
+    with pytest.raises(ConfigError, match="lora.r"):
+        cfg.with_overrides({"lora.r": 0})
+
+
+def test_config_arguments_read_back_in_order_with_a_prefix():
+    import argparse
+
+    from medcore.config import add_config_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_config_arguments(p, profile="ci")
+    add_config_arguments(p, profile="demo", prefix="accuracy-")
+    a = p.parse_args(["--set", "lora.r=6", "--accuracy-set", "lora.r=2", "--accuracy-profile", "ci"])
+    assert config_from_args(a, "lora.r=8").lora.r == 6  # a command's own settings first, then --set
+    assert config_from_args(a, "lora.r=8", prefix="accuracy-").lora.r == 2
+    assert config_from_args(p.parse_args([]), "lora.r=8").lora.r == 8
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("medcore.__main__", ["train", "--help"]), ("medcore.__main__", ["run", "--help"]),
+    ("medcore.__main__", ["evaluate", "--help"]), ("medcore.bench", ["--help"]), ("medcore.study", ["--help"]),
+    ("medcore.scaleout", ["--help"]), ("medcore.gpucheck", ["--help"]), ("medcore.distributed", ["train", "--help"]),
+    ("medcore.distributed", ["evaluate", "--help"])])
+def test_every_entry_point_takes_profile_and_set_through_the_one_helper(module, argv, monkeypatch, capsys):
+    import importlib
+
+    import medcore.config
+
+    calls, real = [], medcore.config.add_config_arguments
+    monkeypatch.setattr(medcore.config, "add_config_arguments", lambda p, *a, **k: (calls.append(k), real(p, *a, **k)))
+    main = importlib.import_module(module)
+    with pytest.raises(SystemExit):
+        (main._run if module == "medcore.__main__" else main.main)(argv)
+    assert calls and "--profile" in capsys.readouterr().out

@@ -5,6 +5,7 @@ import sys
 import time
 
 from medcore import gpucheck
+from medcore.config import RunConfig
 
 TINY_SETS = ["data.max_length=2048", "train.token_budget=4096", "train.max_batch_size=16", "train.optimizer=adamw_torch",
              "data.train_size=64", "data.eval_limit=64"]
@@ -21,6 +22,9 @@ def test_entries_cover_every_gpu_entry_point(tmp_path):
     assert "medcore.distributed" in ddp and any(x.endswith("accelerate/ddp.yaml") for x in ddp)
     assert "eval.batch_size=8" in commands["train compile"] and "train.compile=true" in commands["train compile"]
     assert "--set" not in commands["evaluate (defaults)"]  # evaluate runs with its own defaults
+    other = dict(gpucheck.entries("random:gemma-2b", "local:dev.json", 8, tmp_path, profile="ci"))
+    assert all(cmd[cmd.index("--profile") + 1] == "ci" for name, cmd in other.items() if "--profile" in cmd)
+    assert sum("--profile" in cmd for cmd in other.values()) == len(other) - 1  # all but evaluate (defaults)
 
 
 def test_one_training_entry_end_to_end_writes_a_record(tmp_path, medmcqa_dir):
@@ -33,6 +37,11 @@ def test_one_training_entry_end_to_end_writes_a_record(tmp_path, medmcqa_dir):
     assert m["all_passed"] and m["total"] == 1 and m["real_weights"] is False
     entry = m["entries"][0]
     assert entry["entry"] == "train bf16 lora" and entry["global_step"] == 2 and entry["steady_real_tokens_per_s"] > 0
+    # config.json is the RunConfig every entry starts from; the command's own options beside it
+    cfg = RunConfig.from_dict(json.loads((tmp_path / "check" / "config.json").read_text()))
+    assert cfg.name == "paper" and cfg.model.source == "random:tiny-gemma" and cfg.data.max_length == 2048
+    env = json.loads((tmp_path / "check" / "environment.json").read_text())
+    assert env["options"]["steps"] == 2 and "set" not in env["options"]
 
 
 def test_failing_and_hanging_entries_are_reported(tmp_path):

@@ -272,3 +272,33 @@ def test_notebook_kernels_talk_encrypted_and_print_no_tcp_warning(tmp_path, capf
                         progress_bar=False, log_output=False, config=Config(KERNEL_MANAGER_CONFIG))
     assert nbformat.read(tmp_path / "out.ipynb", 4).cells[0].outputs[0]["text"] == "True\n"  # CurveZMQ on
     assert "without encryption" not in capfd.readouterr().err
+
+
+# ---- notebook parameters through `medcore run -p NAME VALUE` --------------------------------------------------
+
+def test_every_notebook_parameter_is_reachable_and_read_as_yaml():
+    from medcore.__main__ import build_parser
+
+    paths = mp.notebook_paths(None, ROOT)
+    known = mp.notebook_parameters(paths)
+    assert {"presets", "cost_questions", "top_subjects"} <= set(known) and "profile" not in known
+    args = build_parser().parse_args(["run", "-p", "presets", "[bf16, nf4+dq]", "-p", "cost_questions", "128",
+                                      "--parameter", "with_bf16_base", "false"])
+    params = mp.parse_parameters(args.parameter)
+    assert params == {"presets": ["bf16", "nf4+dq"], "cost_questions": 128, "with_bf16_base": False}
+    mp.check_parameters(params, paths)
+    with pytest.raises(ConfigError, match="parameter 'cost_question': no notebook of this run takes it"):
+        mp.check_parameters({"cost_question": 1}, paths)
+    with pytest.raises(ConfigError, match="parameter 'overrides' is the run's own: give it as --set"):
+        mp.check_parameters({"overrides": []}, paths)
+
+
+def test_a_parameter_reaches_the_notebook_and_the_status(tiny_notebooks, tmp_path):
+    nb = nbformat.read(tiny_notebooks / "01_ok.ipynb", as_version=4)
+    nb.cells[0].source += "\nword = 'unset'"
+    nb.cells[1].source = "from pathlib import Path\nPath(run_dir, 'one.txt').write_text(word)"
+    nbformat.write(nb, tiny_notebooks / "01_ok.ipynb")
+    run_dir = tmp_path / "run"
+    mp.run_pipeline("ci", [], run_dir=run_dir, notebooks=[tiny_notebooks / "01_ok.ipynb"], progress=False,
+                    parameters={"word": "given"})
+    assert (run_dir / "one.txt").read_text() == "given" and mp.read_status(run_dir)["parameters"] == {"word": "given"}

@@ -103,3 +103,23 @@ def test_bad_arguments_are_refused_before_any_run_starts(values, words):
     with pytest.raises((ValueError, SystemExit)) as err:
         scaleout.check_arguments(args(**values))
     assert words in str(err.value)
+
+
+def test_the_summary_records_the_runconfig_and_the_scaleout_options(tmp_path, monkeypatch):
+    from medcore.config import RunConfig
+
+    monkeypatch.setattr(scaleout, "execute", lambda runs, deadline, log_dir: [
+        {**run, "exit": None, "status": "not started (deadline)", "seconds": 0.0} for run in runs])
+    out = tmp_path / "scaleout"
+    assert scaleout.main(["--parts", "throughput,accuracy", "--results-dir", str(out), "--steps", "7",
+                          "--accuracy-set", "data.eval_limit=10", "--reference", ""]) == 1
+    run = results.load_run(out / "scaleout-summary")
+    cfg = RunConfig.from_dict(run["config"])  # the one schema, not the command's flags
+    assert cfg.model.source == "random:gemma-2b" and cfg.train.max_steps == 7 and cfg.results_dir == str(out)
+    assert run["environment"]["options"]["steps"] == 7 and run["environment"]["options"]["parts"] == "throughput,accuracy"
+    assert run["environment"]["configs"]["accuracy"]["data"]["eval_limit"] == 10
+
+
+def test_options_come_from_the_arguments():
+    opts = scaleout.ScaleoutOptions.from_args(args(steps=12))
+    assert opts.steps == 12 and opts.gpus == 2 and opts.deadline is None

@@ -183,3 +183,18 @@ def test_evaluate_skips_invalid_lines_on_request_and_reports_cuts_and_skips(tmp_
     assert run["metrics"]["n"] == 6 and run["metrics"]["truncated"] == 2 and run["config"]["data"]["on_invalid"] == "skip"
     assert "2 of 6 questions cut to fit data.max_length=512 tokens" in out
     assert "1 invalid records skipped (bad_json: 1)" in out
+
+
+def test_evaluate_takes_a_profile_and_set_with_flags_on_top_and_leaves_the_config_alone(tmp_path, medmcqa_dir):
+    from medcore.__main__ import _run
+
+    base = load_profile("ci")
+    before = base.to_dict()
+    record = wf.evaluate_model(limit=8, precision="bf16", results_dir=str(tmp_path), run_id="profiled", base=base)
+    assert base.to_dict() == before  # evaluate works on a copy
+    cfg = load_run(record)["config"]
+    assert cfg["model"]["source"] == "random:tiny-gemma" and cfg["quant"]["precision"] == "bf16"
+    assert cfg["data"]["max_length"] == 640 and cfg["name"] == "profiled"  # the profile's, where no flag is given
+    assert _run(["evaluate", "--profile", "ci", "--set", "eval.batch_size=4", "--precision", "bf16", "--limit", "8",
+                 "--results-dir", str(tmp_path), "--run-id", "cli"]) == 0
+    assert load_run(tmp_path / "cli")["config"]["eval"]["batch_size"] == 4
