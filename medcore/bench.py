@@ -76,6 +76,7 @@ class BenchOptions:
     out: str = "results/bench-product"
     run_id: str | None = None
     seed: int = 0
+    headline: bool = False  # mark the record as its folder's headline (the one the Performance page leads with)
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -100,6 +101,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--out", default=d.out)
     p.add_argument("--run-id", default=None, help="default bench-<model>-<device>")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--headline", action="store_true", help="mark the record as its folder's headline")
     argv = list(argv or [])
     a = p.parse_args(argv[1:] if argv[:1] == ["--"] else argv)
     levers = [x.strip() for x in a.levers.split(",") if x.strip()]
@@ -120,7 +122,8 @@ def parse_args(argv: Sequence[str] | None):
     cfg = config_from_args(a, f"model.source={a.model}")
     opts = BenchOptions(steps=a.steps, warmup=a.warmup, baseline_batch_size=a.baseline_batch_size,
                         pad_length=a.pad_length, n_train=a.n_train, n_questions=a.n_questions, levers=levers,
-                        matmul_size=a.matmul_size, source=a.source, out=a.out, run_id=a.run_id, seed=a.seed, **sizes)
+                        matmul_size=a.matmul_size, source=a.source, out=a.out, run_id=a.run_id, seed=a.seed,
+                        headline=a.headline, **sizes)
     return cfg, opts
 
 
@@ -370,8 +373,9 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
         if write:
             metrics["record"] = str(write_run_record(
                 opts.out, run_id, config=portable_paths(cfg.to_dict()), metrics=portable_paths(metrics),
-                overwrite=True, extra=portable_paths({"real_weights": conditions["real_weights"], "kind": "bench",
-                                                      "model_source": cfg.model.source, "bench_options": asdict(opts)})))
+                overwrite=True, headline=opts.headline, extra=portable_paths({
+                    "real_weights": conditions["real_weights"], "kind": "bench", "model_source": cfg.model.source,
+                    "options": asdict(opts)})))
 
     variants = lever_variants(opts.levers, cfg, opts)
     save(final=not variants)

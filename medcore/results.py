@@ -2,9 +2,12 @@
 
 ``results/<run_id>/`` holds
 
-* ``config.json`` - the RunConfig (or any dict) the run used;
-* ``environment.json`` - :func:`environment_info` plus ``real_weights`` (False for random-weight models);
-* ``metrics.json`` - whatever the run measured (DataFrames inside become lists of records);
+* ``config.json`` - the RunConfig the run used (``RunConfig.to_dict()``; a command's own options, such as the
+  benchmark's steps, go to environment.json's ``options``);
+* ``environment.json`` - :func:`environment_info` plus ``real_weights`` (False for random-weight models) and
+  ``schema_version`` (:data:`SCHEMA_VERSION`; records without one are older);
+* ``metrics.json`` - whatever the run measured (DataFrames inside become lists of records); ``"headline": true``
+  marks the record a folder's readers show first (:func:`headline`);
 * ``loss_history.json`` - the Trainer's log history (a list of dicts; ``[]`` when nothing was trained);
 * ``predictions.parquet`` - one row per scored question, when given.
 
@@ -35,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+SCHEMA_VERSION = 2  # 2: config.json is always a RunConfig; 1 (no schema_version): some held a command's flags
 FILES = ("config.json", "environment.json", "metrics.json", "loss_history.json")
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "numpy", "pandas",
             "scipy", "statsmodels", "scikit-learn", "medcore")
@@ -174,14 +178,16 @@ def portable_paths(value: Any, root: str | Path | None = None) -> Any:
 
 # ---- writing -------------------------------------------------------------------------------------------------
 
-def write_run_record(results_dir: str | Path, run_id: str, config: dict, metrics: dict, loss_history=None,
+def write_run_record(results_dir: str | Path, run_id: str, config: Any, metrics: dict, loss_history=None,
                      predictions: pd.DataFrame | None = None, extra: dict | None = None,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, headline: bool = False) -> Path:
     """Write ``results_dir/run_id/`` atomically and return its path.
 
-    ``extra`` goes into environment.json (e.g. ``real_weights``, model source, notes); ``real_weights`` is taken
-    from ``extra`` or else ``metrics``. An existing record is an error unless ``overwrite``; then the old folder
-    is swapped out only after the new one is complete on disk.
+    ``config`` is the run's RunConfig (or its ``to_dict()``). ``extra`` goes into environment.json (e.g.
+    ``real_weights``, model source, notes, a command's ``options``); ``real_weights`` is taken from ``extra`` or else
+    ``metrics``. ``headline`` marks the record as its folder's headline (``"headline": true`` in metrics.json). An
+    existing record is an error unless ``overwrite``; then the old folder is swapped out only after the new one is
+    complete on disk.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", run_id) or run_id.startswith("."):
         raise ValueError(f"run_id {run_id!r} may hold only letters, digits, '.', '_' and '-' (it names a folder)")
@@ -196,6 +202,9 @@ def write_run_record(results_dir: str | Path, run_id: str, config: dict, metrics
     extra = dict(extra or {})
     env = {**environment_info(), **extra}
     env["real_weights"] = extra.get("real_weights", (metrics or {}).get("real_weights"))
+    env["schema_version"] = SCHEMA_VERSION
+    if headline:
+        metrics = {**(metrics or {}), "headline": True}
     tmp = results_dir / f".tmp-{run_id}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -265,6 +274,14 @@ def load_predictions(run_dir: str | Path) -> pd.DataFrame:
 def load_loss_history(run_dir: str | Path) -> pd.DataFrame:
     """The Trainer log history as a DataFrame (one row per logged step; empty if nothing was trained)."""
     return pd.DataFrame(_read_json(Path(run_dir) / "loss_history.json", []))
+
+
+def headline(records: list[tuple[Path, dict]]) -> tuple[Path, dict] | None:
+    """The record marked ``"headline": true`` in its metrics (the last so marked by name), else the last by name;
+    `records` are ``(path, load_run(path))`` pairs. None for no records."""
+    marked = [r for r in records if (r[1].get("metrics") or {}).get("headline")]
+    found = sorted(marked or records, key=lambda r: Path(r[0]).name)
+    return found[-1] if found else None
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:

@@ -158,3 +158,39 @@ def test_portable_paths_name_files_relative_to_the_repository(tmp_path):
              "cmd": [f"{tempfile.gettempdir()}/medcore-x/ckpt-1", "--steps", 8], "n": 3.5, "flag": True}
     assert portable_paths(value, root) == {"source": "local:shared/dev.json", "cwd": ".", "out": "~/out",
                                            "cmd": ["<tmp>/medcore-x/ckpt-1", "--steps", 8], "n": 3.5, "flag": True}
+
+
+# ---- one schema and an explicit headline ------------------------------------------------------------------------
+
+def test_a_record_carries_its_runconfig_and_the_schema_version(tmp_path):
+    from medcore.config import RunConfig, load_profile
+
+    cfg = load_profile("ci")
+    run = load_run(write_run_record(tmp_path, "c", cfg, {"accuracy": 0.5}, extra={"options": {"steps": 3}}))
+    assert RunConfig.from_dict(run["config"]).to_dict() == json.loads(json.dumps(cfg.to_dict()))
+    assert run["environment"]["schema_version"] == results.SCHEMA_VERSION and run["environment"]["options"] == {"steps": 3}
+    assert "headline" not in run["metrics"]
+
+
+def test_the_headline_is_the_record_marked_so_not_the_last_name(tmp_path):
+    for name, marked in (("a", False), ("b", True), ("c", False)):
+        write_run_record(tmp_path, name, {}, {"accuracy": 0.5}, headline=marked)
+    records = [(p, load_run(p)) for p in results.run_dirs(tmp_path)]
+    assert results.headline(records)[0].name == "b" and load_run(tmp_path / "b")["metrics"]["headline"] is True
+    assert results.headline(records[::2])[0].name == "c"  # none marked: the last by name, as before
+    assert results.headline([]) is None
+
+
+@pytest.mark.parametrize("folder, name", [("bench", "bench-gemma-2b-nvidia-h200-x-final"),
+                                          ("bench-product", "bench-gemma-2b-h200-paper-profile")])
+def test_the_committed_headlines_are_marked_and_are_the_ones_shown_before(folder, name):
+    root = Path(__file__).resolve().parents[1] / "results" / folder
+    records = [(p, load_run(p)) for p in results.run_dirs(root)]
+    assert results.headline(records)[0].name == name == records[-1][0].name
+
+
+def test_bench_headline_flag_marks_the_record():
+    from medcore.bench import parse_args
+
+    assert parse_args(["--headline", "--model", "random:tiny-gemma"])[1].headline is True
+    assert parse_args(["--model", "random:tiny-gemma"])[1].headline is False
