@@ -62,7 +62,7 @@ def test_end_to_end_writes_a_record_of_the_product_path(run):
     config = json.loads((record / "config.json").read_text())  # the one RunConfig schema, as a user's run
     assert config["model"]["source"] == TINY and config["train"]["token_budget"] == 256 and config["name"] == "ci"
     env = json.loads((record / "environment.json").read_text())
-    assert env["real_weights"] is False and env["bench_options"]["steps"] == 2
+    assert env["real_weights"] is False and env["options"]["steps"] == 2 and env["schema_version"] == 2
     assert [t["conditions_match"] for t in saved["targets"]] == [False] * len(saved["targets"])  # not the H200
     assert [(r["lever"], r["error"]) for r in saved["levers"]] == [
         ("ckpt", None), ("budget", None), ("score_batch", None), ("peft_cast", None)]
