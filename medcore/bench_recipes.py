@@ -5,16 +5,13 @@ timed scoring passes. The medcore rows themselves call the product (``medcore.tr
 from __future__ import annotations
 
 import contextlib
-import os
-import resource
-import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from medcore.measure import PeakMemory
 from medcore.prompts import IGNORE_INDEX, LETTERS, Collator
 
 
@@ -78,48 +75,6 @@ def matmul_rate(device: torch.device, size: int, reps: int = 10, warmup: int = 3
         seconds = time.perf_counter() - t0
     return {"size": size, "reps": reps, "seconds": seconds, "flops": 2.0 * size ** 3 * reps / seconds,
             "timer": "cuda_events" if device.type == "cuda" else "perf_counter"}
-
-
-# ---- peak memory ---------------------------------------------------------------------------------------------
-
-class PeakMemory:
-    """Peak memory inside a ``with`` block: the CUDA allocator's peak, or on CPU the resident set size
-    sampled every 5 ms from /proc/self/statm (ru_maxrss, if /proc is missing, covers the whole process)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak, self._stop = device, 0, threading.Event()
-        self.kind = "cuda_max_memory_allocated" if device.type == "cuda" else "rss_sampled"
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif Path("/proc/self/statm").is_file():
-            self.peak = self._rss()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        else:
-            self.kind = "process_peak_rss"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.kind == "rss_sampled":
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, self._rss())
-        else:
-            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ---- training batches ----------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import resource
 import statistics
 import time
 import zlib
@@ -43,6 +42,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from medcore.measure import PeakMemory
 from medcore.option_order import ROTATIONS, reorder
 from medcore.prompts import LETTERS, Collator, answer_token_ids, encode_for_scoring, format_prompt
 from medcore.stats import expected_calibration_error, grouped_accuracy, reliability_curve, wilson_interval
@@ -530,8 +530,8 @@ def measure_cost(model, tokenizer, records: Iterable[dict], batch_sizes: Sequenc
 
     Latency: ``n_latency`` questions one at a time after ``warmup`` untimed ones (median and p90, ms).
     Throughput: all ``records`` in length-sorted batches of each size after one untimed batch (questions/s).
-    Timings synchronize CUDA. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU (reset first), else the
-    process's peak resident set size (since the process started: it includes loading). Answer keys not needed.
+    Timings synchronize CUDA. Peak memory: :class:`medcore.measure.PeakMemory` over the timed passes (the CUDA
+    allocator's peak on GPU, the process's peak resident set on CPU). Answer keys not needed.
     """
     records = list(records)
     letter_ids, pad_id = answer_token_ids(tokenizer), _pad_id(tokenizer)
@@ -548,8 +548,7 @@ def measure_cost(model, tokenizer, records: Iterable[dict], batch_sizes: Sequenc
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
+    memory = PeakMemory(device).start()
     with _eval_mode(model):
         for i in range(min(warmup, len(encoded))):
             run([i])
@@ -561,11 +560,7 @@ def measure_cost(model, tokenizer, records: Iterable[dict], batch_sizes: Sequenc
             seconds = sum(run(b) for b in batches)
             throughput.append({"batch_size": bs, "qps": len(encoded) / seconds, "seconds": seconds})
     best = max(throughput, key=lambda t: t["qps"])
-    if cuda:
-        peak, kind = torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
-    else:
-        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
     return {"latency_ms_median": statistics.median(latency), "latency_ms_p90": float(np.percentile(latency, 90)),
             "latency_n": len(latency), "throughput": throughput, "best_batch_size": best["batch_size"],
-            "best_qps": best["qps"], "peak_memory_bytes": int(peak), "peak_memory_kind": kind,
+            "best_qps": best["qps"], **memory.read(),
             "conditions": _conditions(model, encoded)}

@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import is_tensorboard_available
 
 from medcore.config import ConfigError, RunConfig
+from medcore.measure import PeakMemory
 from medcore.quantize import disable_cpu_repack
 from medcore.prompts import IGNORE_INDEX, Collator, answer_token_ids, encode_example, token_budget_batches
 
@@ -428,29 +428,6 @@ def _check_fits_budget(ds: datasets.Dataset, token_budget: int, which: str) -> N
                           "or lower data.max_length")
 
 
-def _reset_peak_memory(on_cuda: bool) -> bool:
-    """Start the peak-memory count at zero; on Linux, writing 5 to clear_refs resets the process's peak RSS."""
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats()
-        return True
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_memory(on_cuda: bool, was_reset: bool) -> dict[str, Any]:
-    if on_cuda:
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(), "peak_memory_kind": "cuda_allocator"}
-    if was_reset:  # VmHWM: peak RSS since the reset at the start of training
-        status = Path("/proc/self/status").read_text()
-        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-        return {"peak_memory_bytes": kib * 1024, "peak_memory_kind": "process_rss"}
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_memory_kind": "process_rss_lifetime"}
-
-
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The decoder layers of a causal LM, under a peft wrapper or not (``model.model.layers`` in transformers)."""
     from medcore.evaluate import _causal_lm
@@ -548,7 +525,7 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     clock.seen = trainer.seen
     checkpoint = last_checkpoint(output_dir) if resume else None
     start_step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
-    was_reset = _reset_peak_memory(on_cuda)
+    memory = PeakMemory("cuda" if on_cuda else "cpu").start()
     start = time.perf_counter()
     try:  # evaluation and scoring afterwards run eager (no second compile for inference), with peft's copy
         with compiled_layers(model, cfg.train.compile), lora_inputs_in_bf16(model, cfg, on_cuda):
@@ -574,7 +551,7 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
         "real_tokens": trainer.seen["tokens"], "examples": trainer.seen["examples"],
         "real_tokens_per_s": trainer.seen["tokens"] / steps, "examples_per_s": trainer.seen["examples"] / steps,
         **clock.steady(), "optimizer": getattr(args.optim, "value", args.optim), "device": str(args.device),
-        **_peak_memory(on_cuda, was_reset), **({"adapter_save_error": save_error} if save_error else {}),
+        **memory.read(), **({"adapter_save_error": save_error} if save_error else {}),
     }
     result = TrainResult(str(adapter_dir), history, metrics)
     if trainer.is_world_process_zero():
