@@ -32,6 +32,7 @@ import copy
 import math
 import random
 import re
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,9 +53,10 @@ LEVERS = {  # name -> (variant label, RunConfig overrides); each a rerun of the 
     "repeat": [("repeat", {})],
     "ckpt": [("checkpointing toggled", {"train.gradient_checkpointing": "toggle"})],
     "compile": [("compile toggled", {"train.compile": "toggle"})],
-    "peft_cast": [("peft's float32 LoRA-input copy kept", {"train.lora_input_float32": True})],
+    "lora_input_float32": [("peft's float32 LoRA-input copy kept", {"train.lora_input_float32": True})],
     "optim": [("adamw_torch", {"train.optimizer": "adamw_torch"})],
 }
+LEVER_ALIASES = {"peft_cast": "lora_input_float32", "lora_cast": "lora_input_float32"}  # old names, one release
 BUDGET_LEVER = "budget"  # one variant per --budgets value: train.token_budget and max rows scaled alongside
 SCORE_LEVER = "score_batch"  # one variant per --score-batch-sizes value: eval.batch_size
 
@@ -105,6 +107,10 @@ def parse_args(argv: Sequence[str] | None):
     argv = list(argv or [])
     a = p.parse_args(argv[1:] if argv[:1] == ["--"] else argv)
     levers = [x.strip() for x in a.levers.split(",") if x.strip()]
+    for old in sorted(set(levers) & set(LEVER_ALIASES)):
+        print(f"[bench] lever {old!r} is now {LEVER_ALIASES[old]!r}; the old name goes in the next release",
+              file=sys.stderr)
+    levers = [LEVER_ALIASES.get(x, x) for x in levers]
     known = [*LEVERS, BUDGET_LEVER, SCORE_LEVER]
     if sorted(set(levers) - set(known)):
         p.error(f"unknown lever(s) {sorted(set(levers) - set(known))}; choose from {', '.join(known)}")

@@ -18,7 +18,7 @@ choices alone exceed ``data.max_length`` raises (or with ``data.on_invalid="skip
 longer than ``train.token_budget`` raises a ConfigError naming it; questions cut to fit are counted.
 bf16 autocast (``train.autocast``: auto = on CUDA, off on CPU; ``bf16`` forces it, on a CPU too) around the whole
 loss, not only ``model.forward`` as accelerate does: the answer-only loss calls the submodules. Under autocast, peft's copy of
-each LoRA input to the adapter's float32 is skipped (:func:`lora_inputs_in_bf16`; ``train.lora_input_float32``
+each LoRA input to the adapter's float32 is skipped (:func:`lora_input_float32`; ``train.lora_input_float32``
 keeps it): autocast would cast it back to bf16 before the matmul, so the copies cost time and memory for nothing.
 
 :func:`train` returns a :class:`TrainResult` and writes it to ``<output_dir>/train_result.json``: the loss history
@@ -439,12 +439,12 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def skips_lora_input_copy(method: str, autocast: bool, keep_float32: bool) -> bool:
-    """Whether training leaves LoRA inputs in bf16 (see :func:`lora_inputs_in_bf16`)."""
-    return autocast and method in ("lora", "rslora") and not keep_float32
+def skips_lora_input_float32(method: str, autocast: bool, lora_input_float32: bool) -> bool:
+    """Whether training skips peft's float32 copy of each LoRA input (see :func:`lora_input_float32`)."""
+    return autocast and method in ("lora", "rslora") and not lora_input_float32
 
 
-def lora_inputs_in_bf16(model: torch.nn.Module, cfg: RunConfig, on_cuda: bool):
+def lora_input_float32(model: torch.nn.Module, cfg: RunConfig, on_cuda: bool):
     """Context in which peft's LoRA layers leave their input in bf16 instead of copying it to the adapter's
     float32 (``peft.helpers.disable_input_dtype_casting``), when training runs under bf16 autocast
     (:func:`uses_autocast`), the method is lora or rslora, and ``train.lora_input_float32`` is off; otherwise a
@@ -458,8 +458,11 @@ def lora_inputs_in_bf16(model: torch.nn.Module, cfg: RunConfig, on_cuda: bool):
     from peft.helpers import disable_input_dtype_casting
 
     return disable_input_dtype_casting(
-        model, active=skips_lora_input_copy(cfg.lora.method, uses_autocast(cfg, on_cuda),
-                                            cfg.train.lora_input_float32))
+        model, active=skips_lora_input_float32(cfg.lora.method, uses_autocast(cfg, on_cuda),
+                                               cfg.train.lora_input_float32))
+
+
+lora_inputs_in_bf16, skips_lora_input_copy = lora_input_float32, skips_lora_input_float32  # old names, one release
 
 
 @contextlib.contextmanager
@@ -528,7 +531,7 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
     memory = PeakMemory("cuda" if on_cuda else "cpu").start()
     start = time.perf_counter()
     try:  # evaluation and scoring afterwards run eager (no second compile for inference), with peft's copy
-        with compiled_layers(model, cfg.train.compile), lora_inputs_in_bf16(model, cfg, on_cuda):
+        with compiled_layers(model, cfg.train.compile), lora_input_float32(model, cfg, on_cuda):
             output = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.finite.check(output_dir)
     finally:

@@ -44,7 +44,7 @@ SETTINGS = ["--model", TINY, "--set", "quant.precision=bf16", "--set", "train.ma
 @pytest.fixture(scope="module")
 def run(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    argv = ["--", "--profile", "ci", *SETTINGS, "--levers", "ckpt,budget,score_batch,peft_cast", "--budgets", "128",
+    argv = ["--", "--profile", "ci", *SETTINGS, "--levers", "ckpt,budget,score_batch,lora_input_float32", "--budgets", "128",
             "--score-batch-sizes", "2", "--source", source, "--out", str(out)]
     cfg, opts = bench.parse_args(argv)
     return bench.run_bench(cfg, opts), out
@@ -65,7 +65,7 @@ def test_end_to_end_writes_a_record_of_the_product_path(run):
     assert env["real_weights"] is False and env["options"]["steps"] == 2 and env["schema_version"] == 2
     assert [t["conditions_match"] for t in saved["targets"]] == [False] * len(saved["targets"])  # not the H200
     assert [(r["lever"], r["error"]) for r in saved["levers"]] == [
-        ("ckpt", None), ("budget", None), ("score_batch", None), ("peft_cast", None)]
+        ("ckpt", None), ("budget", None), ("score_batch", None), ("lora_input_float32", None)]
     assert saved["levers"][0]["gradient_checkpointing"] is True  # the ci profile trains without: toggled on
     assert saved["levers"][1]["token_budget"] == 128 and saved["levers"][3]["lora_input_float32"] is True
     assert saved["complete"] is True
@@ -197,3 +197,12 @@ def test_too_few_questions_are_refused_before_any_measurement(source, tmp_path, 
     with pytest.raises(ValueError, match=r"48 questions cannot feed 20 baseline steps of 4 plus 1 warm-up steps"):
         bench.run_bench(cfg, opts)
     assert not any(tmp_path.iterdir())  # no record
+
+
+def test_the_old_lever_names_still_work_with_a_deprecation_message(capsys):
+    from medcore.bench import parse_args
+
+    _, opts = parse_args(["--model", "random:tiny-gemma", "--levers", "peft_cast,repeat,lora_cast"])
+    assert opts.levers == ["lora_input_float32", "repeat", "lora_input_float32"]
+    err = capsys.readouterr().err
+    assert "'peft_cast' is now 'lora_input_float32'" in err and "'lora_cast' is now" in err

@@ -204,7 +204,7 @@ def _loss_and_grads(model, batch, context):
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_lora_inputs_left_in_bf16_under_autocast_change_nothing_for_lora(method):
     """Under bf16 autocast peft copies each LoRA input to the adapter's float32 and autocast casts it back for the
-    matmul; without the copy (train.lora_inputs_in_bf16) LoRA's loss and gradients are the same (dropout 0).
+    matmul; without the copy (train.lora_input_float32) LoRA's loss and gradients are the same (dropout 0).
     DoRA keeps the copy: its magnitude terms use the input outside the matmuls and would change."""
     cfg = config()
     cfg.lora = LoraConfig(method=method, r=4, alpha=8, dropout=0.0)
@@ -222,11 +222,11 @@ def test_lora_inputs_left_in_bf16_under_autocast_change_nothing_for_lora(method)
     first_a = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
     first_a.register_forward_hook(lambda mod, args, out: seen.append(args[0].dtype))
 
-    loss, grads = _loss_and_grads(model, batch, train.lora_inputs_in_bf16(model, cfg, on_cuda=False))
-    inside = train.lora_inputs_in_bf16(model, cfg, on_cuda=True)
+    loss, grads = _loss_and_grads(model, batch, train.lora_input_float32(model, cfg, on_cuda=False))
+    inside = train.lora_input_float32(model, cfg, on_cuda=True)
     with inside:
         flags_inside = _cast_flags(model)
-    loss_off, grads_off = _loss_and_grads(model, batch, train.lora_inputs_in_bf16(model, cfg, on_cuda=True))
+    loss_off, grads_off = _loss_and_grads(model, batch, train.lora_input_float32(model, cfg, on_cuda=True))
     assert _cast_flags(model) == {True}  # put back afterwards
     assert any(g.abs().sum() > 0 for g in grads)
     if method == "lora":
@@ -236,7 +236,7 @@ def test_lora_inputs_left_in_bf16_under_autocast_change_nothing_for_lora(method)
     else:
         assert flags_inside == {True} and set(seen) == {torch.float32}
     cfg.lora.method, cfg.train.lora_input_float32 = "lora", True  # the setting that keeps peft's copy
-    with train.lora_inputs_in_bf16(model, cfg, on_cuda=True):
+    with train.lora_input_float32(model, cfg, on_cuda=True):
         assert _cast_flags(model) == {True}
 
 
