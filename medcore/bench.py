@@ -134,7 +134,8 @@ def parse_args(argv: Sequence[str] | None):
 
 
 def default_source() -> str:
-    """shared/medmcqa inside the checkout (it travels to the lent GPU), then ../shared/medmcqa, else the mirror."""
+    """shared/medmcqa inside the checkout (it travels with a copy of the working tree), then ../shared/medmcqa, else
+    the mirror."""
     for folder in (ROOT / "shared" / "medmcqa", ROOT.parent / "shared" / "medmcqa"):
         if (folder / "dev.json").is_file():
             return f"local:{folder}"
@@ -415,6 +416,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main(sys.argv[1:]))

@@ -10,7 +10,7 @@ Exact scores: the decoder body runs in the model's dtype, but the head does not.
 position goes, in float32, through the four letter rows of the output head made float32 (Gemma's soft-capping
 in float32 too); the full-vocabulary log-softmax normaliser is a float32 log-sum-exp over the head in chunks of
 ``HEAD_CHUNK_ROWS`` rows, so no float32 copy of the whole head (0.5 B parameters for Gemma-2B) is ever made.
-bf16 logits used to tie on 12-32 % of a study's questions, all given to the first letter; these do not round.
+bf16 logits tie often, and a tie would go to the first letter; these do not round.
 With an fp32 model (``quant.precision=fp32``) the choices are the harness's, question for question. A head that is
 not a plain floating-point ``nn.Linear`` (quantized, adapted) and model types outside ``_HEAD_ONLY_TYPES`` get their
 logits in the model's own dtype, cast to float32 afterwards.

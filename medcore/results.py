@@ -112,7 +112,7 @@ def _fsync_dir(path: Path) -> None:
 # ---- environment -------------------------------------------------------------------------------------------
 
 def _git_commit() -> dict[str, Any]:
-    """The checkout's commit. ``MEDCORE_GIT_COMMIT``, when set, wins: a copy of the working tree (a lent GPU
+    """The checkout's commit. ``MEDCORE_GIT_COMMIT``, when set, wins: a copy of the working tree (on another
     machine) may carry no ``.git``, or a stale one whose HEAD is not the code that runs."""
     if os.environ.get("MEDCORE_GIT_COMMIT"):
         return {"git_commit": os.environ["MEDCORE_GIT_COMMIT"], "git_dirty": None, "git_commit_source": "MEDCORE_GIT_COMMIT"}

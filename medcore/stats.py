@@ -11,7 +11,7 @@ Small, dependency-light functions that the tests check against statsmodels, scip
   (its probability of the letter it chose, normalized over the four letters).
 
 scipy and scikit-learn are imported only inside the functions that need them, so scoring and Wilson intervals
-work on a machine that lacks them (the lent GPU).
+work on a machine that lacks them.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The study the book reports, as one resumable driver.
 
 `python -m medcore study --parts zero-shot,main,kfold,ablations,scale --results results/study` runs, on
-whatever device is there (made for one H200; every part also runs on a CPU with `--set` overrides):
+whatever device is there (sized for one large GPU; every part also runs on a CPU with `--set` overrides):
 
 - zero-shot: the real-weight model on the whole evaluation split in bf16 and in NF4 + double quantization;
 - main: QLoRA (NF4 + DQ + LoRA) trained on `data.train_source`, scored on the whole evaluation split;
@@ -14,9 +14,7 @@ whatever device is there (made for one H200; every part also runs on a CPU with 
   wall time and peak memory;
 - scale: the Gemma-2B shape with RANDOM weights: footprint, training memory/speed, scoring speed per precision;
 - footprint: only the measured footprint and per-layer error per precision of the profile's model (no GPU
-  needed); `results/scale/gemma-2b-random-cpu-footprint` came from the same `workflows.footprints` call on a
-  2-core CPU, which this reproduces: `python -m medcore study --parts footprint --set model.source=random:gemma-2b --set results_dir=results/scale
-  --set name=gemma-2b-random-cpu`.
+  needed).
 
 A part whose record exists is skipped (so a rerun continues), and a `--deadline` (seconds) stops before
 starting a part that would not finish, leaving every finished record complete.

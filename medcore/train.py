@@ -318,8 +318,7 @@ def release_optimizer_overrides(model: torch.nn.Module) -> int:
     With an 8-bit bitsandbytes optimizer (``paged_adamw_8bit``, medcore's default on CUDA) the Trainer registers
     every ``nn.Embedding`` with bitsandbytes' process-wide ``GlobalOptimManager`` (to optimize it in 32 bits), and
     nothing ever unregisters it: the manager keeps the module, so the embedding of every model trained in a process
-    stays allocated after the model is deleted (Gemma-2B: 1.05 GB per run, seen on the H200 as memory held before
-    the first step of each later run in ``results/scale-h200``).
+    stays allocated after the model is deleted, and each later run in the process starts with it still held.
     """
     try:
         from bitsandbytes.optim import GlobalOptimManager
