@@ -43,7 +43,7 @@ import torch
 
 from medcore.bench_recipes import (
     adapter_state, baseline_batches, baseline_loss, encode_training_examples, free_memory, matmul_rate, mfu,
-    objective_check, restore_adapter, score_flops_per_token, set_checkpointing, time_scoring, time_one_pass,
+    objective_check, restore_adapter, score_flops_per_token, time_scoring, time_one_pass,
     time_training, train_flops_per_token, _to,
 )
 
@@ -208,7 +208,7 @@ def product_training(cfg, model, tokenizer, train_ds, adapter: dict) -> dict[str
 
 def baseline_training(cfg, model, records, tokenizer, opts: BenchOptions, adapter: dict, device) -> dict[str, Any]:
     """The tutorial loop on the first ``steps x baseline_batch_size`` questions (after its warm-up batches)."""
-    from medcore.train import resolve_optimizer
+    from medcore.train import resolve_optimizer, set_checkpointing
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_warm, n_timed = opts.warmup * opts.baseline_batch_size, opts.steps * opts.baseline_batch_size

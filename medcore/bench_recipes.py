@@ -383,19 +383,3 @@ def time_one_pass(model, tokenizer, records: Sequence[dict], batch_size: int, de
         out["agreement_with_base_scoring"] = float((one["pred"].to_numpy() == reference[0]).mean())
         out["max_abs_logprob_diff_vs_base"] = float(np.abs(logprob - reference[1]).max())
     return out
-
-
-def set_checkpointing(model, on: bool) -> None:
-    """Non-reentrant gradient checkpointing on or off (transformers >= 5.24 calls it activation checkpointing)."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if hasattr(causal, "activation_checkpointing_enable"):
-        if on:
-            causal.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            causal.activation_checkpointing_disable()
-    elif on:
-        causal.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        causal.gradient_checkpointing_disable()
-
-

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]+")  # a run name or run id: it names a folder
 
 PRECISIONS = ("bf16", "int8", "nf4", "fp4", "fp32")  # fp32: unquantized float32, as the harness scores
 PEFT_METHODS = ("lora", "dora", "rslora", "none")
@@ -256,6 +257,14 @@ def load_profile(profile: str | Path = "demo", overrides: list[str] | dict[str, 
     return cfg.validate()
 
 
+def cache_dir() -> Path:
+    """Where medcore keeps what it downloads or converts: ``$MEDCORE_CACHE`` or ``~/.cache/medcore``, created if
+    missing."""
+    path = Path(os.environ.get("MEDCORE_CACHE") or Path.home() / ".cache" / "medcore").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, profile: str | None = "demo", prefix: str = "",
                          what: str = "") -> None:
     """``--profile`` and ``--set`` (``--<prefix>profile``, ``--<prefix>set``): the one way a command takes its run
@@ -336,7 +345,7 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(cfg.data, name)
         if value is not None and value < 1:
             raise ConfigError(f"data.{name}={value} must be at least 1 or None")
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg.name):
+    if not NAME_PATTERN.fullmatch(cfg.name):
         raise ConfigError(f"name={cfg.name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder)")
     from medcore.models import check_model_source
 

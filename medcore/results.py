@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medcore.config import NAME_PATTERN
+
 SCHEMA_VERSION = 2  # 2: config.json is always a RunConfig; 1 (no schema_version): some held a command's flags
 FILES = ("config.json", "environment.json", "metrics.json", "loss_history.json")
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "numpy", "pandas",
@@ -189,7 +191,7 @@ def write_run_record(results_dir: str | Path, run_id: str, config: Any, metrics:
     existing record is an error unless ``overwrite``; then the old folder is swapped out only after the new one is
     complete on disk.
     """
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", run_id) or run_id.startswith("."):
+    if not NAME_PATTERN.fullmatch(run_id) or run_id.startswith("."):
         raise ValueError(f"run_id {run_id!r} may hold only letters, digits, '.', '_' and '-' (it names a folder)")
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)

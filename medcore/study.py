@@ -140,7 +140,7 @@ def kfold(cfg: RunConfig, eval_ds, k: int, folds: list[int] | None = None) -> No
     from medcore.evaluate import accuracy_summary
 
     metrics = {"role": "fine-tuned-kfold", "k": k, "precision": workflows.precision_label(cfg.quant),
-               "real_weights": True, **workflows._tables(accuracy_summary(preds)),
+               "real_weights": True, **workflows.summary_tables(accuracy_summary(preds)),
                "folds": [{"fold": i, "examples_per_s": m.get("examples_per_s"), "peak_memory_bytes":
                           m.get("peak_memory_bytes"), "wall_seconds": m.get("wall_seconds")}
                          for i, m in enumerate(fold_metrics)]}

