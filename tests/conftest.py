@@ -24,3 +24,19 @@ def dev_ds(medmcqa_dir):
     from medcore.data import load_medmcqa
 
     return load_medmcqa(f"local:{medmcqa_dir}", "validation")
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Anything heavy (model, tokenizer, data, training) fails the test if it is reached."""
+    import medcore.data
+    import medcore.models
+    import medcore.quantize
+    import medcore.workflows
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model, tokenizer or data set was loaded for a config that is invalid")
+    for target, name in [(medcore.models, "load_model"), (medcore.models, "load_tokenizer"),
+                         (medcore.quantize, "load_quantized"), (medcore.data, "load_medmcqa"),
+                         (medcore.workflows, "finetune")]:
+        monkeypatch.setattr(target, name, forbidden)

@@ -26,22 +26,44 @@ def test_round_trip_through_dict():
     assert again == cfg
 
 
-@pytest.mark.parametrize("override, words", [
-    ("quant.precision=int3", ["quant.precision", "nf4", "int8"]),
-    ("lora.method=prefix", ["lora.method", "dora"]),
-    ("lora.r=0", ["lora.r", "range"]),
-    ("train.learning_rate=5", ["train.learning_rate", "range"]),
-    ("train.token_budget=100", ["token_budget", "max_length"]),
+BAD_SETTINGS = [  # (override, words its message must hold): by the loader and by `medcore train`
+    ("quant.precision=int3", ["quant.precision='int3'", "bf16, int8, nf4, fp4"]),
+    ("lora.method=prefix", ["lora.method='prefix'", "lora, dora, rslora, none"]),
+    ("lora.r=0", ["lora.r=0", "[1, 1024]"]),
+    ("lora.r=4.5", ["lora.r='4.5'", "int"]),
     ("lora.r=abc", ["lora.r", "int"]),
     ("lora.rank=4", ["lora.rank", "allowed"]),
-    ("model.source=local:/no/such/folder", ["/no/such/folder"]),
-    ("model.source=weird", ["weird"]),
-])
+    ("train.learning_rate=5", ["train.learning_rate", "range"]),
+    ("train.learning_rate=3", ["train.learning_rate=3.0", "[1e-07, 0.1]"]),
+    ("train.learning_rate=0", ["train.learning_rate=0.0", "out of range"]),
+    ("train.token_budget=100", ["token_budget", "max_length"]),
+    ("train.token_budget=256", ["train.token_budget=256", "data.max_length="]),
+    ("train.save_steps=0", ["train.save_steps=0", "out of range"]),
+    ("data.on_invalid=ignore", ["data.on_invalid='ignore'", "raise, skip"]),
+    ("model.source=local:/no/such/folder", ["model.source='local:/no/such/folder'", "does not exist"]),
+    ("model.source=weird", ["model.source='weird'", "hub:<repo_id>, local:<path>"]),
+]
+
+
+@pytest.mark.parametrize("override, words", BAD_SETTINGS)
 def test_bad_settings_refused_with_field_named(override, words):
     with pytest.raises((ConfigError, ValueError, FileNotFoundError)) as err:
         load_profile("ci", [override])
     for word in words:
         assert word in str(err.value)
+
+
+@pytest.mark.parametrize("override, words", BAD_SETTINGS)
+def test_bad_settings_on_the_command_line_are_one_line_before_anything_loads(no_loading, tmp_path, capsys,
+                                                                           override, words):
+    from medcore.__main__ import main as cli
+
+    rc = cli(["train", "--profile", "ci", "--set", override, "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("medcore train: error:")
+    for word in words:
+        assert word in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_unknown_profile_lists_known_ones():

@@ -94,3 +94,32 @@ def test_kfold_folds_run_separately_and_combine_once_all_are_recorded(tmp_path, 
     assert set(preds["fold"]) == {0, 1} and combined["metrics"]["k"] == 2
     with pytest.raises(ConfigError, match="--folds '2'"):
         study.main([*args, "--folds", "2"])
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a recorded part was run again")
+
+
+def test_a_part_whose_record_exists_is_skipped(tmp_path, medmcqa_dir, monkeypatch):
+    from medcore.results import write_run_record
+
+    results = tmp_path / "results"
+    sets = [f"results_dir={results}", f"data.source=local:{medmcqa_dir / 'dev.json'}", "data.eval_limit=6"]
+    cfg = load_profile("ci", sets)
+    for run_id in ("ci-bf16-zero-shot", "ci-nf4-dq-zero-shot", "ci-fine-tuned"):
+        write_run_record(results, run_id, cfg, {"accuracy": 0.5})
+    monkeypatch.setattr(study.workflows, "load", _refuse)
+    monkeypatch.setattr(study.workflows, "finetune", _refuse)
+    study.main(["--profile", "ci", "--parts", "zero-shot,main", *[a for s in sets for a in ("--set", s)]])
+    assert sorted(p.name for p in results.iterdir()) == ["ci-bf16-zero-shot", "ci-fine-tuned", "ci-nf4-dq-zero-shot"]
+
+
+def test_no_part_starts_after_the_deadline(tmp_path, medmcqa_dir, monkeypatch, capsys):
+    sets = [f"results_dir={tmp_path / 'results'}", f"data.source=local:{medmcqa_dir / 'dev.json'}", "data.eval_limit=6"]
+    monkeypatch.setattr(study.workflows, "load", _refuse)
+    monkeypatch.setattr(study.workflows, "finetune", _refuse)
+    study.main(["--profile", "ci", "--parts", "zero-shot,main", "--deadline", "1e-9",
+                *[a for s in sets for a in ("--set", s)]])
+    out = capsys.readouterr().out
+    assert "deadline reached: not starting zero-shot" in out and "deadline reached: not starting main ci" in out
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
