@@ -7,9 +7,10 @@
   failure if any) and the run records under ``results/``. The first failing notebook stops the pipeline with a
   :class:`NotebookError` naming the notebook, the cell's source and the error; ``resume=True`` skips the notebooks
   that finished before (same config only).
-* :func:`build_book` copies a run's executed notebooks into ``book/notebooks/``, writes the record-driven parts
-  (``medcore.pages``: the run, the GPU study in ``results/study``, the benchmark in ``results/bench``) into
-  ``book/_generated/`` and runs ``jupyter-book build`` with execution off: the book never executes a notebook.
+* :func:`build_book` copies a run's executed notebooks into ``book/notebooks/``, executes the report notebooks
+  (``notebooks/00_intro``, ``06_study``, ``07_performance``, ``08_performance_notes``: they read the committed
+  records through ``medcore.report_*`` and glue their numbers into the prose) into ``book/<page>.ipynb``, and runs
+  ``jupyter-book build`` with execution off: the book never re-executes the pipeline's notebooks.
 
 The steps themselves live in ``medcore.workflows``, the tables in ``medcore.analysis``, the figures in
 ``medcore.plots``; notebooks call :func:`setup_notebook` first, so they behave the same under papermill and in
@@ -373,20 +374,93 @@ def _replace_build(built: Path, out: Path, owned: set[str]) -> None:
     (out / BOOK_MARKER).write_text(json.dumps({"written_by": "medcore", "entries": sorted(kept | set(new))}))
 
 
+REPORTS = (  # report notebook -> the book page its executed copy becomes (book/<page>.ipynb)
+    ("00_intro.ipynb", "intro"), ("06_study.ipynb", "results"), ("07_performance.ipynb", "performance"),
+    ("08_performance_notes.ipynb", "performance_notes"))
+HIDDEN_TAGS = ("parameters", "injected-parameters")  # cells the book leaves out: papermill's, not the reader's
+
+
+def execute_reports(root: Path, run_dir: Path, book_dir: Path, *, kernel_name: str = KERNEL_NAME,
+                    reports: Sequence[tuple[str, str]] = REPORTS) -> list[Path]:
+    """Execute the report notebooks with papermill into ``book_dir/<page>.ipynb``: they only read the committed
+    records under ``results/`` and the run's records, so this takes seconds. Their parameter cells are tagged
+    ``remove-cell`` (the book shows no machine paths). Raises :class:`NotebookError` naming a failing one."""
+    import nbformat
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
+
+    try:
+        run = str(run_dir.relative_to(root))
+    except ValueError:
+        run = str(run_dir)
+    written = []
+    for source, page in reports:
+        output = book_dir / f"{page}.ipynb"
+        try:
+            pm.execute_notebook(str(root / "notebooks" / source), str(output), parameters={"run_dir": run},
+                                kernel_name=kernel_name, progress_bar=False, cwd=str(root), log_output=False,
+                                config=Config(KERNEL_MANAGER_CONFIG))
+        except PapermillExecutionError as err:
+            raise NotebookError(source, output, err.cell_index, err.source, err.ename, err.evalue) from None
+        nb = nbformat.read(output, as_version=4)
+        for cell in nb.cells:
+            tags = cell.metadata.get("tags", [])
+            if any(t in tags for t in HIDDEN_TAGS) and "remove-cell" not in tags:
+                cell.metadata["tags"] = [*tags, "remove-cell"]
+        nb.metadata.pop("papermill", None)  # input and output paths of this machine
+        for cell in nb.cells:
+            cell.metadata.pop("papermill", None)
+        nbformat.write(nb, output)
+        written.append(output)
+    return written
+
+
+def write_run_summary(run_dir: Path, book_dir: Path) -> Path:
+    """``book/_generated/run.md``: the command that reproduces the run, its notebooks' state and time, and the
+    machine, for the Reproducibility page's include (the one page part still written as markdown)."""
+    import pandas as pd
+
+    from medcore.analysis import markdown_table
+    from medcore.results import load_run, run_dirs
+
+    status = read_status(run_dir)
+    lines = []
+    if status:
+        sets = " ".join(f"--set {o}" for o in status.get("overrides", []))
+        lines += ["```bash", f"python -m medcore run --profile {status.get('profile')} {sets}".rstrip(), "```", ""]
+        seconds, nbs = status.get("seconds", {}), status.get("notebooks", [])
+        lines.append(markdown_table(pd.DataFrame({
+            "notebook": nbs, "finished": ["yes" if n in status.get("finished", []) else "no" for n in nbs],
+            "seconds": [f"{seconds[n]:.0f}" if n in seconds else "" for n in nbs]})))
+        if status.get("failed"):
+            f = status["failed"]
+            lines.append(f"\nThe run stopped at `{f.get('notebook')}`: `{f.get('ename')}: {f.get('evalue')}`.\n")
+        records = run_dirs(run_dir / "results")
+        if records:
+            env = load_run(records[-1]).get("environment") or {}
+            facts = {"device": env.get("device"), "platform": env.get("platform"), "python": env.get("python"),
+                     "CPU cores": env.get("cpu_count"), "git commit": env.get("git_commit"), **(env.get("packages") or {})}
+            lines += [f"\nEnvironment (from the record `{records[-1].name}`):\n",
+                      markdown_table(pd.DataFrame({"": list(facts), "value": [str(v) for v in facts.values()]}))]
+    else:
+        lines.append(f"*`{run_dir.name}` has no pipeline status file.*\n")
+    out = book_dir / "_generated"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.md").write_text("\n".join(lines))
+    return out / "run.md"
+
+
 def build_book(run_dir: str | Path | None = None, out: str | Path = "_build", *, root: str | Path | None = None,
                quiet: bool = True, progress: bool = True) -> Path:
     """Build the Jupyter Book from a pipeline run (default :func:`last_run_dir`); return the HTML folder.
 
     ``out`` is the build folder (relative to the project root); the start page is ``<out>/html/index.html``. A
     rebuild replaces only what an earlier build wrote there; a non-empty folder of something else is refused.
-    The generated page parts and the measured cells of the performance notes (MyST substitutions, passed through
-    a generated copy of ``_config.yml``) are rebuilt from the records each time. Raises :class:`PipelineError`
-    with the log's tail if the build fails.
+    The run's executed notebooks are copied into ``book/notebooks/``, the report notebooks (:data:`REPORTS`) are
+    executed from the committed records (:func:`execute_reports`), then ``jupyter-book build`` renders everything
+    with execution off. Raises :class:`PipelineError` with the log's tail if the build fails.
     """
-    import yaml
-
-    from medcore import pages
-
     root = Path(root).resolve() if root else project_root()
     run_dir = Path(run_dir).resolve() if run_dir else last_run_dir(root)
     if not run_dir.is_dir():
@@ -395,16 +469,14 @@ def build_book(run_dir: str | Path | None = None, out: str | Path = "_build", *,
     owned = _owned_build_entries(out, root)  # before the build: a folder that is not a book build is refused
     book_dir = root / "book"
     copy_executed_notebooks(run_dir, book_dir)
-    substitutions = pages.write_generated(book_dir, run_dir, read_status(run_dir), root)
-    config = yaml.safe_load((root / "_config.yml").read_text())
-    config.setdefault("parse", {})["myst_substitutions"] = substitutions
-    config_path = book_dir / "_generated" / "_config.yml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_run_summary(run_dir, book_dir)
+    _say(progress, "executing the report notebooks (they read the committed records)")
+    execute_reports(root, run_dir, book_dir)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".medcore-book-", dir=out.parent))  # jupyter-book writes <it>/_build
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(root),
-           "--config", str(config_path), "--path-output", str(scratch), "--all", *(["-q"] if quiet else [])]
+           "--path-output", str(scratch), "--all", *(["-q"] if quiet else [])]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode or not (scratch / "_build" / "html" / "index.html").is_file():
         shutil.rmtree(scratch, ignore_errors=True)

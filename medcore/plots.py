@@ -34,6 +34,7 @@ from matplotlib.ticker import PercentFormatter
 
 LETTERS = ("A", "B", "C", "D")
 CHANCE = 0.25  # four choices
+COLUMN_WIDTH = 7.4  # inches: at 100 dpi about the book's main column, so text keeps its size on the page
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -42,7 +43,7 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} needs columns {list(columns)}; missing {missing} (has {list(df.columns)})")
 
 
-def _figure(width: float = 7.0, height: float = 4.0, **kwargs) -> tuple[Figure, plt.Axes]:
+def _figure(width: float = COLUMN_WIDTH, height: float = 4.0, **kwargs) -> tuple[Figure, plt.Axes]:
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(width, height), **kwargs)
     return fig, ax
@@ -105,7 +106,7 @@ def accuracy_by_group(df: pd.DataFrame, group: str = "group", hue: str = "model"
     hues = _order(data[hue].astype(str))
     data[group] = data[group].astype(str)
     data[hue] = data[hue].astype(str)
-    fig, ax = _figure(7.5, max(2.5, 0.45 * len(groups) * max(1, len(hues)) ** 0.5 + 1.2))
+    fig, ax = _figure(height=max(2.5, 0.45 * len(groups) * max(1, len(hues)) ** 0.5 + 1.2))
     sns.barplot(data=data, y=group, x="accuracy", hue=hue, order=groups, hue_order=hues, errorbar=None,
                 orient="h", ax=ax)
     lookup = data.set_index([group, hue])
@@ -130,7 +131,7 @@ def accuracy_by_group(df: pd.DataFrame, group: str = "group", hue: str = "model"
     ax.set_xlim(0, 1)
     ax.set_xlabel("accuracy (95% interval)")
     ax.set_ylabel(group)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
+    ax.legend(loc="lower right", fontsize="small")
     return _finish(fig, title)
 
 
@@ -162,7 +163,7 @@ def footprint_bars(df: pd.DataFrame, title: str | None = None, unit: str = "auto
     ax.set_ylim(0, max(bottom.max(), 1e-12) * 1.15)
     ax.set_xlabel("precision")
     ax.set_ylabel(f"weights in memory ({unit})")
-    ax.legend(title="module kind", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.legend(title="module kind", fontsize="small", loc="upper right")
     return _finish(fig, title)
 
 
@@ -190,7 +191,7 @@ def cost_bars(df: pd.DataFrame, by: str = "precision", title: str | None = None)
     """
     _require(df, [by, "latency_ms", "peak_memory_mb"], "cost_bars")
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 3.6))
     order = _order(df[by].astype(str))
     data = df.assign(**{by: df[by].astype(str)})
     sns.barplot(data=data, x=by, y="latency_ms", order=order, errorbar=None, ax=left, hue=by, legend=False)
@@ -209,23 +210,29 @@ def cost_bars(df: pd.DataFrame, by: str = "precision", title: str | None = None)
 
 
 def compare_bars(df: pd.DataFrame, by: str, metrics: dict[str, str], title: str | None = None) -> Figure:
-    """One panel per column of ``metrics`` (column -> axis label), one bar per ``by`` level, value on each bar.
+    """One panel per column of ``metrics`` (column -> axis label), one bar per ``by`` level, value on each bar;
+    two panels per row, so the figure keeps the page column's width.
 
     Columns: ``by`` and every key of ``metrics``. Missing values leave the bar out.
     """
     _require(df, [by, *metrics], "compare_bars")
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.8), squeeze=False)
+    ncols = min(2, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_WIDTH, 3.3 * nrows), squeeze=False)
     data = df.assign(**{by: df[by].astype(str)})
     order = _order(data[by])
-    for ax, (column, label) in zip(axes[0], metrics.items()):
+    for ax, (column, label) in zip(axes.flat, metrics.items()):
         sns.barplot(data=data, x=by, y=column, order=order, errorbar=None, ax=ax, hue=by, legend=False)
         for container in ax.containers:
             ax.bar_label(container, labels=[f"{b.get_height():,.0f}" if b.get_height() >= 100 else
                                             f"{b.get_height():.3g}" for b in container], fontsize="small")
         ax.set_ylabel(label)
         ax.set_xlabel("")
-        ax.tick_params(axis="x", labelrotation=20)
+        ax.margins(y=0.15)
+        ax.tick_params(axis="x", labelrotation=20 if max(len(o) for o in order) > 8 else 0)
+    for ax in list(axes.flat)[len(metrics):]:
+        fig.delaxes(ax)
     return _finish(fig, title)
 
 
@@ -236,7 +243,7 @@ def budget_curves(df: pd.DataFrame, hue: str = "recipe", title: str | None = Non
     """
     _require(df, ["token_budget", "real_tokens_per_s", "peak_memory_gb", hue], "budget_curves")
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 3.6))
     data = df.sort_values("token_budget")
     for ax, (column, label) in zip(axes, (("real_tokens_per_s", "real tokens/s"),
                                           ("peak_memory_gb", "peak memory (GB)"))):
@@ -248,7 +255,7 @@ def budget_curves(df: pd.DataFrame, hue: str = "recipe", title: str | None = Non
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
     axes[0].get_legend().remove()
-    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), title=None, frameon=False)
+    sns.move_legend(axes[1], "upper center", bbox_to_anchor=(-0.15, -0.25), title=None, frameon=False, ncol=2)
     return _finish(fig, title)
 
 
@@ -343,7 +350,7 @@ def ablation_plot(df: pd.DataFrame, setting: str = "setting", hue: str | None = 
                    label=f"always {prior[0]} (the key's most frequent letter)")
     ax.set_xlabel("accuracy (95% interval)")
     ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    ax.set_ylabel(setting)
+    ax.set_ylabel("")
     # below the axes, so the plot keeps the column's width for the intervals
     below = 0.7 / max(fig.get_figheight() - 1.6, 0.8)  # clear of the tick labels and the x label (axes fraction)
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -below), ncol=2, frameon=False)
@@ -394,7 +401,7 @@ def results_overview(table: pd.DataFrame, title: str | None = None) -> Figure:
     _require(table, ["run", "weights", "size_gb", "accuracy", "ci_low", "ci_high", "latency_ms"], "results_overview")
     labels = [r if w == "real" else f"{r}\n({w})" for r, w in zip(table["run"], table["weights"])]
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, (size, acc, lat) = plt.subplots(1, 3, figsize=(12, 0.6 * len(table) + 2), sharey=True)
+    fig, (size, acc, lat) = plt.subplots(1, 3, figsize=(COLUMN_WIDTH, 0.5 * len(table) + 2), sharey=True)
     y = np.arange(len(table))
     colors = sns.color_palette(n_colors=len(table))
     unit = _unit(np.nanmax(table["size_gb"].to_numpy(float) * 1e9)) if table["size_gb"].notna().any() else "GB"

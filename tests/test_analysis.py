@@ -1,9 +1,7 @@
-"""Tables from run records (medcore.analysis) and the book's generated parts (medcore.pages and
-medcore.pages_bench), on small synthetic records and on the committed GPU study and benchmark records."""
+"""Tables from run records (medcore.analysis), on small synthetic records; the report pages' own tables are
+tested in test_report.py."""
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -15,13 +13,11 @@ import pandas as pd
 import pytest
 
 from medcore import analysis as an
-from medcore import pages, pages_bench, results, stats
-from medcore.study import ABLATIONS
+from medcore import stats
 from medcore.config import load_profile
 from medcore.results import load_runs, write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDY, BENCH = ROOT / "results" / "study", ROOT / "results" / "bench"
 
 
 def _preds(ids, correct, seed=0) -> pd.DataFrame:
@@ -197,76 +193,6 @@ def test_footprint_tables_from_a_record():
     assert "quant constants" in set(long["kind"])
 
 
-def test_pages_from_synthetic_study_records(records, tmp_path):
-    out = tmp_path / "gen"
-    out.mkdir()
-    text, glance = pages.study_markdown(records, out)
-    assert "| model |" in glance
-    assert "50.0% [" in glance and "+100.0 %" in glance
-    assert "| ci-zero-shot | ci-fine-tuned | 40 | 4 | 14 |" in text  # the paired test
-    assert (out / "study_accuracy.png").stat().st_size > 0 and (out / "study_tier.png").is_file()
-    assert "Not run on the GPU" in text and "abl-dora" in text  # every ablation of the study driver is missing here
-    empty, _ = pages.study_markdown(tmp_path / "none", out)
-    assert "No study record" in empty
-    assert "No benchmark record" in pages_bench.bench_markdown(tmp_path / "none", out)
-    assert set(pages_bench.notes_substitutions(tmp_path / "none").values()) == {"no benchmark record yet"}
-
-
-@pytest.mark.skipif(not (STUDY / "study-fine-tuned").is_dir(), reason="the GPU study records are not committed")
-def test_study_page_shows_the_committed_records(tmp_path):
-    out = tmp_path / "gen"
-    out.mkdir()
-    text, glance = pages.study_markdown(STUDY, out)
-    m = json.loads((STUDY / "study-fine-tuned" / "metrics.json").read_text())
-    assert f"{m['accuracy']:.1%} [{m['ci_low']:.1%}, {m['ci_high']:.1%}]" in glance
-    for run in ("study-bf16-zero-shot", "study-nf4-dq-zero-shot", "study-fine-tuned", "study-kfold5"):
-        assert run in glance
-    before = pd.read_parquet(STUDY / "study-nf4-dq-zero-shot" / "predictions.parquet")
-    after = pd.read_parquet(STUDY / "study-fine-tuned" / "predictions.parquet")
-    paired = before.merge(after, on="id")
-    p = stats.mcnemar_exact(paired["correct_x"], paired["correct_y"])["pvalue"]
-    assert f"| study-nf4-dq-zero-shot | study-fine-tuned | {len(paired)} |" in text and f"{p:.2g}" in text
-    for name in ("study_accuracy", "study_tier", "study_choice_type", "study_loss", "study_ablation", "study_cost"):
-        assert (out / f"{name}.png").stat().st_size > 0, name
-    ran = {p.name.removesuffix("-fine-tuned") for p in STUDY.glob("abl-*-fine-tuned")}
-    for name in ABLATIONS:  # each ablation is in the table, or named as not run
-        assert (f"{name}-fine-tuned" in text) == (name in ran) and (f"`{name}`" in text) == (name not in ran)
-    assert ("lack of device time" in text) == (ran != set(ABLATIONS))
-    shared = [p.parent.name for p in STUDY.glob("abl-*-fine-tuned/environment.json")
-              if json.loads(p.read_text()).get("run_note")]
-    assert all(run in text for run in shared) and (("shared (see note)" in text) == bool(shared))
-
-
-@pytest.mark.skipif(not any(BENCH.glob("*/metrics.json")), reason="no committed benchmark record")
-def test_performance_page_and_notes_come_from_the_bench_record(tmp_path):
-    (out := tmp_path / "gen").mkdir()
-    text = pages_bench.bench_markdown(BENCH, out)
-    records = [json.loads((d / "metrics.json").read_text()) for d in results.run_dirs(BENCH)]
-    m = records[-1]  # the page shows the record named last; the levers come from every record
-    assert text.count(pages_bench.BENCH_LABEL) >= 5  # every table says random weights
-    for row in m["scoring"]:  # both passes of both scorers, as recorded
-        assert f"| {row['seconds']:.3g} |" in text or f"| {row['seconds']:.2f} |" in text
-    for t in m["targets"]:  # every target shown; one not measured under its conditions here names its record
-        line = next(x for x in text.splitlines() if x.startswith(f"| {t['target'].split(' (')[0]}"))
-        assert ("this page's record" in line) == t["conditions_match"]
-        assert (" met |" in line or "not met" in line) and "random weights" in line
-    subs = pages_bench.notes_substitutions(BENCH)
-    assert set(subs) == {f"measured_{k}" for k in pages_bench.NOTES_CELLS}
-    assert subs["measured_train_ratio"].startswith(f"**{m['train_speedup_real_tokens']:.2f}x**")
-    measured = {lever["lever"] for r in records for lever in r["levers"] if not lever.get("error")}
-    for lever in ("attn", "compile", "optim", "ckpt", "repeat", "cudnn", "score_batch", "score_autocast", "score_cold"):
-        assert (subs[f"measured_lever_{lever}"] == "not measured") == (lever not in measured)
-    assert (subs["measured_profile_train"] == "not measured") == (not any("profile" in r for r in records))
-    repeats = [lv["real_tokens_per_s"] for lv in m["levers"] if lv["lever"] == "repeat"]
-    if repeats:  # the base row against the unchanged recipe re-timed: the page says which was cold
-        base = {t["recipe"]: t for t in m["training"]}
-        assert f"{sum(repeats) / len(repeats) / base['baseline']['real_tokens_per_s']:.2f}x" in text
-        assert "against the repeats' mean" in subs["measured_lever_ckpt"]
-    notes = (ROOT / "book" / "performance_notes.md").read_text()
-    assert "pending" not in notes and all("{{ " + key + " }}" in notes for key in subs)
-    shutil.rmtree(out)
-
-
 def test_majority_letter_and_scored_exactly():
     m = an.majority_letter([0, 0, 1, 2, 3, 0, 2])
     assert (m["letter"], m["correct"], m["n"]) == ("A", 3, 7) and m["accuracy"] == pytest.approx(3 / 7)
@@ -274,94 +200,3 @@ def test_majority_letter_and_scored_exactly():
     assert an.majority_letter(["C", "C", "B"])["letter"] == "C"
     assert not an.scored_exactly(_preds(["a", "b"], [True, False]))
     assert an.scored_exactly(_preds(["a", "b"], [True, False]).assign(credit=1.0))
-
-
-def _study_root(records, tmp_path, exact: bool) -> Path:
-    """A project root whose results/study holds the ci records (answers keyed to C mostly), exact or not."""
-    study = tmp_path / "root" / "results" / "study"
-    shutil.copytree(records, study)
-    for run in ("ci-zero-shot", "ci-fine-tuned", "ci-bf16-zero-shot"):
-        preds = pd.read_parquet(study / run / "predictions.parquet")
-        preds["answer"] = np.where(np.arange(len(preds)) % 4 == 0, 1, 2)  # C is the key's commonest letter
-        if exact:
-            preds["credit"] = preds["correct"].astype(float)
-        preds.to_parquet(study / run / "predictions.parquet")
-    return tmp_path / "root"
-
-
-@pytest.mark.parametrize("exact", [False, True])
-def test_verdict_from_synthetic_records(records, tmp_path, exact):
-    root = _study_root(records, tmp_path, exact)
-    (out := tmp_path / "gen").mkdir()
-    text = pages.verdict_markdown(root, out)
-    assert "**25.0%** [" in text and "**50.0%** [" in text  # ci-zero-shot 10/40, ci-fine-tuned 20/40
-    assert "always answering **C**" in text and "**75.0%**" in text  # 30 of the 40 keyed C
-    assert "the fine-tuned interval lies below it" in text
-    assert ("predate exact scoring" in text) == (not exact)
-    assert "GB" not in text  # no footprint record: no size sentence
-    assert (out / "verdict_accuracy.png").stat().st_size > 0
-    assert "No fine-tuned study record" in pages.verdict_markdown(tmp_path / "empty", out)
-
-
-@pytest.mark.skipif(not (STUDY / "study-fine-tuned").is_dir(), reason="the GPU study records are not committed")
-def test_verdict_numbers_equal_the_committed_records(tmp_path):
-    (out := tmp_path / "gen").mkdir()
-    text = pages.verdict_markdown(ROOT, out)
-    metrics = {r: json.loads((STUDY / r / "metrics.json").read_text())
-               for r in ("study-nf4-dq-zero-shot", "study-fine-tuned", "study-kfold5")}
-    for m in metrics.values():
-        assert f"**{m['accuracy']:.1%}** [{m['ci_low']:.1%}, {m['ci_high']:.1%}]" in text
-    key = pd.read_parquet(STUDY / "study-fine-tuned" / "predictions.parquet")["answer"].value_counts()
-    assert f"always answering **{'ABCD'[key.idxmax()]}**" in text and f"**{key.max() / key.sum():.1%}**" in text
-    ties = [m["ties"] / m["n"] for m in metrics.values()]
-    assert f"bf16 ties ({min(ties):.0%} to {max(ties):.0%} of answers" in text and "predate exact scoring" in text
-    shares = [next(row["predicted_share"] for row in m["letters"] if row["letter"] == "A") for m in metrics.values()]
-    key_a = (key.get(0, 0)) / key.sum()  # the A lean, from each record's letters table, against the key's share
-    assert f"answer A {min(shares):.0%} to {max(shares):.0%} of the time against {key_a:.0%} in the key" in text
-    fp_dir = next(d for d in (ROOT / "results" / "scale-h200", ROOT / "results" / "scale") if d.is_dir())
-    fp = {f["precision"]: f for f in json.loads(next(fp_dir.glob("*-footprint/metrics.json")).read_text())["footprint"]}
-    assert f"**{fp['nf4+dq']['total_bytes'] / 1e9:.2f} GB** instead of **{fp['bf16']['total_bytes'] / 1e9:.2f} GB**" in text
-    assert (out / "verdict_accuracy.png").stat().st_size > 0
-
-
-def test_seed_table_has_one_row_per_claim_and_reads_the_records(tmp_path):
-    empty = pages.seed_table(tmp_path)
-    assert list(empty["seed claim"]) == list(pages.SEED_CLAIMS)
-    assert set(empty["measured here"]) == {"not measured (no record)"}
-    table = pages.seed_table(ROOT).set_index("seed claim")
-    assert list(table.index) == list(pages.SEED_CLAIMS) and len(table.columns) <= 7
-    assert list(table["seed figure"]) == list(pages.SEED_CLAIMS.values())
-    if not (STUDY / "study-fine-tuned").is_dir():
-        return
-    measured = table["measured here"]
-    assert "not measured (no record)" not in set(measured)
-    fp = {f["precision"]: f["total_bytes"] for f in json.loads(
-        (ROOT / "results" / "scale-h200" / "scale-gemma-2b-random-footprint" / "metrics.json").read_text())["footprint"]}
-    assert measured["model size"].startswith(f"{fp['bf16'] / 1e6:,.0f} MB \u2192 {fp['nf4+dq'] / 1e6:,.0f} MB")
-    acc = {r: json.loads((STUDY / r / "metrics.json").read_text()) for r in ("study-nf4-dq-zero-shot", "study-fine-tuned")}
-    assert measured["accuracy"].startswith(f"{acc['study-nf4-dq-zero-shot']['accuracy']:.1%} \u2192 "
-                                           f"{acc['study-fine-tuned']['accuracy']:.1%}")
-    history = json.loads((STUDY / "study-train" / "loss_history.json").read_text())
-    assert measured["validation loss"] == f"{[h for h in history if 'eval_loss' in h][-1]['eval_loss']:.3f}"
-    for tier, kind in pages.SEED_TYPES.items():
-        after = next(t["accuracy"] for t in acc["study-fine-tuned"]["by_tier"] if t["tier"] == tier)
-        assert f"{kind} = {tier}: " in measured["question types"] and f"\u2192 {after:.1%}" in measured["question types"]
-    cost = {p: json.loads((ROOT / "results" / "scale-h200" / f"scale-gemma-2b-random-{p}-cost" / "metrics.json")
-                          .read_text())["cost"]["latency_ms_median"] for p in ("bf16", "nf4-dq")}
-    assert measured["inference latency"].startswith(f"{cost['bf16']:.1f} ms \u2192 {cost['nf4-dq']:.1f} ms")
-    bench = json.loads(next((ROOT / "results" / "bench-product").glob("*/metrics.json")).read_text())
-    medcore = next(t for t in bench["training"] if t["recipe"] == "medcore")
-    assert f"{medcore['peak_memory_bytes'] / 1e9:.1f} GB at {medcore['token_budget']:,}" in measured["training memory"]
-    for claim, records in table["records"].items():  # each measured cell names records that exist
-        folder, *names = records.split(", ")
-        parent = (ROOT / folder).parent
-        assert (ROOT / folder).is_dir() and all((parent / n).is_dir() or (ROOT / n).is_dir() for n in names), claim
-    text = pages.seed_markdown(ROOT)
-    assert "| seed claim |" in text and "| records |" not in text and "Records read" in text
-
-
-def test_reproduce_markdown_reads_the_recorded_times(tmp_path):
-    assert "No timing record" in pages.reproduce_markdown(tmp_path)
-    (tmp_path / "results" / "demo-cpu").mkdir(parents=True)
-    (tmp_path / "results" / "demo-cpu" / "make_demo_time.txt").write_text("book built\nreal\t3m07.6s\nuser\t1m0s\n")
-    assert "`make demo` took 3 min 8 s of wall time" in pages.reproduce_markdown(tmp_path)

@@ -1,20 +1,22 @@
-"""The book builds offline from executed notebooks without executing them, and a headless browser shows it.
+"""The book builds offline from executed notebooks and the report notebooks, and a headless browser reads it.
 
-A fake project (this repository's _config.yml, _toc.yml, book/ pages and the committed GPU study and benchmark
-records under results/) and a fake pipeline run (five executed notebooks with a stored figure and table, two run
-records of a random-weight model) are built with ``build_book``; Chromium then opens the index, the results, the
-performance notes and the analysis page. The screenshots are kept under the pytest tmp dir, and copied to
-``_build/screenshots/`` when the project has a ``_build`` folder.
+A fake project (this repository's _config.yml, _toc.yml, book/ pages, notebooks/ and the committed records under
+results/) and a fake pipeline run (five "executed" notebooks with a stored figure and table, two run records of a
+random-weight model) are built with ``build_book``: the run's notebooks are copied, never executed, and the report
+notebooks are executed from the records. Chromium then opens every page at 1,400 and at 420 px: the verdict and the
+headline figure are on the intro's first screen, no element is wider than the page's main column unless it sits in
+a box that scrolls, and no page shows a Python repr, a traceback or a path of this machine. The screenshots are
+kept under the pytest tmp dir, and copied to ``_build/screenshots/`` when the project has a ``_build`` folder.
 """
 from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
-from urllib.parse import unquote
 
 import matplotlib
 
@@ -27,16 +29,20 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from medcore.analysis import RANDOM_LABEL
-from medcore.pages import SEED_CLAIMS
-from medcore.pages_bench import BENCH_LABEL
-from medcore.pipeline import NOTEBOOKS, _write_status, build_book, read_status
+from medcore.pipeline import NOTEBOOKS, REPORTS, _write_status, build_book, read_status
+from medcore.report_intro import SEED_CLAIMS
 from medcore.results import write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1800", "--virtual-time-budget=4000"]
+                  "--hide-scrollbars", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--virtual-time-budget=5000"]
+WIDTHS = {"desktop": (1400, 900), "phone": (420, 900)}
+PAGES = ("book/intro", "book/results", "book/performance", "book/performance_notes", "book/methods",
+         "book/reproducibility", "book/references", "book/notebooks/05_analysis")
+RECORDS = ("study", "bench", "bench-h200-other", "bench-cpu", "bench-product", "scale", "scale-h200", "scaleout",
+           "gpu-check", "demo-cpu", "ablations-cpu")
+REPORT_PAGES = {f"{page}.ipynb" for _, page in REPORTS}
 
 
 def _png() -> str:
@@ -48,30 +54,30 @@ def _png() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _fake_project(tmp: Path, finished: list[str], records: bool = True) -> tuple[Path, Path, Path]:
-    """A project copy with book sources (and, with ``records``, the committed results/study and results/bench),
-    and a run folder whose notebooks in `finished` were 'executed'."""
+def _fake_project(tmp: Path, finished: list[str], records: bool = True) -> tuple[Path, Path, str]:
+    """A project copy with book sources and notebooks (and, with ``records``, the committed records), and a run
+    folder whose notebooks in `finished` were 'executed'."""
     root = tmp / "project"
     root.mkdir()
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(ROOT / name, root / name)
-    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
+    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated",
+                                                                                *REPORT_PAGES))
+    shutil.copytree(ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     if records:
-        for part in ("study", "bench", "bench-h200-other", "bench-cpu", "scale", "scale-h200", "scaleout",
-                     "bench-product", "demo-cpu"):
+        for part in RECORDS:
             if (ROOT / "results" / part).is_dir():
                 shutil.copytree(ROOT / "results" / part, root / "results" / part)
-    (root / "notebooks").mkdir()
     run = root / "runs" / "ci"
     run.mkdir(parents=True)
-    marker = tmp / "executed-by-the-book"
+    marker = "executed-by-the-book"  # relative: a kernel run from any folder of the project would leave it there
     table = pd.DataFrame({"run": ["ci-zero-shot", "ci-fine-tuned"], "accuracy": [0.25, 0.3]}).to_html()
     png = _png()
     for name in finished:
         nb = new_notebook(cells=[
             new_markdown_cell(f"# {name.removesuffix('.ipynb')}"),
             # if the book ever executed a notebook, this cell would leave a file behind
-            new_code_cell(f"open({str(marker)!r}, 'w').write('executed')\nfigure_and_table()", execution_count=1,
+            new_code_cell(f"open({marker!r}, 'w').write('executed')\nfigure_and_table()", execution_count=1,
                           outputs=[new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
                                    new_output("execute_result", data={"text/html": table, "text/plain": "table"},
                                               execution_count=1)]),
@@ -97,54 +103,71 @@ def built_book(tmp_path_factory):
     return html, root, run, marker, tmp
 
 
-def test_config_builds_offline_without_execution():
+def _toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [toc["root"]] + [f["file"] for part in toc["parts"] for c in part["chapters"] for f in [c, *c.get("sections", [])]]
+
+
+def test_config_builds_offline_without_execution_or_substitutions():
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert config["execute"]["execute_notebooks"] == "off"
     assert config["bibtex_bibfiles"] == ["book/references.bib"]
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [f["file"] for part in toc["parts"] for c in part["chapters"] for f in [c, *c.get("sections", [])]]
+    assert "substitution" not in config["parse"]["myst_enable_extensions"]
+    assert config["sphinx"]["config"]["bibtex_reference_style"] == "label"  # one label style, text and list
+    files = _toc_files()
     assert [f"book/notebooks/{n.removesuffix('.ipynb')}" for n in NOTEBOOKS] == [f for f in files if "notebooks" in f]
-    for page in ("methods", "results", "performance", "performance_notes", "reproducibility", "references"):
+    for source, page in REPORTS:  # a report page is the executed copy of a notebook, never a markdown page
+        assert f"book/{page}" in files and (ROOT / "notebooks" / source).is_file()
+        assert not (ROOT / "book" / f"{page}.md").exists()
+    for page in ("methods", "reproducibility", "references"):
         assert f"book/{page}" in files and (ROOT / "book" / f"{page}.md").is_file()
     bib = (ROOT / "book" / "references.bib").read_text()
-    for key in ("pal2022medmcqa", "dettmers2023qlora", "hu2021lora", "gemmateam2024gemma", "gao2024harness"):
+    for key in ("pal2022medmcqa", "dettmers2023qlora", "hu2021lora", "gemmateam2024gemma", "gao2024harness",
+                "seedstudy"):
         assert key in bib
 
 
-def test_prose_pages_state_no_numbers_of_their_own():
-    """Measured figures come from run records (generated includes) or notebooks, never from the prose."""
-    for page in ("intro", "methods", "results", "performance", "reproducibility"):
-        text = (ROOT / "book" / f"{page}.md").read_text()
+def _prose() -> dict[str, str]:
+    pages = {f"book/{p}.md": (ROOT / "book" / f"{p}.md").read_text() for p in ("methods",)}
+    for source, _ in REPORTS:
+        nb = nbformat.read(ROOT / "notebooks" / source, as_version=4)
+        pages[f"notebooks/{source}"] = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    return pages
+
+
+def test_prose_states_no_numbers_of_its_own():
+    """Measured figures come from records through glue, never from the prose of a page or a report notebook."""
+    names = (r"Gemma-3-270M|Gemma-\d+[BM]?|Gemma 3|4-bit|8-bit|16-bit|bf16|fp16|fp4|int8|nf4|NF4|FP4|float32|H200|"
+             r"01\.\.05|MedMCQA|\d\d_\w+\.ipynb")
+    for page, text in _prose().items():
         prose = re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks and directives
-        prose = re.sub(r"\{cite:p\}`[^`]*`|`[^`]*`", "", prose)
-        names = r"Gemma-\d+[BM]?|Gemma-3-270M|Gemma 3|4-bit|8-bit|bf16|fp16|fp4|int8|nf4|NF4|FP4|01\.\.05|MedMCQA"
+        prose = re.sub(r"\{[\w:]+\}`[^`]*`|`[^`]*`", "", prose)  # roles (cite, glue, doc) and code
         leftover = re.findall(r"\d+(?:[.,]\d+)?\s*(?:%|GB|MB|ms|s\b|x\b)?", re.sub(names, "", prose))
-        assert not leftover, f"book/{page}.md states numbers in prose: {leftover}"
+        assert not leftover, f"{page} states numbers in prose: {leftover}"
 
 
-def test_build_copies_executed_notebooks_and_never_executes(built_book):
+def test_build_copies_the_run_executes_the_reports_and_never_the_run(built_book):
     html, root, run, marker, _ = built_book
     assert (html / "index.html").is_file()
     for name in NOTEBOOKS:
         assert (root / "book" / "notebooks" / name).read_bytes() == (run / name).read_bytes()
         assert (html / "book" / "notebooks" / name.replace(".ipynb", ".html")).is_file()
-    assert not marker.exists(), "the book executed a notebook"
-    generated = root / "book" / "_generated"
-    results = (generated / "results.md").read_text()
-    assert "ci-fine-tuned" in results and RANDOM_LABEL in results and "+20.0 %" in results
-    assert (generated / "accuracy.png").stat().st_size > 0
-    assert "study-fine-tuned" in (generated / "study.md").read_text()
-    assert BENCH_LABEL in (generated / "performance.md").read_text()
-    assert "always answering" in (generated / "verdict.md").read_text()
-    assert (generated / "verdict_accuracy.png").stat().st_size > 0
-    assert all(claim in (generated / "seed_versus_measured.md").read_text() for claim in SEED_CLAIMS)
-    assert "`make demo` took" in (generated / "reproduce.md").read_text()
-    reproduce = (generated / "run.md").read_text()
-    assert "python -m medcore run --profile ci --set train.max_steps=4" in reproduce
-    refs = (html / "book" / "references.html").read_text().lower()
-    assert "medmcqa" in refs and "qlora" in refs and "low-rank adaptation" in refs
-    notes = (html / "book" / "performance_notes.html").read_text()
-    assert "{{" not in notes and "not measured" in notes and "bench-gemma-2b" in notes
+    assert not list(root.rglob(marker)), "the book executed a notebook of the run"
+    assert not (root / "book" / "_generated" / "_config.yml").exists()
+    for _, page in REPORTS:
+        assert (root / "book" / f"{page}.ipynb").is_file() and (html / "book" / f"{page}.html").is_file()
+    intro = (html / "book" / "intro.html").read_text()
+    assert "Always answering" in intro and "fig-headline" in intro and "{glue" not in intro
+    assert all(f"<td>{claim}</td>" in intro for claim in SEED_CLAIMS)
+    results = (html / "book" / "results.html").read_text()
+    assert "study-fine-tuned" in results and "McNemar p" in results and "fig-letters" in results
+    assert "random weights" in (html / "book" / "performance.html").read_text()
+    reproducibility = re.sub(r"<[^>]+>", "", (html / "book" / "reproducibility.html").read_text())
+    assert "python -m medcore run --profile ci --set train.max_steps=4" in reproducibility
+    refs = (html / "book" / "references.html").read_text()
+    assert "medmcqa" in refs.lower() and "Dettmers et al., 2023" in refs and "Efficient Fine-Tuning" in refs
+    assert not re.search(r"\[[A-Z][A-Za-z+]{2,6}\d\d\]", refs), "a bibliography label in another style"
+    assert "[Dettmers et al., 2023]" in re.sub(r"<[^>]+>", "", (html / "book" / "methods.html").read_text())
 
 
 def test_missing_notebook_and_records_become_notes(tmp_path):
@@ -155,8 +178,40 @@ def test_missing_notebook_and_records_become_notes(tmp_path):
     assert html == tmp_path / "site" / "html"
     page = (html / "book" / "notebooks" / "04_evaluate.html").read_text()
     assert "Not executed" in page and "ValueError" in page
-    assert "No benchmark record yet" in (html / "book" / "performance.html").read_text()
     assert "No study record" in (html / "book" / "results.html").read_text()
+    assert "No size, speed or benchmark record" in (html / "book" / "performance.html").read_text()
+    assert "verdict is computed from them" in (html / "book" / "intro.html").read_text()
+
+
+# ---- the browser --------------------------------------------------------------------------------------------
+
+LAYOUT_SCRIPT = """<script>
+window.addEventListener('load', () => {
+  const main = document.querySelector('article.bd-article') || document.body;
+  const box = main.getBoundingClientRect();
+  const scrolls = el => { for (let p = el.parentElement; p && p !== main; p = p.parentElement) {
+      const s = getComputedStyle(p).overflowX;
+      if ((s === 'auto' || s === 'scroll' || s === 'hidden') && p.getBoundingClientRect().right <= box.right + 1) return true;
+    } return false; };
+  const wide = [];
+  for (const el of main.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    if (r.right > box.right + 1 && !scrolls(el)) wide.push(el.tagName + '.' + el.className + ' ' + Math.round(r.right));
+  }
+  const top = el => el ? el.getBoundingClientRect().top + window.scrollY : null;
+  const verdict = [...main.querySelectorAll('p')].find(p => /took|verdict is computed/.test(p.textContent));
+  window.parent.postMessage(JSON.stringify({wide, width: window.innerWidth, right: box.right,
+    height: window.innerHeight, verdict: top(verdict), figure: top(document.getElementById('fig-headline'))}), '*');
+});
+</script>"""
+# The page runs in a frame of the wanted size (a browser window cannot be narrower than about 500 px); the frame
+# posts what its script measured to this page, whose DOM the browser dumps.
+FRAME = """<!DOCTYPE html><html><body style="margin:0">
+<iframe src="{src}" width="{width}" height="{height}" style="border:0;display:block"></iframe>
+<script>window.addEventListener('message', e => {{ const pre = document.createElement('pre');
+pre.id = 'medcore-layout'; pre.textContent = e.data; document.body.appendChild(pre); }});</script>
+</body></html>"""
 
 
 def _chromium() -> str:
@@ -166,69 +221,56 @@ def _chromium() -> str:
     return exe
 
 
-def _browse(page: Path, shot: Path, profile: Path) -> str:
-    exe = _chromium()
-    base = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-    subprocess.run([*base, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
-    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True)
-    return dom.stdout
+def _browse(page: Path, shot: Path, profile: Path, size: tuple[int, int]) -> dict:
+    """Open ``page`` in a frame of ``size`` (width, height), screenshot it and return what its layout script
+    measured: elements wider than the main column, the viewport, and where the verdict and headline figure start."""
+    probe = page.with_name(f".{page.stem}-probe.html")  # beside the page, so its styles and images resolve
+    frame = page.with_name(f".{page.stem}-frame.html")
+    probe.write_text(page.read_text().replace("</body>", LAYOUT_SCRIPT + "</body>"))
+    frame.write_text(FRAME.format(src=probe.name, width=size[0], height=size[1]))
+    base = [_chromium(), *CHROMIUM_FLAGS, f"--window-size={max(size[0], 500)},{size[1]}",
+            f"--user-data-dir={profile}"]
+    try:
+        subprocess.run([*base, f"--screenshot={shot}", frame.as_uri()], capture_output=True, timeout=120, check=True)
+        dom = subprocess.run([*base, "--dump-dom", frame.as_uri()], capture_output=True, text=True, timeout=120,
+                             check=True).stdout
+    finally:
+        probe.unlink()
+        frame.unlink()
+    found = re.search(r'<pre id="medcore-layout"[^>]*>(.*?)</pre>', dom, flags=re.S)
+    assert found, f"the layout probe did not run on {page.name}"
+    layout = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert layout["width"] == size[0], layout
+    return layout
 
 
-def _images(dom: str, page_dir: Path) -> list[Path]:
-    srcs = re.findall(r'<img[^>]*\bsrc="([^"]*)"', dom)
-    assert srcs and all(srcs), f"no img with a src in the page: {srcs}"
-    return [(page_dir / unquote(s)).resolve() for s in srcs if not s.startswith(("data:", "http"))]
-
-
-def test_browser_shows_results_tables_and_figures(built_book):
-    html, _, _, _, tmp = built_book
+def test_browser_reads_every_page_at_desktop_and_phone_width(built_book):
+    html, root, _, _, tmp = built_book
     shots = tmp / "screenshots"
     shots.mkdir(exist_ok=True)
     profile = tmp / "chromium-profile"
-    index_dom = _browse(html / "index.html", shots / "index.png", profile)
-    # index.html redirects to the intro page: the question and the verdict with its figure come before any table
-    assert "At a glance" in index_dom
-    question, verdict = index_dom.find("The question."), index_dom.find("always answering")
-    first_table, figure = index_dom.find("<table"), index_dom.find("verdict_accuracy.png")
-    assert 0 <= question < verdict < first_table and 0 <= figure < first_table
-    assert re.search(r'class="[^"]*\btip\b[^"]*"[^>]*>\s*<p class="admonition-title">Reproduce', index_dom)
-    seed = next(t for t in re.findall(r"<table.*?</table>", index_dom, flags=re.S) if "seed claim" in t)
-    assert all(f"<td><p>{claim}</p></td>" in seed or f"<td>{claim}</td>" in seed for claim in SEED_CLAIMS)
-    assert "not measured" not in seed
-    # the study's before/after table and the run's results table
-    tables = re.findall(r"<table.*?</table>", index_dom, flags=re.S)
-    assert any("accuracy" in t and "study-fine-tuned" in t and "study-kfold5" in t for t in tables)
-    assert any("accuracy" in t and "ci-fine-tuned" in t and "random weights" in t for t in tables)
-    for img in _images(index_dom, html / "book"):
-        assert img.is_file() and img.stat().st_size > 0, img
-
-    results_dom = _browse(html / "book" / "results.html", shots / "results.png", profile)
-    assert "McNemar exact p" in results_dom and "abl-dora-fine-tuned" in results_dom
-    images = _images(results_dom, html / "book")
-    assert len(images) >= 7 and all(i.is_file() and i.stat().st_size > 0 for i in images)
-
-    perf_dom = _browse(html / "book" / "performance.html", shots / "performance.png", profile)
-    if (ROOT / "results" / "scaleout").is_dir():  # the two-GPU records: runs, throughput, accuracy tables
-        assert "scaleout-gemma-2b-ddp2" in perf_dom and "scaling efficiency" in perf_dom
-    if (ROOT / "results" / "scale-h200").is_dir():
-        assert "NF4+DQ" in perf_dom and "Random weights" in perf_dom
-    for part in ("bench-h200-other", "bench-cpu"):  # the other benchmark records, a row each
-        for record in (ROOT / "results" / part).glob("*/metrics.json"):
-            assert record.parent.name in perf_dom
-    assert all(i.is_file() and i.stat().st_size > 0 for i in _images(perf_dom, html / "book"))
-
-    notes_dom = _browse(html / "book" / "performance_notes.html", shots / "performance_notes.png", profile)
-    # every measured cell filled from the records: the headline's ratio cell says whether its target is met
-    assert "{{" not in notes_dom and re.search(r"target (&gt;|>)= 3x (not )?met", notes_dom)
-
-    page = html / "book" / "notebooks" / "05_analysis.html"
-    analysis_dom = _browse(page, shots / "analysis.png", profile)
-    assert "<table" in analysis_dom
-    for img in _images(analysis_dom, page.parent):
-        assert img.is_file() and img.stat().st_size > 0, img
-    for shot in ("index.png", "results.png", "performance_notes.png", "analysis.png"):
-        data = (shots / shot).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    machine = [str(root), str(tmp), str(Path.home()), "/tmp/"]
+    for kind, size in WIDTHS.items():
+        for name in PAGES:
+            page = html / f"{name}.html"
+            layout = _browse(page, shots / f"{kind}-{Path(name).name}.png", profile, size)
+            assert not layout["wide"], f"{name} at {size[0]} px: wider than the column: {layout['wide'][:5]}"
+            if name == "book/intro":  # the answer first: the verdict and the headline figure on the first screen
+                assert layout["verdict"] is not None and layout["verdict"] < layout["height"], (kind, layout)
+                assert layout["figure"] is not None and layout["figure"] < layout["height"], (kind, layout)
+    for name in PAGES:
+        page = html / f"{name}.html"
+        text = re.sub(r"<script.*?</script>|<style.*?</style>", "", page.read_text(), flags=re.S)
+        assert "&lt;IPython" not in text and "<IPython" not in text and "Traceback" not in text, name
+        assert not [m for m in machine if m in text], f"{name} shows a path of this machine"
+        for src in re.findall(r'<img[^>]*\bsrc="([^"]*)"', text):
+            assert src.startswith("data:") or (page.parent / src).resolve().is_file(), (name, src)
+    intro = (html / "book" / "intro.html").read_text()
+    assert 0 <= intro.find("The question.") < intro.find("Always answering") < intro.find("<table")
+    assert re.search(r'class="[^"]*\btip\b[^"]*"[^>]*>\s*<p class="admonition-title">Reproduce', intro)
+    for shot in shots.iterdir():
+        data = shot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, shot.name
     if (ROOT / "_build").is_dir():
         keep = ROOT / "_build" / "screenshots"
         keep.mkdir(exist_ok=True)

@@ -79,7 +79,7 @@ def test_ci_run_builds_the_book(ci_run, tmp_path):
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
-    (root / "notebooks").mkdir()
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")  # the report notebooks the book executes
     html = mp.build_book(run_dir=ci_run, root=root)
     page = (html / "book" / "notebooks" / "05_analysis.html").read_text()
     assert "random weights" in page and "<img" in page
