@@ -316,7 +316,9 @@ def last_run_dir(root: Path | None = None) -> Path:
 def copy_executed_notebooks(run_dir: Path, book_dir: Path) -> list[str]:
     """Copy a run's executed notebooks into ``book_dir/notebooks`` (each replacing its earlier copy; other files
     there are left alone, and only the pages in ``_toc.yml`` are built); a notebook the run lacks becomes a one-cell
-    page saying why. Returns the names of the finished notebooks copied."""
+    page saying why. In the copies, the parameter cells (which name this machine's run folder) are tagged
+    ``remove-cell`` and papermill's paths dropped; every other cell and output is the run's. Returns the names of
+    the finished notebooks copied."""
     target = book_dir / "notebooks"
     target.mkdir(parents=True, exist_ok=True)
     status = read_status(run_dir)
@@ -327,6 +329,7 @@ def copy_executed_notebooks(run_dir: Path, book_dir: Path) -> list[str]:
     for name in NOTEBOOKS:
         if (run_dir / name).is_file():  # a failed notebook is shown too, error included
             shutil.copy2(run_dir / name, target / name)
+            hide_parameter_cells(target / name)
             copied += [name] if name in status.get("finished", [name]) else []
             continue
         title = name.removesuffix(".ipynb").replace("_", " ")
@@ -380,12 +383,26 @@ REPORTS = (  # report notebook -> the book page its executed copy becomes (book/
 HIDDEN_TAGS = ("parameters", "injected-parameters")  # cells the book leaves out: papermill's, not the reader's
 
 
+def hide_parameter_cells(path: Path) -> None:
+    """Tag a notebook's parameter cells (its own and papermill's injected one) ``remove-cell`` and drop papermill's
+    input and output paths from its metadata: the book shows no machine paths."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if any(t in tags for t in HIDDEN_TAGS) and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+        cell.metadata.pop("papermill", None)
+    nb.metadata.pop("papermill", None)
+    nbformat.write(nb, path)
+
+
 def execute_reports(root: Path, run_dir: Path, book_dir: Path, *, kernel_name: str = KERNEL_NAME,
                     reports: Sequence[tuple[str, str]] = REPORTS) -> list[Path]:
     """Execute the report notebooks with papermill into ``book_dir/<page>.ipynb``: they only read the committed
     records under ``results/`` and the run's records, so this takes seconds. Their parameter cells are tagged
     ``remove-cell`` (the book shows no machine paths). Raises :class:`NotebookError` naming a failing one."""
-    import nbformat
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from traitlets.config import Config
@@ -403,15 +420,7 @@ def execute_reports(root: Path, run_dir: Path, book_dir: Path, *, kernel_name: s
                                 config=Config(KERNEL_MANAGER_CONFIG))
         except PapermillExecutionError as err:
             raise NotebookError(source, output, err.cell_index, err.source, err.ename, err.evalue) from None
-        nb = nbformat.read(output, as_version=4)
-        for cell in nb.cells:
-            tags = cell.metadata.get("tags", [])
-            if any(t in tags for t in HIDDEN_TAGS) and "remove-cell" not in tags:
-                cell.metadata["tags"] = [*tags, "remove-cell"]
-        nb.metadata.pop("papermill", None)  # input and output paths of this machine
-        for cell in nb.cells:
-            cell.metadata.pop("papermill", None)
-        nbformat.write(nb, output)
+        hide_parameter_cells(output)
         written.append(output)
     return written
 

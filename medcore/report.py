@@ -52,6 +52,14 @@ def mb(nbytes: Any) -> str:
     return MISSING if _missing(nbytes) else f"{float(nbytes) / 1e6:,.0f}{NBSP}MB"
 
 
+def size(nbytes: Any) -> str:
+    """Bytes in the unit that keeps three digits or fewer before the point: KB, MB or GB."""
+    if _missing(nbytes):
+        return MISSING
+    v = float(nbytes)
+    return gb(v) if v >= 1e9 else mb(v) if v >= 1e6 else f"{v / 1e3:,.0f}{NBSP}KB"
+
+
 def ms(v: Any, digits: int = 1) -> str:
     return MISSING if _missing(v) else f"{float(v):,.{digits}f}{NBSP}ms"
 
