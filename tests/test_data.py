@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medcore import data
-from medcore.config import cache_dir
+from medcore.models import cache_dir
 from medcore.data import InvalidRecordError, load_medmcqa, load_medmcqa_report
 
 
