@@ -1,5 +1,6 @@
 """The peers and clocks of `python -m medcore bench`: the tutorial training loop (padded batches, the model's own
-loss), harness-style scoring, adapter save/restore, the matmul ceiling and FLOP/MFU accounting, peak memory and
+loss), the timing of harness-style scoring (``medcore.evaluate.harness_loglikelihood_choices``, four sequences
+per question), adapter save/restore, the matmul ceiling and FLOP/MFU accounting, peak memory and
 timed scoring passes. The medcore rows themselves call the product (``medcore.train.train``,
 ``medcore.evaluate.score_choices``); ``medcore.bench`` runs everything and reports."""
 from __future__ import annotations
@@ -226,58 +227,6 @@ def objective_check(model, examples: Sequence[dict], pad_length: int, pad_id: in
 
 # ---- scoring ---------------------------------------------------------------------------------------------------
 
-def harness_requests(tokenizer, records: Sequence[dict]) -> list[tuple[int, int, list[int], list[int]]]:
-    """(question, letter, context ids, continuation ids) for the harness's four requests per question."""
-    from medcore.evaluate import harness_encode_pair
-    from medcore.prompts import format_prompt
-
-    out = []
-    for q, rec in enumerate(records):
-        context = format_prompt(rec["question"], rec["options"])
-        for j, letter in enumerate(LETTERS):
-            ctx, cont = harness_encode_pair(tokenizer, context, " " + letter)
-            out.append((q, j, ctx, cont))
-    return out
-
-
-def harness_style_scores(model, tokenizer, records: Sequence[dict], batch_size: int, autocast: bool = False
-                         ) -> dict[str, Any]:
-    """Log-likelihoods (n x 4) the harness way: every request a sequence, batches of `batch_size` requests
-    sorted by length (longest first, as the harness), right-padded, the model's own forward (head at every
-    position), log-softmax over every real position, continuation log-probabilities summed."""
-    requests = harness_requests(tokenizer, records)
-    inputs = [(ctx + cont)[:-1] for _, _, ctx, cont in requests]
-    order = sorted(range(len(requests)), key=lambda i: (-len(inputs[i]), i))
-    device = model.get_input_embeddings().weight.device
-    loglik = np.zeros((len(records), 4))
-    was_training = model.training
-    model.eval()
-    try:
-        cast = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-        with torch.inference_mode(), cast:
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                width = max(len(inputs[i]) for i in chunk)
-                ids = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    ids[row, :len(inputs[i])] = torch.tensor(inputs[i])
-                logits = model(input_ids=ids.to(device), use_cache=False).logits  # no mask: right padding, causal
-                sums = []
-                for row, i in enumerate(chunk):
-                    _, _, ctx, cont = requests[i]
-                    logp = torch.log_softmax(logits[row, :len(inputs[i])].float(), dim=-1)
-                    pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont), device=logp.device)
-                    sums.append(logp[pos, torch.tensor(cont, device=logp.device)].double().sum())
-                # one transfer per batch (the harness syncs once per request: this is kinder to the baseline)
-                for i, value in zip(chunk, torch.stack(sums).cpu().tolist()):
-                    loglik[requests[i][0], requests[i][1]] = value
-                del logits, sums
-    finally:
-        model.train(was_training)
-    return {"loglik": loglik, "pred": loglik.argmax(axis=1), "requests": len(requests),
-            "real_tokens": int(sum(len(x) for x in inputs))}
-
-
 def _clock(fn: Callable, device: torch.device) -> tuple[Any, float]:
     """`fn()` and its seconds, CUDA synchronised at the end (the caller syncs before, where it must)."""
     t0 = time.perf_counter()
@@ -307,24 +256,26 @@ def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, dev
     """Both scorers on the same questions, each timed twice: a first pass (``cold_seconds``: every batch shape
     new to the scorer, as when a split is scored once) and a second one (``seconds``: warm, the steady state).
     Their agreement on the chosen letter, from the warm passes. `autocast`: both under bf16 autocast."""
-    from medcore.evaluate import score_choices
+    from medcore.evaluate import harness_loglikelihood_choices, score_choices
 
     records = list(records)
     n = len(records)
     one_pass = lambda: score_choices(model, tokenizer, records, batch_size=batch_size, progress=False,  # noqa: E731
                                      autocast=autocast)
-    harness = lambda: harness_style_scores(model, tokenizer, records, batch_size, autocast=autocast)  # noqa: E731
+    harness = lambda: harness_loglikelihood_choices(model, tokenizer, records, batch_size=batch_size,  # noqa: E731
+                                                    autocast=autocast, share_forwards=False)
     one, one_cold, one_s, mem_one = _cold_then_warm(one_pass, device)
     ref, ref_cold, ref_s, mem_h = _cold_then_warm(harness, device)
     logprob = one[[f"logprob_{x}" for x in LETTERS]].to_numpy()
     keep = ~one["truncated"].to_numpy()
-    agree = one["pred"].to_numpy() == ref["pred"]
+    ref_loglik = ref[[f"loglik_{x}" for x in LETTERS]].to_numpy()
+    agree = one["pred"].to_numpy() == ref["pred"].to_numpy()
     rows = [
         {"scorer": "medcore one-pass (score_choices)", "questions": n, "forward_sequences": n,
          "real_tokens": int(one["prompt_tokens"].sum()), "seconds": one_s, "cold_seconds": one_cold,
          "questions_per_s": n / one_s, "peak_memory_bytes": int(mem_one.peak), "peak_memory_kind": mem_one.kind},
-        {"scorer": "harness-style (4 requests/question)", "questions": n, "forward_sequences": ref["requests"],
-         "real_tokens": ref["real_tokens"], "seconds": ref_s, "cold_seconds": ref_cold, "questions_per_s": n / ref_s,
+        {"scorer": "harness-style (4 requests/question)", "questions": n,
+         "forward_sequences": ref.attrs["forward_sequences"], "real_tokens": ref.attrs["real_tokens"], "seconds": ref_s, "cold_seconds": ref_cold, "questions_per_s": n / ref_s,
          "peak_memory_bytes": int(mem_h.peak), "peak_memory_kind": mem_h.kind},
     ]
     for row in rows:
@@ -333,7 +284,7 @@ def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, dev
     return {"rows": rows, "batch_size": batch_size, "autocast": autocast, "pred": (one["pred"].to_numpy(), logprob),
             "agreement": float(agree[keep].mean()) if keep.any() else None,
             "compared": int(keep.sum()), "truncated": int((~keep).sum()),
-            "max_abs_logprob_diff": float(np.abs(logprob[keep] - ref["loglik"][keep]).max()) if keep.any() else None,
+            "max_abs_logprob_diff": float(np.abs(logprob[keep] - ref_loglik[keep]).max()) if keep.any() else None,
             "accuracy": float(one["correct"].mean()), "mean_prompt_tokens": float(one["prompt_tokens"].mean())}
 
 

@@ -58,6 +58,18 @@ def test_one_pass_equals_four_pass(tiny, tok, questions):
     assert_same_choices(one, ref, atol=1e-4)
 
 
+def test_batched_harness_reference_equals_batch_one(tiny, tok, questions):
+    """Batches (sorted, right-padded, no mask) and unshared requests change only rounding, not the reference."""
+    ref = harness_loglikelihood_choices(tiny, tok, questions[:6])
+    peer = harness_loglikelihood_choices(tiny, tok, questions[:6], batch_size=5, share_forwards=False)
+    assert ref.attrs["requests"] == peer.attrs["requests"] == peer.attrs["forward_sequences"] == 24
+    assert ref.attrs["forward_sequences"] == 6  # one-token continuations share their forward
+    assert peer.attrs["real_tokens"] == 4 * ref.attrs["real_tokens"] == 4 * int(ref["context_tokens"].sum())
+    np.testing.assert_allclose(peer[LL].to_numpy(), ref[LL].to_numpy(), atol=1e-5, rtol=0)
+    assert list(peer["pred"]) == list(ref["pred"]) and list(peer["id"]) == list(ref["id"])
+    assert list(peer.columns) == list(ref.columns)
+
+
 def test_softcapping_and_padding_follow_the_model_forward(tiny, tok, questions):
     tiny.config.final_logit_softcapping = 3.0  # Gemma-2 style; the reference uses the model's own forward
     try:
