@@ -13,6 +13,8 @@ import pytest
 from medcore import data
 from medcore.models import cache_dir
 from medcore.data import InvalidRecordError, load_medmcqa, load_medmcqa_report
+from medcore.prompts import encode_example, encode_for_scoring
+from tests.conftest import _raw, _records, _write_jsonl
 
 
 def _record(i, **over):
@@ -266,3 +268,57 @@ def test_a_single_file_refuses_a_split_it_does_not_hold(tmp_path):
         load_medmcqa(f"local:{train}", "validation")
     mine = _write(tmp_path / "my_questions.jsonl", [_record(i) for i in range(3)])
     assert load_medmcqa(f"local:{mine}", "train").split == "train"  # a name that says nothing: the caller's word
+
+
+# ---- bad records built by hand: each named by file and line, or skipped and counted -----------------------
+
+MORE_BAD = {  # cases beyond BAD above: (line 2 of a 4-line file, reason)
+    "no_question_key": ({k: v for k, v in _raw(9).items() if k != "question"}, "empty_question"),
+    "no_options_at_all": ({k: v for k, v in _raw(9).items() if k not in ("opa", "opb", "opc", "opd")},
+                          "missing_option"),
+    "empty_option": (_raw(9, opc=""), "missing_option"),
+    "option_not_text": (_raw(9, opb=["x"]), "missing_option"),
+    "cop_float": (_raw(9, cop=2.5), "answer_not_int"),
+    "cop_bool": (_raw(9, cop=True), "answer_not_int"),
+    "cop_string": (_raw(9, cop="2"), "answer_not_int"),
+    "cop_negative": (_raw(9, cop=-3), "answer_out_of_range"),
+    "json_array": (b"[1, 2, 3]", "bad_json"),
+    "truncated_line": (json.dumps(_raw(9))[:40].encode(), "bad_json"),
+    "latin1_bytes": (json.dumps(_raw(9)).encode().replace(b"Q9", b"Q\xe99"), "bad_utf8"),
+    "subject_typo": (_raw(9, subject_name="Anatomyy"), "unknown_subject"),
+    "duplicate_id": (_raw(2, question="another question"), "duplicate_id"),
+}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("case", sorted(MORE_BAD))
+def test_bad_record_is_named_or_skipped_and_counted(tmp_path, case):
+    line, reason = MORE_BAD[case]
+    lines = [_raw(0), line, _raw(1), _raw(2)] if case != "duplicate_id" else [_raw(0), _raw(2), _raw(1), line]
+    bad_line = 2 if case != "duplicate_id" else 4
+    path = _write_jsonl(tmp_path / "dev.json", lines)
+    with pytest.raises(data.InvalidRecordError) as err:
+        data.load_medmcqa(f"local:{path}")
+    assert err.value.reason == reason and f"{path}:{bad_line}" in str(err.value) and reason in str(err.value)
+    ds, report = data.load_medmcqa_report(f"local:{path}", on_invalid="skip")
+    assert len(ds) == 3 and report.skipped == {reason: 1} and f"skipped 1 ({reason}: 1)" in str(report)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_file_with_no_valid_record_is_a_clear_error(tmp_path):
+    path = _write_jsonl(tmp_path / "dev.json", [b"not json", _raw(1, cop=9)])
+    with pytest.raises(ValueError, match=r"no valid MedMCQA records .*skipped 2"):
+        data.load_medmcqa(f"local:{path}", on_invalid="skip")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_records_built_in_code_fail_with_their_id_not_inside_torch(tok):
+    good = _records(1)[0]
+    for bad, words in [(dict(good, answer=7), "answer 7"), (dict(good, answer="B"), "answer 'B'"),
+                       (dict(good, options=["a", "b", "c"]), "four"), (dict(good, question=None), "question"),
+                       (dict(good, answer=None), "no answer")]:
+        with pytest.raises(ValueError, match="record 'q0'") as err:
+            encode_example(bad, tok, 128)
+        assert words in str(err.value)
+    with pytest.raises(ValueError, match="record 'q0'.*answer_out_of_range"):
+        encode_for_scoring(dict(good, answer=4), tok, 128)

@@ -1,6 +1,9 @@
-"""Run records: atomic writes, no secrets, and a round trip through load_runs."""
+"""Run records: atomic writes, no secrets, and a round trip through load_runs. The interruption and secret tests at
+the end train through the command line (``python -m medcore train``) in subprocesses, so a kill is a real kill and
+the token is really in the environment."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -8,9 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from medcore import results
 from medcore.results import (load_loss_history, load_predictions, load_run, load_runs, write_run_record)
+from tests.conftest import (CANARY_TOKEN, SETS, _complete_checkpoint, _env, _raw, _run, _train_cmd,
+                            _train_until_first_checkpoint, _write_jsonl)
 
 FAKE_TOKEN = "hf_" + "abcdefghijklmnopqrstuvwxyz1234"
 
@@ -194,3 +201,74 @@ def test_bench_headline_flag_marks_the_record():
 
     assert parse_args(["--headline", "--model", "random:tiny-gemma"])[1].headline is True
     assert parse_args(["--model", "random:tiny-gemma"])[1].headline is False
+
+
+# ---- interruption (a real SIGKILL) of `medcore train`, and secrets in records, checkpoints, logs ----------------
+
+@pytest.mark.usefixtures("one_thread")
+def test_sigkill_between_checkpoints_then_resume_ends_like_an_uninterrupted_run(cli_root):
+    proc, out, log = _train_until_first_checkpoint(cli_root, "killed")
+    run = out.parent
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{log.read_text()[-2000:]}"
+    step = _complete_checkpoint(out)
+    assert step is not None and step < 6 and not (out / "adapter").exists() and not (run / "results").exists()
+    # a kill during the next save leaves a checkpoint without trainer_state.json: resume must not pick it
+    half = out / f"checkpoint-{step + 2}"
+    half.mkdir(exist_ok=True)
+    (half / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+
+    _run(_train_cmd(cli_root, "killed", "--resume"), log)
+    full, resumed = (json.loads((cli_root / r / "out" / "train_result.json").read_text()) for r in ("full", "killed"))
+    assert resumed["metrics"]["resumed_from"] == str(out / f"checkpoint-{step}")
+    steps = [r["step"] for r in resumed["loss_history"]]
+    assert steps == [r["step"] for r in full["loss_history"]] == list(range(1, 7))
+    for a, b in zip(resumed["loss_history"], full["loss_history"]):
+        assert a.keys() == b.keys() and "loss" in a
+        for key in a.keys() & {"loss", "eval_loss", "learning_rate", "grad_norm"}:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["step"], key)
+    ref, got = (load_file(cli_root / r / "out" / "adapter" / "adapter_model.safetensors") for r in ("full", "killed"))
+    assert ref.keys() == got.keys() and len(ref) > 0
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-7, msg=name)
+    m_full, m_resumed = (results.load_run(cli_root / r / "results" / "ci-train")["metrics"] for r in ("full", "killed"))
+    for key in ("global_step", "n_train_examples", "truncated_train", "skipped_train"):
+        assert m_resumed[key] == m_full[key], key
+    assert m_resumed["train_loss"] == pytest.approx(m_full["train_loss"], rel=1e-6)
+
+
+def _leaks(root: Path) -> list[str]:
+    token = CANARY_TOKEN.encode()
+    return [str(p) for p in root.rglob("*") if p.is_file() and token in p.read_bytes()]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_token_in_environment_never_reaches_records_checkpoints_or_logs(cli_root, tmp_path, monkeypatch):
+    log = (cli_root / "full" / "log.txt").read_text()
+    assert "Training completed" in log or "train_runtime" in log  # the log is the run's real output
+    assert (cli_root / "full" / "results" / "ci-train" / "metrics.json").is_file()
+    assert (cli_root / "full" / "out" / "checkpoint-2" / "training_args.bin").is_file()
+    assert _leaks(cli_root) == []  # records, checkpoints (pickled arguments too), adapter, logs of every CLI run
+    monkeypatch.setenv("HF_TOKEN", CANARY_TOKEN)  # a record whose inputs carry the token: scrubbed on write
+    results.write_run_record(tmp_path, "leaky", {"model": {"token": CANARY_TOKEN, "note": f"via {CANARY_TOKEN}"}},
+                             {"cmd": f"HF_TOKEN={CANARY_TOKEN} python", "HF_TOKEN": CANARY_TOKEN},
+                             loss_history=[{"step": 1, "msg": CANARY_TOKEN}])
+    assert _leaks(tmp_path) == [] and (tmp_path / "leaky" / "metrics.json").is_file()
+    (tmp_path / "planted.bin").write_bytes(b"\0" + CANARY_TOKEN.encode() + b"\0")
+    assert _leaks(tmp_path) == [str(tmp_path / "planted.bin")]  # the scan would see a leak
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow
+def test_token_never_reaches_the_executed_notebooks(tmp_path, monkeypatch):
+    from medcore.pipeline import run_pipeline
+
+    for name, value in _env().items():
+        monkeypatch.setenv(name, value)  # the notebooks' kernels inherit it
+    _write_jsonl(tmp_path / "dev.json", [_raw(i) for i in range(64)])
+    sets = [s for s in SETS if not s.startswith("train.max_steps")] + ["train.max_steps=2",
+                                                                       f"data.source=local:{tmp_path / 'dev.json'}"]
+    run_dir = run_pipeline("ci", sets, run_dir=tmp_path / "run", progress=False)
+    assert len(list(Path(run_dir).glob("0*.ipynb"))) == 5
+    assert _leaks(Path(run_dir)) == []

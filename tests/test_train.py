@@ -1,15 +1,19 @@
-"""Training on a tiny random Gemma on the CPU: the loss, what changes, resume, throughput record, NF4."""
+"""Training on a tiny random Gemma on the CPU: the loss, what changes, resume, throughput record, NF4; bad input
+named before the model runs, a non-finite loss or gradient stopping the run, incomplete checkpoints, determinism."""
 import json
+import logging
 import math
 
 import datasets
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from medcore import lora, models, quantize, train
-from medcore.config import LoraConfig, QuantConfig, RunConfig
-from medcore.prompts import Collator
+from medcore import evaluate, lora, models, quantize, train
+from medcore.config import ConfigError, LoraConfig, QuantConfig, RunConfig
+from medcore.prompts import Collator, PromptTooLongError
+from tests.conftest import _records
 
 TINY = "random:tiny-gemma3"
 
@@ -297,3 +301,171 @@ def test_training_writes_tensorboard_events_into_the_output_folder(tmp_path, tok
     cfg.train.report_to = "none"
     train.train(cfg, adapted(), tokenizer, data[0].select(range(4)), data[1], tmp_path / "off")
     assert not (tmp_path / "off" / "runs").exists()
+
+
+# ---- bad input, non-finite loss, resume and determinism on the tiny random Gemma (Gemma-1 shape) ------------
+
+TINY_GEMMA = "random:tiny-gemma"
+
+
+def _cfg(**train_values) -> RunConfig:
+    cfg = RunConfig()
+    cfg.data.max_length = 128
+    cfg.lora = LoraConfig(r=4, alpha=8, dropout=0.1)
+    values = dict(learning_rate=1e-2, max_steps=3, token_budget=512, max_batch_size=4, warmup_ratio=0.0,
+                  logging_steps=1, eval_steps=100, save_steps=100, gradient_checkpointing=False)
+    for key, value in {**values, **train_values}.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def _adapted(seed: int = 0):
+    model = models.load_model(TINY_GEMMA, dtype=torch.float32)
+    torch.manual_seed(seed)
+    return lora.attach_adapter(model, _cfg().lora, quantized=False)
+
+
+NOT_A_MODEL = torch.nn.Linear(2, 2)  # train() must refuse bad input before a model would ever run
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_long_question_is_cut_and_counted_in_training_metrics(tmp_path, tok, caplog):
+    recs = _records(6)
+    for r in recs[:2]:
+        r["question"] = "A long history of fever, cough and weight loss. " * 12
+    with caplog.at_level(logging.WARNING, logger="medcore.train"):
+        encoded = train.encode_dataset(datasets.Dataset.from_list(recs), tok, 128)
+    assert encoded["truncated"] == [True, True, False, False, False, False] and max(encoded["length"]) <= 128
+    assert "2 questions cut to fit" in caplog.text
+    for ids, rec in zip(encoded["input_ids"][:2], recs):  # the choices and the answer position survive the cut
+        assert tok.decode(ids).replace(" ", "").endswith("D.delta\nAnswer:" + "ABCD"[rec["answer"]])
+    result = train.train(_cfg(max_steps=1), _adapted(), tok, datasets.Dataset.from_list(recs),
+                         datasets.Dataset.from_list(recs[:3]), tmp_path)
+    m = result.metrics
+    assert (m["truncated_train"], m["truncated_eval"], m["skipped_train"], m["n_train_examples"]) == (2, 2, 0, 6)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_choices_longer_than_max_length_name_the_record(tmp_path, tok):
+    recs = _records(5)
+    recs[3]["options"] = ["a very long option " * 20] * 4
+    ds = datasets.Dataset.from_list(recs)
+    with pytest.raises(PromptTooLongError, match=r"record 'q3': the choices alone take more than 127 tokens"):
+        train.encode_dataset(ds, tok, 128)
+    cfg = _cfg()
+    with pytest.raises(PromptTooLongError, match="record 'q3'"):  # before anything runs (this is not a model)
+        train.train(cfg, NOT_A_MODEL, tok, ds, None, tmp_path)
+    with pytest.raises(PromptTooLongError, match="record 'q3'.*data.max_length"):
+        evaluate.score_choices(NOT_A_MODEL, tok, recs, max_length=128, progress=False)
+    cfg.data.on_invalid = "skip"
+    assert train.encode_dataset(ds, tok, 128, on_invalid="skip")["id"] == ["q0", "q1", "q2", "q4"]
+    m = train.train(cfg, _adapted(), tok, ds, None, tmp_path / "skip").metrics
+    assert (m["skipped_train"], m["n_train_examples"], m["global_step"]) == (1, 5, 3)
+
+
+# ---- bad config (the settings table and its command-line test are in test_config) ---------------------------
+
+@pytest.mark.usefixtures("one_thread")
+def test_token_budget_smaller_than_longest_encoded_example_is_named(tmp_path, tok):
+    cfg = _cfg(token_budget=64)  # not validated: train() must catch it itself, before the model runs
+    recs = _records(4)
+    recs[2]["question"] = "Which of these is longest? " * 3
+    lengths = train.encode_dataset(datasets.Dataset.from_list(recs), tok, 128)["length"]
+    with pytest.raises(ConfigError) as err:
+        train.train(cfg, NOT_A_MODEL, tok, datasets.Dataset.from_list(recs), None, tmp_path)
+    assert f"train.token_budget=64 is smaller than a training example 'q2' ({max(lengths)} tokens)" in str(err.value)
+    assert not any(tmp_path.iterdir())
+
+
+# ---- non-finite loss ---------------------------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("one_thread")
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tok, monkeypatch):
+    real, calls = train.answer_only_loss, {"n": 0}
+
+    def poisoned(model, *args):
+        loss = real(model, *args)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                return loss * float("nan")
+        return loss
+    monkeypatch.setattr(train, "answer_only_loss", poisoned)
+    cfg, ds = _cfg(max_steps=4, save_steps=2), datasets.Dataset.from_list(_records(8))
+    with pytest.raises(train.NonFiniteLossError, match=r"training loss is nan at step 3; the last checkpoint, "
+                                                       r".*checkpoint-2, is from before it"):
+        train.train(cfg, _adapted(), tok, ds, None, tmp_path)
+    saved = sorted(p.name for p in tmp_path.iterdir() if p.name != "runs")  # runs/: the TensorBoard events
+    assert saved == ["checkpoint-2"]  # no adapter/, nothing after the NaN
+    assert train.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    weights = load_file(tmp_path / "checkpoint-2" / "adapter_model.safetensors")
+    assert weights and all(torch.isfinite(w).all() for w in weights.values())
+    monkeypatch.setattr(train, "answer_only_loss", real)  # the cause fixed, the run resumes from the good checkpoint
+    resumed = train.train(cfg, _adapted(), tok, ds, None, tmp_path, resume=True)
+    assert resumed.metrics["resumed_from"].endswith("checkpoint-2") and resumed.metrics["global_step"] == 4
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_non_finite_gradient_stops_before_anything_is_saved_from_it(tmp_path, tok):
+    class InfGradientAtStep2(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 1:
+                param = next(p for n, p in model.named_parameters() if p.requires_grad)
+                param.register_hook(lambda g: g * float("inf"))
+
+    model = _adapted()
+    with pytest.raises(train.NonFiniteLossError, match="a gradient is NaN or infinite at step 2.*checkpoint-1"):
+        train.train(_cfg(save_steps=1), model, tok, datasets.Dataset.from_list(_records(8)), None, tmp_path,
+                    callbacks=[InfGradientAtStep2()])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "runs") == ["checkpoint-1"]
+    weights = load_file(tmp_path / "checkpoint-1" / "adapter_model.safetensors")
+    assert weights and all(torch.isfinite(w).all() for w in weights.values())  # nothing saved after the bad step
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_bad_step_between_reads_is_named_by_its_own_step(tmp_path, tok, monkeypatch):
+    # flags are read only at logging / saving steps: a NaN at step 2 is found at step 4 and still named step 2
+    real, calls = train.answer_only_loss, {"n": 0}
+
+    def poisoned(model, *args):
+        loss = real(model, *args)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return loss * float("inf")
+        return loss
+    monkeypatch.setattr(train, "answer_only_loss", poisoned)
+    cfg = _cfg(max_steps=6, save_steps=4, logging_steps=4)
+    with pytest.raises(train.NonFiniteLossError, match=r"training loss is inf at step 2; no checkpoint"):
+        train.train(cfg, _adapted(), tok, datasets.Dataset.from_list(_records(12)), None, tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name != "runs"]  # checkpoint-4 never written
+    assert calls["n"] == 4  # it ran on to the first read, no further
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_incomplete_checkpoint_is_skipped(tmp_path):
+    for step, state in [(2, "{}"), (4, '{"global_st'), (6, None)]:
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()
+    assert train.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert train.last_checkpoint(tmp_path / "missing") is None
+
+
+# ---- determinism -------------------------------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("one_thread")
+def test_same_seed_gives_identical_losses_and_predictions(tmp_path, tok):
+    train_ds, questions = datasets.Dataset.from_list(_records(12)), _records(8, start=20)
+
+    def run(name, seed):
+        cfg = _cfg(seed=seed)
+        model = _adapted(seed)
+        history = train.train(cfg, model, tok, train_ds, None, tmp_path / name).loss_history
+        return history, evaluate.score_choices(model, tok, questions, batch_size=4, max_length=128, progress=False)
+
+    (h1, p1), (h2, p2), (h3, _) = run("a", 0), run("b", 0), run("c", 1)
+    assert h1 == h2 and len(h1) == 3  # exactly equal: loss, learning rate, gradient norm at every step
+    assert p1.equals(p2)  # predictions and every log-probability
+    assert [r["loss"] for r in h3] != [r["loss"] for r in h1]  # the seed matters: the test can fail
