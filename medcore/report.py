@@ -31,8 +31,17 @@ def pct(v: Any, digits: int = 1) -> str:
 
 
 def points(v: Any, digits: int = 1) -> str:
-    """A difference of two rates in percentage points, signed: 0.021 -> "+2.1 points"."""
-    return MISSING if _missing(v) else f"{100 * float(v):+.{digits}f}{NBSP}points"
+    """A difference of two rates in percentage points, signed: 0.021 -> "+2.1 points"; below a tenth of a point
+    two decimals, so a small change does not read as "-0.0"."""
+    if _missing(v):
+        return MISSING
+    digits = max(digits, 2) if 0 < abs(float(v)) < 0.001 else digits
+    return f"{100 * float(v):+.{digits}f}{NBSP}points"
+
+
+def pvalue(p: Any) -> str:
+    """A p-value to two significant digits; one too small for a float reads "< 1e-300", never "0"."""
+    return MISSING if _missing(p) else f"{p:.2g}" if p >= 1e-300 else "<\u00a01e-300"
 
 
 def interval(acc: Any, low: Any, high: Any, digits: int = 1) -> str:

@@ -16,12 +16,12 @@ def _weights(df: pd.DataFrame, real: bool) -> pd.DataFrame:
 
 
 def split_view(overview: pd.DataFrame) -> pd.DataFrame:
-    """:func:`analysis.split_overview` without its source column (named under the table instead)."""
+    """:func:`data_tables.split_overview` without its source column (named under the table instead)."""
     return overview.drop(columns=["source"], errors="ignore")
 
 
 def counts_view(counts: pd.DataFrame, column: str, shares: bool = True) -> pd.DataFrame:
-    """:func:`analysis.category_counts` as one row per value: questions per split and, with ``shares``, their
+    """:func:`data_tables.category_counts` as one row per value: questions per split and, with ``shares``, their
     share of the split."""
     wide = counts.pivot_table(index=column, columns="split", values=["count", "share"], fill_value=0, sort=False)
     out = pd.DataFrame({column: wide.index})
@@ -33,7 +33,7 @@ def counts_view(counts: pd.DataFrame, column: str, shares: bool = True) -> pd.Da
 
 
 def length_view(summary: pd.DataFrame) -> pd.DataFrame:
-    """:func:`analysis.length_summary` in tokens, whole numbers."""
+    """:func:`data_tables.length_summary` in tokens, whole numbers."""
     out = summary.copy()
     for col in ("count", "mean", "median", "p90", "p99", "max", "truncated"):
         if col in out:
@@ -116,7 +116,7 @@ def paired_view(tests: pd.DataFrame) -> pd.DataFrame:
                          "b": tests["b"], "c": tests["c"],
                          "difference": [f"{rp.points(d)} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for d, lo, hi in
                                         zip(tests["difference"], tests["difference_ci_low"], tests["difference_ci_high"])],
-                         "McNemar p": tests["pvalue"].map(lambda p: f"{p:.2g}")})
+                         "McNemar p": tests["pvalue"].map(rp.pvalue)})
 
 
 def cost_view(cost: pd.DataFrame, real: bool) -> pd.DataFrame:

@@ -236,7 +236,7 @@ def paired_table(tests: pd.DataFrame) -> pd.DataFrame:
     tests = tests.set_index("metric").loc[[m for m in PAIRED_NAMES if m in set(tests["metric"])]].reset_index()
     return pd.DataFrame({"measure": tests["metric"].map(PAIRED_NAMES), "zero-shot": tests["before"].map(rp.pct),
                          "fine-tuned": tests["after"].map(rp.pct), "difference": tests["difference"].map(rp.points),
-                         "b": tests["b"], "c": tests["c"], "McNemar p": tests["pvalue"].map(lambda p: f"{p:.2g}")})
+                         "b": tests["b"], "c": tests["c"], "McNemar p": tests["pvalue"].map(rp.pvalue)})
 
 
 def seed_table(study: Study) -> pd.DataFrame:
