@@ -13,8 +13,8 @@ every ``eval_steps`` (always on the answer letter only, so runs with and without
 every ``save_steps`` and resume from the last complete one (a run killed while saving leaves a folder without
 ``trainer_state.json``, which is skipped); the adapter saved in PEFT format under ``<output_dir>/adapter``.
 A NaN or infinite loss or gradient stops training with :class:`NonFiniteLossError` naming the step, before the
-next log, evaluation or save (:class:`FiniteGuard`), so every checkpoint holds finite weights. Before the model runs, examples are checked: one whose
-choices alone exceed ``data.max_length`` raises (or with ``data.on_invalid="skip"`` is dropped and counted), one
+next log, evaluation or save (:class:`FiniteGuard`), so every checkpoint holds finite weights. Before the model
+runs, examples are checked: one whose choices alone exceed ``data.max_length`` raises (or with ``data.on_invalid="skip"`` is dropped and counted), one
 longer than ``train.token_budget`` raises a ConfigError naming it; questions cut to fit are counted.
 bf16 autocast (``train.autocast``: auto = on CUDA, off on CPU; ``bf16`` forces it, on a CPU too) around the whole
 loss, not only ``model.forward`` as accelerate does: the answer-only loss calls the submodules. Under autocast, peft's copy of
