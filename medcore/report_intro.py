@@ -15,6 +15,7 @@ import pandas as pd
 
 from medcore import analysis as an
 from medcore import report as rp
+from medcore import report_run
 from medcore import report_perf as perf
 from medcore import report_study as rs
 from medcore.results import load_runs
@@ -282,16 +283,8 @@ def run_summary(run_dir: Path | None) -> str:
 def run_table(run_dir: Path | None) -> pd.DataFrame:
     """The pipeline run's scoring records: record, weights, precision, questions, accuracy with its interval and
     the change against the zero-shot record of the same precision, in points."""
-    from medcore.analysis import results_table
-
     results = (run_dir / "results") if run_dir else None
-    table = results_table(load_runs(results)) if results is not None and results.is_dir() else pd.DataFrame()
+    table = an.results_table(load_runs(results)) if results is not None and results.is_dir() else pd.DataFrame()
     if table.empty:
         return pd.DataFrame()
-    accuracy = dict(zip(table["run"], table["accuracy"]))
-    return pd.DataFrame({
-        "record": table["run"], "weights": table["weights"], "precision": table["precision"],
-        "questions": table["n"].map(rp.count),
-        "accuracy": [rp.interval(a, lo, hi) for a, lo, hi in zip(table["accuracy"], table["ci_low"], table["ci_high"])],
-        "against zero-shot": [rp.points(a - accuracy[b]) if isinstance(b, str) and b in accuracy else rp.MISSING
-                              for a, b in zip(table["accuracy"], table["baseline_run"])]})
+    return report_run.accuracy_view(table)

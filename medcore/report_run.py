@@ -99,14 +99,19 @@ def results_view(table: pd.DataFrame) -> pd.DataFrame:
     its interval, change against the zero-shot record of the same precision, weights in memory."""
     if table.empty:
         return pd.DataFrame(columns=["record", "weights", "precision", "questions", "accuracy"])
+    return accuracy_view(table).assign(**{"in memory": (table["size_gb"] * 1e9).map(rp.size).to_numpy()})
+
+
+def accuracy_view(table: pd.DataFrame) -> pd.DataFrame:
+    """A non-empty :func:`analysis.results_table` as record, weights, precision, questions, accuracy with its
+    interval and the change against the zero-shot record of the same precision, in points."""
     accuracy = dict(zip(table["run"], table["accuracy"]))
     return pd.DataFrame({
         "record": table["run"], "weights": table["weights"], "precision": table["precision"],
         "questions": table["n"].map(rp.count),
         "accuracy": [rp.interval(a, lo, hi) for a, lo, hi in zip(table["accuracy"], table["ci_low"], table["ci_high"])],
         "against zero-shot": [rp.points(a - accuracy[b]) if isinstance(b, str) and b in accuracy else rp.MISSING
-                              for a, b in zip(table["accuracy"], table["baseline_run"])],
-        "in memory": (table["size_gb"] * 1e9).map(rp.size)})
+                              for a, b in zip(table["accuracy"], table["baseline_run"])]})
 
 
 def paired_view(tests: pd.DataFrame) -> pd.DataFrame:

@@ -379,18 +379,24 @@ def test_token_budget_smaller_than_longest_encoded_example_is_named(tmp_path, to
 
 # ---- non-finite loss ---------------------------------------------------------------------------------------------
 
-@pytest.mark.usefixtures("one_thread")
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tok, monkeypatch):
-    real, calls = train.answer_only_loss, {"n": 0}
+def _poison_loss(monkeypatch, at_call: int, factor: float) -> dict:
+    """Multiply the training loss of the `at_call`-th training call by `factor`; returns the call counter."""
+    real, calls = train.answer_only_loss, {"n": 0, "real": train.answer_only_loss}
 
     def poisoned(model, *args):
         loss = real(model, *args)
         if model.training:
             calls["n"] += 1
-            if calls["n"] == 3:
-                return loss * float("nan")
+            if calls["n"] == at_call:
+                return loss * factor
         return loss
     monkeypatch.setattr(train, "answer_only_loss", poisoned)
+    return calls
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tok, monkeypatch):
+    real = _poison_loss(monkeypatch, 3, float("nan"))["real"]
     cfg, ds = _cfg(max_steps=4, save_steps=2), datasets.Dataset.from_list(_records(8))
     with pytest.raises(train.NonFiniteLossError, match=r"training loss is nan at step 3; the last checkpoint, "
                                                        r".*checkpoint-2, is from before it"):
@@ -425,16 +431,7 @@ def test_non_finite_gradient_stops_before_anything_is_saved_from_it(tmp_path, to
 @pytest.mark.usefixtures("one_thread")
 def test_a_bad_step_between_reads_is_named_by_its_own_step(tmp_path, tok, monkeypatch):
     # flags are read only at logging / saving steps: a NaN at step 2 is found at step 4 and still named step 2
-    real, calls = train.answer_only_loss, {"n": 0}
-
-    def poisoned(model, *args):
-        loss = real(model, *args)
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] == 2:
-                return loss * float("inf")
-        return loss
-    monkeypatch.setattr(train, "answer_only_loss", poisoned)
+    calls = _poison_loss(monkeypatch, 2, float("inf"))
     cfg = _cfg(max_steps=6, save_steps=4, logging_steps=4)
     with pytest.raises(train.NonFiniteLossError, match=r"training loss is inf at step 2; no checkpoint"):
         train.train(cfg, _adapted(), tok, datasets.Dataset.from_list(_records(12)), None, tmp_path)
