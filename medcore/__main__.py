@@ -16,7 +16,7 @@ def _cmd_data(args) -> None:
 
 def _cmd_evaluate(args) -> None:
     from medcore.config import config_from_args
-    from medcore.workflows import evaluate_defaults, evaluate_model
+    from medcore.flows.workflows import evaluate_defaults, evaluate_model
 
     base = config_from_args(args) if args.profile else evaluate_defaults().with_overrides(args.set)
     evaluate_model(model_spec=args.model, source=args.source, split=args.split, limit=args.limit,
@@ -27,27 +27,27 @@ def _cmd_evaluate(args) -> None:
 
 def _cmd_train(args) -> None:
     from medcore.config import config_from_args
-    from medcore.workflows import finetune
+    from medcore.flows.workflows import finetune
 
     cfg = config_from_args(args)
     finetune(cfg, output_dir=args.output_dir, resume=args.resume)
 
 
 def _cmd_run(args) -> None:
-    from medcore.pipeline import parse_parameters, run_pipeline
+    from medcore.flows.pipeline import parse_parameters, run_pipeline
 
     run_pipeline(args.profile, args.set, run_dir=args.run_dir, resume=args.resume,
                  parameters=parse_parameters(args.parameter))
 
 
 def _cmd_book(args) -> None:
-    from medcore.pipeline import build_book
+    from medcore.flows.pipeline import build_book
 
     build_book(run_dir=args.run_dir)
 
 
 def _cmd_ask(args) -> None:
-    from medcore.ask import ask, question_record, read_questions
+    from medcore.flows.ask import ask, question_record, read_questions
 
     if (args.file is None) == (args.question is None):
         raise ValueError("ask: give --question with --options, or --file <questions.jsonl>, not both")
@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PASS_THROUGH = {"study": "medcore.study", "bench": "medcore.bench", "scaleout": "medcore.scaleout",
-                "gpu-check": "medcore.gpucheck"}  # commands with their own argument parser
+PASS_THROUGH = {"study": "medcore.flows.study", "bench": "medcore.bench.command", "scaleout": "medcore.scale.scaleout",
+                "gpu-check": "medcore.bench.gpucheck"}  # commands with their own argument parser
 # errors that are the user's to fix (a setting, a record, a file, the network): their message says what and how
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 USER_ERROR_NAMES = ("PipelineError", "NonFiniteLossError", "SourceUnavailableError", "HubUnavailableError",

@@ -37,13 +37,13 @@ def no_loading(monkeypatch):
     import medcore.data
     import medcore.models
     import medcore.quantize
-    import medcore.workflows
+    import medcore.flows.workflows
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model, tokenizer or data set was loaded for a config that is invalid")
     for target, name in [(medcore.models, "load_model"), (medcore.models, "load_tokenizer"),
                          (medcore.quantize, "load_quantized"), (medcore.data, "load_medmcqa"),
-                         (medcore.workflows, "finetune")]:
+                         (medcore.flows.workflows, "finetune")]:
         monkeypatch.setattr(target, name, forbidden)
 
 

@@ -1,6 +1,6 @@
 """Small study and performance records in the layout `python -m medcore study` writes, for the report tests.
 
-The scoring records are made by `medcore.workflows.score_and_record` (the study's own code path) with the tiny
+The scoring records are made by `medcore.flows.workflows.score_and_record` (the study's own code path) with the tiny
 random-weight Gemma on a few MedMCQA validation questions, with rotations on, so they carry exact scoring's
 ``credit`` column and the circular and debiased accuracies; a "fine-tuned" model is another random seed.
 :func:`scored_with_ties` turns a copy into records of the older layout. The size and speed records are
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from medcore import quantize, workflows
+from medcore import quantize
 from medcore.config import load_profile, set_field
+from medcore.flows import workflows
 from medcore.models import load_tokenizer
 from medcore.results import write_run_record
 

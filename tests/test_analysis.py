@@ -1,4 +1,4 @@
-"""Tables from run records (medcore.analysis), on small synthetic records; the report pages' own tables are
+"""Tables from run records (medcore.report.records), on small synthetic records; the report pages' own tables are
 tested in test_report.py."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medcore import analysis as an
 from medcore import stats
 from medcore.config import load_profile
+from medcore.report import records as an
 from medcore.results import load_runs, write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]

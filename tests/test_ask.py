@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from medcore import ask, evaluate, workflows
+from medcore import evaluate
 from medcore.__main__ import main
 from medcore.config import RunConfig
+from medcore.flows import ask, workflows
 
 TINY = "random:tiny-gemma3"
 OPTIONS = ["Adrenaline", "Atropine", "Insulin", "Heparin"]

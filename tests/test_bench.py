@@ -7,7 +7,9 @@ import random
 import pytest
 import torch
 
-from medcore import bench, bench_recipes, models, train
+from medcore import models, train
+from medcore.bench import command as bench
+from medcore.bench import peers
 from medcore.evaluate import harness_loglikelihood_choices, score_choices
 
 TINY = "random:tiny-gemma"
@@ -108,17 +110,17 @@ def test_harness_style_agrees_with_one_pass(run, source, tok):
 def test_flop_accounting_for_known_parameter_counts():
     tiny = models.load_model(TINY)
     # tiny-gemma: per layer q 64x64 + k,v 64x32 + o 64x64 + MLP 3 x 64x128 + 2 norms of 64; 2 layers + final norm
-    assert bench_recipes.non_embedding_parameters(tiny) == 2 * (4096 + 2048 + 2048 + 4096 + 3 * 64 * 128 + 128) + 64
+    assert peers.non_embedding_parameters(tiny) == 2 * (4096 + 2048 + 2048 + 4096 + 3 * 64 * 128 + 128) + 64
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):  # Gemma-2B's shape without allocating it: 1.98 B non-embedding parameters
         gemma = AutoModelForCausalLM.from_config(models.model_config("random:gemma-2b"))
-    n = bench_recipes.non_embedding_parameters(gemma)
+    n = peers.non_embedding_parameters(gemma)
     assert n == 18 * (2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 16384 + 2 * 2048) + 2048 == 1_981_884_416
-    assert bench_recipes.train_flops_per_token(n) == 6 * n and bench_recipes.score_flops_per_token(n) == 2 * n
+    assert peers.train_flops_per_token(n) == 6 * n and peers.score_flops_per_token(n) == 2 * n
     # 10k tokens/s at 6N on a 790 TFLOP/s ceiling: 15 % MFU
-    assert bench_recipes.mfu(10_000, bench_recipes.train_flops_per_token(n), 790e12) == pytest.approx(10_000 * 6 * n / 790e12)
-    assert bench_recipes.mfu(10_000, 6 * n, 790e12) == pytest.approx(0.1505, abs=1e-4)
+    assert peers.mfu(10_000, peers.train_flops_per_token(n), 790e12) == pytest.approx(10_000 * 6 * n / 790e12)
+    assert peers.mfu(10_000, 6 * n, 790e12) == pytest.approx(0.1505, abs=1e-4)
 
 
 def test_targets_are_computed_from_the_measurements():
@@ -201,7 +203,7 @@ def test_too_few_questions_are_refused_before_any_measurement(source, tmp_path, 
 
 
 def test_the_old_lever_names_still_work_with_a_deprecation_message(capsys):
-    from medcore.bench import parse_args
+    from medcore.bench.command import parse_args
 
     _, opts = parse_args(["--model", "random:tiny-gemma", "--levers", "peft_cast,repeat,lora_cast"])
     assert opts.levers == ["lora_input_float32", "repeat", "lora_input_float32"]

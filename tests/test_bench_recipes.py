@@ -1,8 +1,8 @@
-"""bench_recipes.py directly: FLOP accounting, the matmul ceiling, the tutorial batches, adapter save/restore."""
+"""medcore/bench/peers.py directly: FLOP accounting, the matmul ceiling, the tutorial batches, adapter save/restore."""
 import pytest
 import torch
 
-from medcore import bench_recipes as br
+from medcore.bench import peers as br
 
 
 def test_flop_accounting_and_mfu():

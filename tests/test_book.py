@@ -29,8 +29,8 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from medcore.pipeline import NOTEBOOKS, REPORTS, _write_status, build_book, read_status
-from medcore.report_intro import SEED_CLAIMS
+from medcore.flows.pipeline import NOTEBOOKS, REPORTS, _write_status, build_book, read_status
+from medcore.report.intro import SEED_CLAIMS
 from medcore.results import write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,10 @@ import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
 
-from medcore import distributed, evaluate, lora, models, quantize, results, train, workflows
+from medcore import evaluate, lora, models, quantize, results, train
 from medcore.config import QuantConfig, load_profile
+from medcore.flows import workflows
+from medcore.scale import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 LETTER_COLUMNS = [f"logprob_{c}" for c in "ABCD"]
@@ -27,10 +29,11 @@ def _free_port() -> int:
 
 
 def launch(command: str, overrides: list[str], *extra: str) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file medcore/accelerate/ddp.yaml --num_processes 2 -m medcore.distributed ...`."""
+    """`accelerate launch --config_file medcore/scale/accelerate/ddp.yaml --num_processes 2
+    -m medcore.scale.distributed ...`."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(distributed.config_path("ddp")),
            "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
-           "-m", "medcore.distributed", command, "--profile", "ci", *[a for o in overrides for a in ("--set", o)],
+           "-m", "medcore.scale.distributed", command, "--profile", "ci", *[a for o in overrides for a in ("--set", o)],
            *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -95,6 +98,14 @@ def test_fsdp_config_and_bf16_quant_storage_give_one_float_dtype():
     ids = torch.randint(4, 200, (2, 12))
     model(input_ids=ids, labels=ids).loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_the_old_module_name_still_runs_the_entry_point():
+    """`-m medcore.distributed` (the name before medcore/scale/) is kept for one release."""
+    out = subprocess.run([sys.executable, "-m", "medcore.distributed", "train", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "medcore.scale.distributed" in out.stdout and "--profile PROFILE" in out.stdout
 
 
 # ---- two processes -----------------------------------------------------------------------------------------

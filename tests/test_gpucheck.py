@@ -4,7 +4,7 @@ import json
 import sys
 import time
 
-from medcore import gpucheck
+from medcore.bench import gpucheck
 from medcore.config import RunConfig
 
 TINY_SETS = ["data.max_length=2048", "train.token_budget=4096", "train.max_batch_size=16", "train.optimizer=adamw_torch",
@@ -19,7 +19,7 @@ def test_entries_cover_every_gpu_entry_point(tmp_path):
         assert wanted in names
     commands = dict(gpucheck.entries("random:gemma-2b", "local:dev.json", 8, tmp_path, ["eval.batch_size=8"]))
     ddp = commands["distributed train ddp"]
-    assert "medcore.distributed" in ddp and any(x.endswith("accelerate/ddp.yaml") for x in ddp)
+    assert "medcore.scale.distributed" in ddp and any(x.endswith("accelerate/ddp.yaml") for x in ddp)
     assert "eval.batch_size=8" in commands["train compile"] and "train.compile=true" in commands["train compile"]
     assert "--set" not in commands["evaluate (defaults)"]  # evaluate runs with its own defaults
     other = dict(gpucheck.entries("random:gemma-2b", "local:dev.json", 8, tmp_path, profile="ci"))

@@ -51,11 +51,11 @@ def test_a_hub_model_without_the_hub_is_one_line_and_exit_2_within_seconds(tmp_p
 
 @pytest.mark.usefixtures("one_thread")
 def test_an_unexpected_error_keeps_its_traceback(monkeypatch):
-    import medcore.workflows
+    import medcore.flows.workflows
 
     def bug(*args, **kwargs):
         raise RuntimeError("a bug, not a setting")
-    monkeypatch.setattr(medcore.workflows, "evaluate_model", bug)
+    monkeypatch.setattr(medcore.flows.workflows, "evaluate_model", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         cli(["evaluate"])
 

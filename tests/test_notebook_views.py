@@ -1,15 +1,15 @@
-"""The numbered notebooks' helpers (medcore.notebook) and tables (medcore.report_run): at most about seven
+"""The numbered notebooks' helpers (medcore.report.notebook) and tables (medcore.report.run): at most about seven
 columns in the reader's units, a random-weight run labelled, no machine path, console output sent to a log."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from medcore import analysis as an
-from medcore import notebook as nb
-from medcore import report as rp
-from medcore import report_run as view
-from medcore.pipeline import project_root
+from medcore.flows.pipeline import project_root
+from medcore.report import book as rp
+from medcore.report import notebook as nb
+from medcore.report import records as an
+from medcore.report import run as view
 
 
 def test_where_never_names_an_absolute_path(tmp_path):

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from medcore import analysis as an
-from medcore import pipeline as mp
 from medcore.config import ConfigError
+from medcore.flows import pipeline as mp
+from medcore.report import records as an
 from medcore.results import load_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,7 +262,7 @@ def test_notebook_kernels_talk_encrypted_and_print_no_tcp_warning(tmp_path, capf
     import papermill as pm
     from traitlets.config import Config
 
-    from medcore.pipeline import KERNEL_MANAGER_CONFIG, KERNEL_NAME
+    from medcore.flows.pipeline import KERNEL_MANAGER_CONFIG, KERNEL_NAME
 
     nb = new_notebook(cells=[new_code_cell(
         "from ipykernel.kernelapp import IPKernelApp\nprint(IPKernelApp.instance().curve_secretkey is not None)")])

@@ -1,4 +1,4 @@
-"""Each figure of medcore.plots, drawn from a small synthetic frame: the expected artists and labels are there."""
+"""Each figure of medcore.report.plots, drawn from a small synthetic frame: the expected artists and labels are there."""
 from __future__ import annotations
 
 import matplotlib
@@ -12,7 +12,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from medcore import plots
+from medcore.report import plots
 
 
 def _bars(ax) -> list[Rectangle]:

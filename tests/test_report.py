@@ -1,4 +1,4 @@
-"""The report modules (medcore.report_study, report_intro, report_perf) on small records made in the test with the
+"""The report modules (medcore.report.study, intro, perf) on small records made in the test with the
 tiny random-weight model: their DataFrames and sentences carry the records' numbers, label records scored with
 ties, and the report notebooks execute from records into pages without reprs, stderr, tracebacks or paths."""
 from __future__ import annotations
@@ -16,12 +16,12 @@ import nbformat
 import pandas as pd
 import pytest
 
-from medcore import analysis as an
-from medcore import plots_report as pr
-from medcore import report as rp
-from medcore import report_intro as ri
-from medcore import report_perf as perf
-from medcore import report_study as rs
+from medcore.report import book as rp
+from medcore.report import intro as ri
+from medcore.report import perf
+from medcore.report import plots_report as pr
+from medcore.report import records as an
+from medcore.report import study as rs
 from medcore.results import load_predictions
 from tests.study_records import make_scale, make_study, scored_with_ties
 
@@ -166,7 +166,7 @@ def test_table_html_has_no_index_and_scrolls_when_wide():
 
 @pytest.mark.slow
 def test_report_notebooks_execute_from_the_records_into_clean_pages(root, tmp_path):
-    from medcore.pipeline import REPORTS, execute_reports
+    from medcore.flows.pipeline import REPORTS, execute_reports
 
     shutil.copytree(ROOT / "notebooks", root / "notebooks", dirs_exist_ok=True)
     (root / "book").mkdir(exist_ok=True)

@@ -197,7 +197,7 @@ def test_the_committed_headlines_are_marked_and_are_the_ones_shown_before(folder
 
 
 def test_bench_headline_flag_marks_the_record():
-    from medcore.bench import parse_args
+    from medcore.bench.command import parse_args
 
     assert parse_args(["--headline", "--model", "random:tiny-gemma"])[1].headline is True
     assert parse_args(["--model", "random:tiny-gemma"])[1].headline is False
@@ -262,7 +262,7 @@ def test_token_in_environment_never_reaches_records_checkpoints_or_logs(cli_root
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.slow
 def test_token_never_reaches_the_executed_notebooks(tmp_path, monkeypatch):
-    from medcore.pipeline import run_pipeline
+    from medcore.flows.pipeline import run_pipeline
 
     for name, value in _env().items():
         monkeypatch.setenv(name, value)  # the notebooks' kernels inherit it

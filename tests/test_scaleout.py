@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medcore import results, scaleout
+from medcore import results
 from medcore.config import load_profile
+from medcore.scale import scaleout
 
 
 def args(**values):
@@ -84,7 +85,7 @@ def test_a_failed_run_leaves_the_others_in_the_summary(tmp_path):
     write_train(tmp_path, "scaleout-gemma-2b-ddp2", real_tokens_per_s=1800.0, peak_memory_bytes_per_process=[4e9])
     out = scaleout.summarize(done, tmp_path, None)
     assert set(out["training"]) == {"ddp"} and "speedup_real_tokens_per_s" not in out
-    assert out["runs"][0]["status"] == "failed" and "medcore.distributed" in out["runs"][0]["command"]
+    assert out["runs"][0]["status"] == "failed" and "medcore.scale.distributed" in out["runs"][0]["command"]
 
 
 def test_the_ddp_part_alone_plans_only_the_ddp_run():

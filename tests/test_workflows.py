@@ -1,4 +1,4 @@
-"""The study steps (medcore.workflows) on the tiny random-weight model and the shared MedMCQA files: seconds each."""
+"""The study steps (medcore.flows.workflows) on the tiny random-weight model and the shared MedMCQA files: seconds each."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from medcore import workflows as wf
 from medcore.config import ConfigError, load_profile
+from medcore.flows import workflows as wf
 from medcore.models import load_tokenizer
 from medcore.results import load_predictions, load_run
 

@@ -3,7 +3,7 @@
 Run it before resolving any change to training, scoring, models, quantization or the benchmark. Each entry is a
 separate process running the command a user types (so one crash cannot hide another), on the random Gemma-2B
 shape unless ``--model`` says otherwise: ``medcore train`` for each PEFT method and base precision, with and
-without gradient checkpointing and ``train.compile``; ``medcore study --parts main``; ``medcore.distributed
+without gradient checkpointing and ``train.compile``; ``medcore study --parts main``; ``medcore.scale.distributed
 train`` under ``accelerate launch`` with the shipped DDP and FSDP configs; ``medcore evaluate`` with its defaults;
 a short ``medcore bench``. Notebook 03 calls ``workflows.finetune``, the function behind ``medcore train``.
 
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: medcore/bench/<this file>
 TRAIN_VARIANTS = {  # entry -> overrides on the paper profile (everything else at its defaults)
     "train nf4+dq lora (defaults)": [],
     "train nf4+dq rslora": ["lora.method=rslora"],
@@ -54,8 +54,8 @@ def entries(model: str, source: str, steps: int, work: Path, extra_sets: list[st
     for kind in ("ddp", "fsdp_qlora"):
         out.append((f"distributed train {kind}", [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / "medcore" / "accelerate" / f"{kind}.yaml"), "--num_processes", "1", "-m",
-            "medcore.distributed", "train", "--profile", profile, *sets([f"name=check-{kind}"]),
+            str(ROOT / "medcore" / "scale" / "accelerate" / f"{kind}.yaml"), "--num_processes", "1", "-m",
+            "medcore.scale.distributed", "train", "--profile", profile, *sets([f"name=check-{kind}"]),
             "--output-dir", str(work / f"ckpt-{kind}")]))
     out.append(("evaluate (defaults)", [*py, "evaluate", "--model", model, "--source", source,
                                         "--results-dir", str(work / "results"), "--run-id", "check-evaluate"]))
@@ -160,7 +160,7 @@ def run_entries(a: argparse.Namespace, source: str, work: Path, env: dict[str, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medcore.bench import default_source
+    from medcore.bench.command import default_source
     from medcore.config import add_config_arguments, config_from_args
 
     p = argparse.ArgumentParser(prog="medcore gpu-check", description=__doc__.split("\n\n")[0])

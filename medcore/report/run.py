@@ -1,4 +1,4 @@
-"""The numbered notebooks' tables in the reader's units: each takes what ``medcore.analysis`` returns for a pipeline
+"""The numbered notebooks' tables in the reader's units: each takes what ``medcore.report.records`` returns for a pipeline
 run's records and keeps at most about seven columns, numbers formatted (%, MB, GB, ms), missing values as "—".
 A random-weight run says so in a ``weights`` column.
 """
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from medcore import analysis as an
-from medcore import report as rp
+from medcore.report import book as rp
+from medcore.report import records as an
 
 
 def _weights(df: pd.DataFrame, real: bool) -> pd.DataFrame:
@@ -71,7 +71,7 @@ def error_view(errors: pd.DataFrame, real: bool) -> pd.DataFrame:
 
 
 def train_view(trains: pd.DataFrame, real: bool) -> pd.DataFrame:
-    """:func:`analysis.train_table` in seven columns."""
+    """:func:`records.train_table` in seven columns."""
     if trains.empty:
         return trains
     out = pd.DataFrame({"record": trains["run"], "steps": trains["steps"].map(rp.count), "mean training loss": trains["train loss"].map(
@@ -95,7 +95,7 @@ def loss_sentence(history: pd.DataFrame) -> str:
 
 
 def results_view(table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`analysis.results_table` in the reader's units: record, weights, precision, questions, accuracy with
+    """:func:`records.results_table` in the reader's units: record, weights, precision, questions, accuracy with
     its interval, change against the zero-shot record of the same precision, weights in memory."""
     if table.empty:
         return pd.DataFrame(columns=["record", "weights", "precision", "questions", "accuracy"])
@@ -103,7 +103,7 @@ def results_view(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_view(table: pd.DataFrame) -> pd.DataFrame:
-    """A non-empty :func:`analysis.results_table` as record, weights, precision, questions, accuracy with its
+    """A non-empty :func:`records.results_table` as record, weights, precision, questions, accuracy with its
     interval and the change against the zero-shot record of the same precision, in points."""
     accuracy = dict(zip(table["run"], table["accuracy"]))
     return pd.DataFrame({
@@ -125,7 +125,7 @@ def paired_view(tests: pd.DataFrame) -> pd.DataFrame:
 
 
 def cost_view(cost: pd.DataFrame, real: bool) -> pd.DataFrame:
-    """:func:`analysis.cost_table`: record, precision, device, batch-1 latency, best throughput, peak memory."""
+    """:func:`records.cost_table`: record, precision, device, batch-1 latency, best throughput, peak memory."""
     if cost.empty:
         return cost
     out = pd.DataFrame({"record": cost["run"], "precision": cost["precision"], "device": cost["device"],
@@ -137,7 +137,7 @@ def cost_view(cost: pd.DataFrame, real: bool) -> pd.DataFrame:
 
 
 def breakdown_view(long: pd.DataFrame, by: str) -> pd.DataFrame:
-    """A :func:`analysis.breakdown` as one row per group: questions and each model's accuracy with interval."""
+    """A :func:`records.breakdown` as one row per group: questions and each model's accuracy with interval."""
     if long.empty:
         return long
     rows = []
@@ -149,7 +149,7 @@ def breakdown_view(long: pd.DataFrame, by: str) -> pd.DataFrame:
 
 
 def ablation_view(ablations: pd.DataFrame) -> pd.DataFrame:
-    """:func:`analysis.ablation_table`: setting, precision, questions, accuracy with interval, training time and
+    """:func:`records.ablation_table`: setting, precision, questions, accuracy with interval, training time and
     peak memory, record."""
     if ablations.empty:
         return ablations

@@ -1,8 +1,8 @@
 """The book's first page, computed from the records: the three-sentence verdict, the seed study's claims beside
 the measured figures (:func:`seed_table`), and how long the Reproduce box's commands took (:func:`reproduce_times`).
 
-The verdict reads the GPU study (``results/study``, via :mod:`medcore.report_study`) and the size and speed records
-at the Gemma-2B shape (``results/scale-h200``, via :mod:`medcore.report_perf`). Its first sentence uses the
+The verdict reads the GPU study (``results/study``, via :mod:`medcore.report.study`) and the size and speed records
+at the Gemma-2B shape (``results/scale-h200``, via :mod:`medcore.report.perf`). Its first sentence uses the
 position-robust metrics where the records have them, and says "scored with ties" where they do not.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-from medcore import analysis as an
-from medcore import report as rp
-from medcore import report_run
-from medcore import report_perf as perf
-from medcore import report_study as rs
+from medcore.report import book as rp
+from medcore.report import perf
+from medcore.report import records as an
+from medcore.report import run as view
+from medcore.report import study as rs
 from medcore.results import load_runs
 
 SEED_CLAIMS = {  # the seed study's reported figures (its claims, not measurements of this project)
@@ -110,7 +110,7 @@ def _four_bit_sentence(root: Path, study: rs.Study) -> str:
 
 
 def headline_frame(root: Path) -> tuple[pd.DataFrame, dict[str, Any] | None]:
-    """The headline figure's data (:func:`report_study.accuracy_long` of the zero-shot NF4, fine-tuned and k-fold
+    """The headline figure's data (:func:`medcore.report.study.accuracy_long` of the zero-shot NF4, fine-tuned and k-fold
     models) and the always-the-most-frequent-letter score."""
     study = rs.load_study(root / "results" / "study")
     return rs.accuracy_long(study, ("base", "tuned", "kfold")), rs.majority(study)
@@ -254,7 +254,7 @@ def headline_caption(accuracy: pd.DataFrame, majority: dict[str, Any] | None) ->
 
 def run_summary(run_dir: Path | None) -> str:
     """What the executed notebooks' pipeline run is and how to read its accuracy, from its records."""
-    from medcore.analysis import results_table
+    from medcore.report.records import results_table
 
     results = (run_dir / "results") if run_dir else None
     runs = load_runs(results) if results is not None and results.is_dir() else pd.DataFrame()
@@ -287,4 +287,4 @@ def run_table(run_dir: Path | None) -> pd.DataFrame:
     table = an.results_table(load_runs(results)) if results is not None and results.is_dir() else pd.DataFrame()
     if table.empty:
         return pd.DataFrame()
-    return report_run.accuracy_view(table)
+    return view.accuracy_view(table)

@@ -395,7 +395,7 @@ def count_bars(df: pd.DataFrame, category: str, hue: str | None = None, title: s
 def results_overview(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Size, accuracy (with interval) and batch-1 latency of every evaluated run, side by side.
 
-    Columns (``analysis.results_table``): ``run``, ``weights``, ``size_gb``, ``accuracy``, ``ci_low``,
+    Columns (``records.results_table``): ``run``, ``weights``, ``size_gb``, ``accuracy``, ``ci_low``,
     ``ci_high``, ``latency_ms``. Runs whose ``weights`` is not "real" are labelled in the run names.
     """
     _require(table, ["run", "weights", "size_gb", "accuracy", "ci_low", "ci_high", "latency_ms"], "results_overview")

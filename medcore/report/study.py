@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medcore import analysis as an
-from medcore import report as rp
+from medcore.report import book as rp
+from medcore.report import records as an
 from medcore.results import load_loss_history, load_predictions, load_runs
 
 METRICS = {"standard": "accuracy", "circular": "circular_accuracy", "debiased": "debiased_accuracy"}
@@ -35,7 +35,7 @@ METRIC_NAMES = {"standard": "standard", "circular": "circular (right in all four
 TIES_LABEL = "scored with ties"
 # the seed study's question types, matched to medcore's subject tiers (medcore.data.SUBJECT_TIERS)
 SEED_TYPES = {"pre-clinical": "basic", "para-clinical": "intermediate", "clinical": "advanced"}
-ABLATION_LABELS = {  # medcore.study.ABLATIONS -> what a reader calls the setting, and its family
+ABLATION_LABELS = {  # medcore.flows.study.ABLATIONS -> what a reader calls the setting, and its family
     "abl-bf16-lora": ("bf16 LoRA (no quantization)", "precision"),
     "abl-int8": ("int8 (LLM.int8) + LoRA", "precision"),
     "abl-nf4-nodq": ("NF4 without double quantization", "precision"),
@@ -52,7 +52,7 @@ ABLATION_LABELS = {  # medcore.study.ABLATIONS -> what a reader calls the settin
 
 @dataclass
 class Study:
-    """The records of one study folder and its headline models (rows of :func:`analysis.results_table`)."""
+    """The records of one study folder and its headline models (rows of :func:`records.results_table`)."""
     folder: Path
     runs: pd.DataFrame
     table: pd.DataFrame
@@ -188,7 +188,7 @@ def letter_shares(study: Study, keys: tuple[str, ...] = ORDER, seeds: bool = Fal
 
 
 def subject_long(study: Study, keys: tuple[str, ...] = ("base", "tuned")) -> pd.DataFrame:
-    """Accuracy per subject with its interval, one row per subject and model (``analysis.breakdown``)."""
+    """Accuracy per subject with its interval, one row per subject and model (``records.breakdown``)."""
     labels = {study.models[k]["run"]: study.label(k) for k in keys if k in study.models}
     return an.breakdown(study.runs, "subject", labels) if labels else pd.DataFrame()
 
@@ -220,7 +220,7 @@ PAIRED_NAMES = {"standard": "standard accuracy", "circular": "circular accuracy"
 
 
 def paired_frame(study: Study) -> pd.DataFrame:
-    """:func:`analysis.metric_tests` of the zero-shot against the main fine-tuned record (empty without both
+    """:func:`records.metric_tests` of the zero-shot against the main fine-tuned record (empty without both
     records' predictions)."""
     if not study.ok:
         return pd.DataFrame()

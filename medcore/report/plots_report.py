@@ -5,7 +5,7 @@
 * :func:`letter_prior` - the share of each letter among a model's answers, beside the answer key's;
 * :func:`accuracy_dots` - accuracy with its interval per group (e.g. subject), one marker per model.
 
-Each takes a tidy DataFrame (``medcore.report_study`` builds them) and returns a closed Figure.
+Each takes a tidy DataFrame (``medcore.report.study`` builds them) and returns a closed Figure.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from medcore.plots import CHANCE, COLUMN_WIDTH, LETTERS, _figure, _finish, _order, _require
+from medcore.report.plots import CHANCE, COLUMN_WIDTH, LETTERS, _figure, _finish, _order, _require
 
 METRIC_LABELS = {"standard": "standard", "circular": "circular (right in all four orders)",
                  "debiased": "permutation-debiased"}

@@ -4,7 +4,7 @@
 
 - throughput: QLoRA of `--model` (default ``random:gemma-2b``: RANDOM weights, for speed and memory only) for
   `--steps` optimizer steps on ONE GPU (one process, no launcher), then with DDP on `--gpus` GPUs
-  (``accelerate launch`` with ``medcore/accelerate/ddp.yaml``); same data, same per-device token budget
+  (``accelerate launch`` with ``medcore/scale/accelerate/ddp.yaml``); same data, same per-device token budget
   (`--token-budget`, gradient checkpointing on, AdamW for both). Scaling efficiency =
   DDP real tokens/s / (gpus x one-GPU real tokens/s), both steady-state (the first steps left out).
 - fsdp: the same QLoRA with FSDP (``fsdp_qlora.yaml``: 4-bit weights stored in bf16 and sharded): peak and resident
@@ -65,9 +65,9 @@ def config_path(name: str) -> Path:
 def launcher(gpus: int, mode: str) -> list[str]:
     """The command prefix: one plain process for one GPU, else ``accelerate launch`` with a shipped config."""
     if gpus == 1:
-        return [sys.executable, "-m", "medcore.distributed"]
+        return [sys.executable, "-m", "medcore.scale.distributed"]
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(mode)),
-            "--num_processes", str(gpus), "-m", "medcore.distributed"]
+            "--num_processes", str(gpus), "-m", "medcore.scale.distributed"]
 
 
 def _sets(settings: dict[str, Any]) -> list[str]:
@@ -211,7 +211,7 @@ def summarize(done: list[dict[str, Any]], results_dir: Path, reference: Path | N
         m = json.loads(fine.read_text())
         acc = {"accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"]}
         if reference is not None and (reference / "metrics.json").is_file():
-            from medcore.analysis import paired_test
+            from medcore.report.records import paired_test
 
             r = json.loads((reference / "metrics.json").read_text())
             # matched by question id; b: only the one-GPU run right, c: only the DDP run right

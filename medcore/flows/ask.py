@@ -115,8 +115,8 @@ def format_distribution(result: dict[str, Any]) -> str:
 def ask(model_spec: str, records: list[dict], adapter: str | None = None, precision: str = "bf16",
         max_length: int = 512, as_json: bool = False) -> list[dict]:
     """The `ask` command: load the model once (as `evaluate` does), print each question's distribution."""
-    from medcore import workflows
     from medcore.config import RunConfig
+    from medcore.flows import workflows
     from medcore.lora import require_adapter
 
     require_adapter(adapter)

@@ -2,7 +2,7 @@
 loss), the timing of harness-style scoring (``medcore.evaluate.harness_loglikelihood_choices``, four sequences
 per question), adapter save/restore, the matmul ceiling and FLOP/MFU accounting, peak memory and
 timed scoring passes. The medcore rows themselves call the product (``medcore.train.train``,
-``medcore.evaluate.score_choices``); ``medcore.bench`` runs everything and reports."""
+``medcore.evaluate.score_choices``); ``medcore.bench.command`` runs everything and reports."""
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +17,9 @@ from medcore.prompts import IGNORE_INDEX, LETTERS, Collator
 
 
 def free_memory() -> None:
-    """:func:`medcore.workflows.free_memory`, imported when first needed: importing ``workflows`` loads
+    """:func:`medcore.flows.workflows.free_memory`, imported when first needed: importing ``workflows`` loads
     transformers, peft and datasets, which `python -m medcore bench --help` should not wait for."""
-    from medcore.workflows import free_memory as free
+    from medcore.flows.workflows import free_memory as free
 
     free()
 

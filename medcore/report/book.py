@@ -1,6 +1,6 @@
 """Shown values for the report notebooks (the book's intro, Results, Performance and notes pages).
 
-The report modules (:mod:`medcore.report_study`, :mod:`medcore.report_seed`, :mod:`medcore.report_perf`) return
+The report modules (:mod:`medcore.report.study`, :mod:`medcore.report.intro`, :mod:`medcore.report.perf`) return
 DataFrames of numbers; these helpers turn them into what a reader sees: numbers in the reader's units (%, MB,
 GB, ms), tables as HTML without an index and with "—" for a value a record does not have, kept inside the page's
 column (a wide table scrolls in its own box), and values glued into the prose with myst-nb's ``glue``.
@@ -109,7 +109,7 @@ class Table:
         return f'<div class="medcore-scroll{wide}">{caption}{body}</div>'
 
     def _repr_markdown_(self) -> str:
-        from medcore.analysis import markdown_table
+        from medcore.report.records import markdown_table
 
         return markdown_table(self._cells())
 

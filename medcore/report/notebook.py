@@ -1,9 +1,9 @@
 """What the numbered notebooks (01..05) share, so each one's setup is two lines:
 
-    from medcore import notebook as nb
+    from medcore.report import notebook as nb
     cfg, run_dir = nb.setup(profile, overrides, run_dir)
 
-:func:`setup` loads and validates the config (``medcore.pipeline.setup_notebook``), turns progress bars off before
+:func:`setup` loads and validates the config (``medcore.flows.pipeline.setup_notebook``), turns progress bars off before
 the libraries that draw them load, draws figures at the book column's width, and shows what the model's weights
 are. :func:`logged` sends a step's console output (the Trainer's log lines, warnings) to a log file instead of the
 notebook; :func:`where` names a file relative to the project, so no page shows a path of the machine that ran it.
@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from medcore import report as rp
+from medcore.report import book as rp
 
 
 def setup(profile: str | Path = "demo", overrides: Iterable[str] | None = None, run_dir: str | Path | None = None):
     """``(cfg, run_dir)`` for a notebook, after quieting the libraries; displays the weights note."""
     os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm when a bar is made: no progress bars in cell output
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    from medcore import pipeline as mp
+    from medcore.flows import pipeline as mp
 
     cfg, run_dir = mp.setup_notebook(profile, overrides, run_dir)
     _figures()
@@ -56,7 +56,7 @@ def _display(obj) -> None:
 def where(path: str | Path) -> str:
     """``path`` (or a text naming paths) relative to the project, ``../`` for the folder beside it (``../shared``),
     ``~`` for the home folder: never this machine's absolute path."""
-    from medcore.pipeline import project_root
+    from medcore.flows.pipeline import project_root
     from medcore.results import portable_paths
 
     root = project_root()

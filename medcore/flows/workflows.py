@@ -1,7 +1,7 @@
 """The study's steps as functions: what the CLI, the notebooks and the GPU study driver call.
 
 Each step loads what it needs from one `RunConfig`, measures, and writes one run record
-(`results.write_run_record`) whose metrics are flat numbers plus small tables, so `medcore.analysis` can put
+(`results.write_run_record`) whose metrics are flat numbers plus small tables, so `medcore.report.records` can put
 every run side by side. A record always says whether its weights were real.
 
 Steps and the records they write (``<cfg.results_dir>/<run id>``):

@@ -3,7 +3,7 @@
 Every row names the code it timed (``code_path``). The medcore rows are the functions a user's command calls,
 with the settings that command gets: the run configuration comes from ``--profile`` and ``--set`` exactly as for
 ``python -m medcore train`` (``--model`` sets ``model.source``), and the model and adapter are loaded as
-:mod:`medcore.workflows` loads them.
+:mod:`medcore.flows.workflows` loads them.
 
 * training, **medcore**: :func:`medcore.train.train`, the Trainer with medcore's token-budget sampler, collator,
   answer-only loss and callbacks, for ``train.epochs`` passes (or ``train.max_steps`` steps) over the questions.
@@ -41,13 +41,13 @@ from typing import Any, Sequence
 
 import torch
 
-from medcore.bench_recipes import (
+from medcore.bench.peers import (
     adapter_state, baseline_batches, baseline_loss, encode_training_examples, free_memory, matmul_rate, mfu,
     objective_check, restore_adapter, score_flops_per_token, time_scoring, time_one_pass,
     time_training, train_flops_per_token, _to,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: medcore/bench/<this file>
 SCORE_QUESTIONS = 4183  # the MedMCQA validation split
 LEVERS = {  # name -> (variant label, RunConfig overrides); each a rerun of the medcore training row
     "repeat": [("repeat", {})],
@@ -224,7 +224,7 @@ def baseline_training(cfg, model, records, tokenizer, opts: BenchOptions, adapte
 
 
 def scoring_rows(cfg, model, tokenizer, records, device) -> dict[str, Any]:
-    from medcore.workflows import eval_batch_size, eval_autocast
+    from medcore.flows.workflows import eval_batch_size, eval_autocast
 
     size, autocast = eval_batch_size(cfg, device), eval_autocast(cfg, device)
     sc = time_scoring(model, tokenizer, records, size, device, autocast=autocast)
@@ -320,7 +320,8 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
     """Measure every row, print the report, write the record (``write``); returns the metrics."""
     import datasets
 
-    from medcore import lora, models, workflows
+    from medcore import lora, models
+    from medcore.flows import workflows
     from medcore.results import portable_paths, write_run_record
 
     device = workflows.device()

@@ -1,6 +1,6 @@
 """Tables built from run records, for the notebooks and the book.
 
-Everything here reads what `medcore.workflows` (and the GPU study, `medcore.study`) wrote - a
+Everything here reads what `medcore.flows.workflows` (and the GPU study, `medcore.flows.study`) wrote - a
 ``results.load_runs`` frame, or a record's predictions - and returns a DataFrame; nothing is measured here and
 no figure is typed in. The improvement of a fine-tuned model is recomputed from the two measured accuracies;
 the paired test matches the two models' predictions by question id.
@@ -13,7 +13,7 @@ the paired test matches the two models' predictions by question id.
   recall), :func:`metric_tests` / :func:`all_metric_tests` (McNemar on every metric), :func:`seed_spread`;
 - :func:`ablation_table`, :func:`breakdown`, :func:`cost_table`, :func:`train_table`, :func:`loss_long`;
 - :func:`majority_letter` (the always-the-key's-commonest-letter score), :func:`scored_exactly`;
-- :func:`markdown_table`. The data tables of notebook 01 are in :mod:`medcore.data_tables`.
+- :func:`markdown_table`. The data tables of notebook 01 are in :mod:`medcore.report.data_tables`.
 """
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medcore import analysis as an
-from medcore import report as rp
+from medcore.report import book as rp
+from medcore.report import records as an
 from medcore.results import load_run, run_dirs
 
 RANDOM = "random weights (Gemma-2B shape)"

@@ -12,8 +12,8 @@
   records through ``medcore.report_*`` and glue their numbers into the prose) into ``book/<page>.ipynb``, and runs
   ``jupyter-book build`` with execution off: the book never re-executes the pipeline's notebooks.
 
-The steps themselves live in ``medcore.workflows``, the tables in ``medcore.analysis``, the figures in
-``medcore.plots``; notebooks call :func:`setup_notebook` first, so they behave the same under papermill and in
+The steps themselves live in ``medcore.flows.workflows``, the tables in ``medcore.report.records``, the figures in
+``medcore.report.plots``; notebooks call :func:`setup_notebook` first, so they behave the same under papermill and in
 JupyterLab.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ def project_root(start: str | Path | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "_toc.yml").is_file() and (folder / "notebooks").is_dir():
             return folder
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def default_run_dir(profile: str | Path, root: Path | None = None) -> Path:
@@ -430,7 +430,7 @@ def write_run_summary(run_dir: Path, book_dir: Path) -> Path:
     machine, for the Reproducibility page's include (the one page part still written as markdown)."""
     import pandas as pd
 
-    from medcore.analysis import markdown_table
+    from medcore.report.records import markdown_table
     from medcore.results import load_run, run_dirs
 
     status = read_status(run_dir)

@@ -1,0 +1,1 @@
+"""The flows: the steps as functions, the papermill runs, the GPU study and one question's letters."""
