@@ -484,11 +484,17 @@ def compiled_layers(model: torch.nn.Module, on: bool):
     if not on:
         yield
         return
+    import torch._inductor.config as inductor_config
+
     layers = decoder_layers(model)
     for layer in layers:
         layer.compile(dynamic=True)
+    # Random ops through eager RNG (aten) instead of inductor's own: with inductor's RNG, a compiled layer that
+    # gradient checkpointing recomputes fails in AOTAutograd's partitioner on CUDA whenever LoRA dropout is on, and
+    # eager RNG also draws the same dropout masks as an eager run with the same seed.
     try:
-        yield
+        with inductor_config.patch(fallback_random=True):
+            yield
     finally:
         for layer in layers:
             layer._compiled_call_impl = None
