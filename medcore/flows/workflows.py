@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from medcore import data, evaluate, lora, models, prompts, quantize, results, train
+from medcore import data, evaluate, lora, models, prompts, quantize, results, schema, subjects, train
 from medcore.config import ConfigError, QuantConfig, RunConfig
 
 PRECISION_PRESETS = {  # label -> QuantConfig; the footprint/cost comparison of notebook 02
@@ -115,16 +115,16 @@ def study_data(cfg: RunConfig, tokenizer=None) -> StudyData:
     if d.train_source:
         train_ds = fit(data.load_medmcqa(d.train_source, d.train_split, on_invalid=d.on_invalid), "train")
         if d.train_size and d.train_size < len(train_ds):
-            train_ds = data.stratified_subset(train_ds, d.train_size, seed=d.seed)
+            train_ds = subjects.stratified_subset(train_ds, d.train_size, seed=d.seed)
         sources = {"train": f"{d.train_source} [{d.train_split}]", "eval": f"{d.source} [{d.eval_split}]"}
     else:
-        train_ds, eval_ds = data.stratified_split(eval_ds, train_size=d.train_size or len(eval_ds) // 2, seed=d.seed)
+        train_ds, eval_ds = subjects.stratified_split(eval_ds, train_size=d.train_size or len(eval_ds) // 2, seed=d.seed)
         sources = {"train": f"{d.source} [{d.eval_split}], subject-stratified part",
                    "eval": f"{d.source} [{d.eval_split}], the disjoint rest"}
     if d.eval_limit and d.eval_limit < len(eval_ds):
-        eval_ds = data.stratified_subset(eval_ds, d.eval_limit, seed=d.seed)
+        eval_ds = subjects.stratified_subset(eval_ds, d.eval_limit, seed=d.seed)
         sources["eval"] += f", stratified subset of {d.eval_limit}"
-    data.require_answers(eval_ds, purpose="evaluation")
+    schema.require_answers(eval_ds, purpose="evaluation")
     return StudyData(train_ds, eval_ds, dropped, sources)
 
 
@@ -342,7 +342,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool 
     prepare_output_dir(cfg, output_dir, resume)
     train_ds, eval_ds = datasets_ or study_data(cfg)
     if eval_questions and eval_questions < len(eval_ds):
-        eval_ds = data.stratified_subset(eval_ds, eval_questions, seed=cfg.data.seed)
+        eval_ds = subjects.stratified_subset(eval_ds, eval_questions, seed=cfg.data.seed)
     torch.manual_seed(cfg.train.seed)
     model, tokenizer = load(cfg)
     model = lora.attach_adapter(model, cfg.lora, quantized=cfg.quant.precision != "bf16")
@@ -424,10 +424,10 @@ def evaluate_model(model_spec: str | None = None, source: str | None = None, spl
     cfg = start.with_overrides({k: v for k, v in given.items() if v is not None}, name=name)
     source, split, seed, on_invalid = cfg.data.source, cfg.data.eval_split, cfg.data.seed, cfg.data.on_invalid
     ds, loaded = data.load_medmcqa_report(source, split, on_invalid=on_invalid)
-    data.require_answers(ds, purpose="scoring")
+    schema.require_answers(ds, purpose="scoring")
     skipped = {"skipped_records": sum(loaded.skipped.values()), "skipped_reasons": dict(loaded.skipped)}
     if limit and limit < len(ds):
-        ds = data.stratified_subset(ds, limit, seed=seed)
+        ds = subjects.stratified_subset(ds, limit, seed=seed)
     model, tokenizer = load(cfg, adapter=adapter)
     record = score_and_record(cfg, model, tokenizer, ds, cfg.name, "fine-tuned" if adapter else "zero-shot",
                               extra=skipped if loaded.skipped else None)

@@ -19,7 +19,7 @@ def split_overview(split) -> pd.DataFrame:
 
 def category_counts(split, column: str) -> pd.DataFrame:
     """Counts per ``column`` (subject, tier, choice_type, answer letter) and split, with the share in the split."""
-    from medcore.data import subject_tier
+    from medcore.subjects import subject_tier
 
     parts = []
     for name, ds in (("train", split.train), ("eval", split.eval)):

@@ -33,7 +33,7 @@ METRICS = {"standard": "accuracy", "circular": "circular_accuracy", "debiased": 
 METRIC_NAMES = {"standard": "standard", "circular": "circular (right in all four orders)",
                 "debiased": "permutation-debiased"}
 TIES_LABEL = "scored with ties"
-# the seed study's question types, matched to medcore's subject tiers (medcore.data.SUBJECT_TIERS)
+# the seed study's question types, matched to medcore's subject tiers (medcore.subjects.SUBJECT_TIERS)
 SEED_TYPES = {"pre-clinical": "basic", "para-clinical": "intermediate", "clinical": "advanced"}
 ABLATION_LABELS = {  # medcore.flows.study.ABLATIONS -> what a reader calls the setting, and its family
     "abl-bf16-lora": ("bf16 LoRA (no quantization)", "precision"),
