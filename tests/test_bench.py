@@ -10,7 +10,8 @@ import torch
 from medcore import models, train
 from medcore.bench import command as bench
 from medcore.bench import peers
-from medcore.evaluate import harness_loglikelihood_choices, score_choices
+from medcore.evaluate import score_choices
+from medcore.harness_reference import harness_loglikelihood_choices
 
 TINY = "random:tiny-gemma"
 

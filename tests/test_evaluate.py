@@ -1,16 +1,23 @@
 """Scoring: one forward pass per question chooses as the harness's four log-likelihood requests do."""
 import json
+import re
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from statsmodels.stats.proportion import proportion_confint
+from peft import LoraConfig, get_peft_model
 
-from medcore.evaluate import (accuracy_summary, generate_choices, harness_encode_pair, harness_loglikelihood_choices,
-                              last_position_logprobs, measure_cost, parse_letter, score_choices)
+from medcore.accuracy import accuracy_summary
+from medcore.config import QuantConfig
+from medcore.data import load_medmcqa
+from medcore.evaluate import generate_choices, parse_letter, score_choices
+from medcore.harness_reference import harness_loglikelihood_choices
 from medcore.models import load_model, load_tokenizer
-from medcore.prompts import encode_for_scoring
+from medcore.option_order import ROTATIONS, reorder
+from medcore.prompts import answer_token_ids, encode_for_scoring
+from medcore.quantize import load_quantized
 
 LP = [f"logprob_{c}" for c in "ABCD"]
 LL = [f"loglik_{c}" for c in "ABCD"]
@@ -28,8 +35,6 @@ def tiny(tok):
 
 
 def _dev(medmcqa_dir, n):
-    from medcore.data import load_medmcqa
-
     return list(load_medmcqa(f"local:{medmcqa_dir}", "validation", limit=n))
 
 
@@ -58,18 +63,6 @@ def test_one_pass_equals_four_pass(tiny, tok, questions):
     assert_same_choices(one, ref, atol=1e-4)
 
 
-def test_batched_harness_reference_equals_batch_one(tiny, tok, questions):
-    """Batches (sorted, right-padded, no mask) and unshared requests change only rounding, not the reference."""
-    ref = harness_loglikelihood_choices(tiny, tok, questions[:6])
-    peer = harness_loglikelihood_choices(tiny, tok, questions[:6], batch_size=5, share_forwards=False)
-    assert ref.attrs["requests"] == peer.attrs["requests"] == peer.attrs["forward_sequences"] == 24
-    assert ref.attrs["forward_sequences"] == 6  # one-token continuations share their forward
-    assert peer.attrs["real_tokens"] == 4 * ref.attrs["real_tokens"] == 4 * int(ref["context_tokens"].sum())
-    np.testing.assert_allclose(peer[LL].to_numpy(), ref[LL].to_numpy(), atol=1e-5, rtol=0)
-    assert list(peer["pred"]) == list(ref["pred"]) and list(peer["id"]) == list(ref["id"])
-    assert list(peer.columns) == list(ref.columns)
-
-
 def test_softcapping_and_padding_follow_the_model_forward(tiny, tok, questions):
     tiny.config.final_logit_softcapping = 3.0  # Gemma-2 style; the reference uses the model's own forward
     try:
@@ -80,18 +73,6 @@ def test_softcapping_and_padding_follow_the_model_forward(tiny, tok, questions):
     assert_same_choices(one, ref, atol=1e-4)
     plain = score_choices(tiny, tok, questions[:6], batch_size=1, max_length=2048, progress=False)
     assert not np.allclose(one[LP], plain[LP], atol=1e-3)  # the cap changed something
-
-
-def test_full_vocab_logprobs_match_full_forward(tiny, tok):
-    ids = torch.tensor([[2, 40, 50, 60, 70], [2, 41, 51, 0, 0]])
-    mask = (torch.arange(5) < torch.tensor([[5], [3]])).long()
-    with torch.inference_mode():
-        lp = last_position_logprobs(tiny, ids, mask)
-        full0 = torch.log_softmax(tiny(input_ids=ids[:1]).logits[0, -1].float(), -1)
-        full1 = torch.log_softmax(tiny(input_ids=ids[1:, :3]).logits[0, -1].float(), -1)
-    assert lp.shape == (2, tiny.config.vocab_size)
-    torch.testing.assert_close(lp, torch.stack([full0, full1]), atol=1e-5, rtol=0)
-    assert torch.allclose(lp.exp().sum(-1), torch.ones(2))
 
 
 def test_order_batch_size_and_mode(tiny, tok, questions):
@@ -116,8 +97,6 @@ def test_truncation_keeps_choices(tiny, tok, questions):
 
 
 def test_peft_lora_is_used(tiny, tok, questions):
-    from peft import LoraConfig, get_peft_model
-
     peft_model = get_peft_model(load_model(TINY, dtype=torch.float32),
                                 LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     one = score_choices(peft_model, tok, questions[:6], batch_size=3, max_length=2048, progress=False)
@@ -128,9 +107,6 @@ def test_peft_lora_is_used(tiny, tok, questions):
 
 
 def test_nf4_quantized(tok, questions):
-    from medcore.config import QuantConfig
-    from medcore.quantize import load_quantized
-
     model = load_quantized(TINY, QuantConfig(precision="nf4"), device="cpu")
     ref = harness_loglikelihood_choices(model, tok, questions[:6])
     single = score_choices(model, tok, questions[:6], batch_size=1, max_length=2048, progress=False)
@@ -140,8 +116,6 @@ def test_nf4_quantized(tok, questions):
 
 
 def test_keyless_split_is_refused(tiny, tok, tmp_path):
-    from medcore.data import load_medmcqa
-
     rec = {"id": "t1", "question": "Q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "subject_name": "Anatomy"}
     (tmp_path / "test.json").write_text(json.dumps(rec) + "\n")
     test_split = load_medmcqa(f"local:{tmp_path}", "test")
@@ -149,43 +123,6 @@ def test_keyless_split_is_refused(tiny, tok, tmp_path):
         score_choices(tiny, tok, test_split, progress=False)
     with pytest.raises(ValueError, match="no answer key"):
         score_choices(tiny, tok, [{"question": "Q?", "options": list("abcd"), "answer": None}], progress=False)
-
-
-def test_harness_encode_pair_moves_trailing_space(tok):
-    ctx, cont = harness_encode_pair(tok, "Answer: ", "A")
-    ctx2, cont2 = harness_encode_pair(tok, "Answer:", " A")
-    assert (ctx, cont) == (ctx2, cont2) and len(cont) == 1 and ctx[0] == tok.bos_token_id
-
-
-def test_accuracy_summary_on_synthetic_predictions():
-    rng = np.random.default_rng(0)
-    n = 4000
-    prob = rng.uniform(0.25, 1.0, n)
-    answer = rng.integers(0, 4, n)
-    correct = rng.random(n) < prob
-    pred = np.where(correct, answer, (answer + rng.integers(1, 4, n)) % 4)
-    df = pd.DataFrame({"subject": rng.choice(["Anatomy", "Surgery", "Pharmacology"], n), "answer": answer,
-                       "pred": pred, "correct": correct, "prob": prob, "choice_type": None, "truncated": False})
-    df["tier"] = df["subject"].map({"Anatomy": "pre-clinical", "Surgery": "clinical", "Pharmacology": "para-clinical"})
-    s = accuracy_summary(df)
-    assert s["n"] == n and s["accuracy"] == pytest.approx(correct.mean())
-    assert (s["ci_low"], s["ci_high"]) == pytest.approx(proportion_confint(correct.sum(), n, method="wilson"))
-    assert s["ece"] < 0.03  # calibrated by construction
-    assert s["by_tier"]["n"].sum() == n and list(s["by_choice_type"]["choice_type"]) == ["unknown"]
-    sub = s["by_subject"].set_index("subject").loc["Surgery"]
-    assert sub["accuracy"] == pytest.approx(df[df.subject == "Surgery"]["correct"].mean())
-    assert s["letters"]["answer"].sum() == n and s["position_bias_pvalue"] > 0.001
-    assert s["reliability"]["n"].sum() == n
-    biased = df.assign(pred=0, correct=df["answer"] == 0)
-    assert accuracy_summary(biased)["position_bias_pvalue"] < 1e-10
-
-
-def test_measure_cost(tiny, tok, questions):
-    cost = measure_cost(tiny, tok, questions[3:7], batch_sizes=(1, 2), n_latency=3, warmup=1, max_length=2048)
-    assert cost["latency_n"] == 3 and 0 < cost["latency_ms_median"] <= cost["latency_ms_p90"]
-    assert [t["batch_size"] for t in cost["throughput"]] == [1, 2] and cost["best_qps"] > 0
-    assert cost["peak_memory_bytes"] > 0 and cost["conditions"]["device"] == "cpu"
-    assert cost["conditions"]["dtype"] == "float32" and cost["conditions"]["mean_prompt_tokens"] > 50
 
 
 def test_generation_scorer(tiny, tok, questions):
@@ -229,8 +166,6 @@ def test_one_pass_equals_four_pass_on_embedded_gemma(medmcqa_dir):
 def test_autocast_scoring_keeps_the_adapter_and_rounds_only(tok, questions):
     """bf16 autocast (the bench's faster scoring path) on a bf16 model with an fp32 LoRA adapter that moves the
     scores: the adapter still counts, and the scores move by bf16 rounding only."""
-    from peft import LoraConfig, get_peft_model
-
     torch.manual_seed(0)
     model = get_peft_model(load_model(TINY, dtype=torch.bfloat16),
                            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
@@ -249,8 +184,6 @@ def test_autocast_scoring_keeps_the_adapter_and_rounds_only(tok, questions):
 def _nearly_tied_letters(model, tok) -> torch.Tensor:
     """Give the head's four letter rows one shared row that differs per letter in one element by about one bf16
     step: the letter logits then differ by far less than bf16's resolution at their size. Returns the rows."""
-    from medcore.prompts import answer_token_ids
-
     ids = answer_token_ids(tok)
     weight = model.get_output_embeddings().weight
     with torch.no_grad():
@@ -284,10 +217,6 @@ class PromptReader(torch.nn.Module):
     puts its whole weight on the letter ``pick(options)`` names, whatever the order (``pick=None``: on no letter)."""
 
     def __init__(self, tok, pick):
-        from types import SimpleNamespace
-
-        from medcore.prompts import answer_token_ids
-
         super().__init__()
         self.embed = torch.nn.Embedding(1, 1)
         self.config = SimpleNamespace(model_type="prompt-reader")
@@ -300,9 +229,6 @@ class PromptReader(torch.nn.Module):
         return None
 
     def forward(self, input_ids, attention_mask, use_cache=False):
-        import re
-        from types import SimpleNamespace
-
         logits = torch.zeros(*input_ids.shape, len(self.tok))
         for row, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
             if self.pick is None:  # no preference at all: the four letters tie
@@ -354,10 +280,6 @@ def test_a_tie_gives_each_tied_letter_equal_credit(tok):
 
 
 def test_fp32_precision_matches_the_harness_in_every_order(tok, questions):
-    from medcore.config import QuantConfig
-    from medcore.option_order import ROTATIONS, reorder
-    from medcore.quantize import load_quantized
-
     model = load_quantized(TINY, QuantConfig(precision="fp32"), device="cpu")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     qs = questions[:6]
@@ -368,21 +290,3 @@ def test_fp32_precision_matches_the_harness_in_every_order(tok, questions):
         cols = LP if k == 0 else [f"logprob_r{k}_{c}" for c in "ABCD"]
         np.testing.assert_allclose(df[cols].to_numpy(), ref[LL].to_numpy(), atol=1e-5, rtol=0)
         assert list(df["pred" if k == 0 else f"pred_r{k}"]) == list(ref["pred"])
-
-
-def test_float32_head_in_chunks_equals_the_whole_head(tiny, monkeypatch):
-    import medcore.evaluate as ev
-
-    ids = torch.tensor([[2, 40, 50, 60, 70], [2, 41, 51, 0, 0]])
-    mask = (torch.arange(5) < torch.tensor([[5], [3]])).long()
-    tiny.config.final_logit_softcapping = 3.0
-    try:
-        with torch.inference_mode():
-            whole = last_position_logprobs(tiny, ids, mask)
-            monkeypatch.setattr(ev, "HEAD_CHUNK_ROWS", 50)  # the tiny vocabulary (264) in six chunks
-            letters = last_position_logprobs(tiny, ids, mask, token_ids=[7, 100, 263])
-            model_forward = torch.log_softmax(tiny(input_ids=ids[:1]).logits[0, -1].float(), -1)
-    finally:
-        tiny.config.final_logit_softcapping = None
-    torch.testing.assert_close(letters, whole[:, [7, 100, 263]], atol=1e-6, rtol=0)
-    torch.testing.assert_close(whole[0], model_forward, atol=1e-5, rtol=0)

@@ -1,6 +1,6 @@
 """The peers and clocks of `python -m medcore bench`: the tutorial training loop (padded batches, the model's own
-loss), the timing of harness-style scoring (``medcore.evaluate.harness_loglikelihood_choices``, four sequences
-per question), adapter save/restore, the matmul ceiling and FLOP/MFU accounting, peak memory and
+loss), the timing of harness-style scoring (``medcore.harness_reference.harness_loglikelihood_choices``, four
+sequences per question), adapter save/restore, the matmul ceiling and FLOP/MFU accounting, peak memory and
 timed scoring passes. The medcore rows themselves call the product (``medcore.train.train``,
 ``medcore.evaluate.score_choices``); ``medcore.bench.command`` runs everything and reports."""
 from __future__ import annotations
@@ -256,7 +256,8 @@ def time_scoring(model, tokenizer, records: Sequence[dict], batch_size: int, dev
     """Both scorers on the same questions, each timed twice: a first pass (``cold_seconds``: every batch shape
     new to the scorer, as when a split is scored once) and a second one (``seconds``: warm, the steady state).
     Their agreement on the chosen letter, from the warm passes. `autocast`: both under bf16 autocast."""
-    from medcore.evaluate import harness_loglikelihood_choices, score_choices
+    from medcore.evaluate import score_choices
+    from medcore.harness_reference import harness_loglikelihood_choices
 
     records = list(records)
     n = len(records)

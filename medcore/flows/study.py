@@ -29,8 +29,10 @@ from pathlib import Path
 import pandas as pd
 
 from medcore import results, subjects
+from medcore.accuracy import accuracy_summary
 from medcore.config import ConfigError, RunConfig, add_config_arguments, config_from_args
 from medcore.flows import workflows
+from medcore.scoring_cost import measure_cost
 
 ABLATIONS = {  # run name -> overrides on the study profile
     "abl-bf16-lora": {"quant.precision": "bf16"},
@@ -138,8 +140,6 @@ def kfold(cfg: RunConfig, eval_ds, k: int, folds: list[int] | None = None) -> No
     preds = pd.concat(frames, ignore_index=True)
     if sorted(preds["id"]) != sorted(eval_ds["id"]):
         raise RuntimeError("k-fold predictions do not cover every question exactly once")
-    from medcore.evaluate import accuracy_summary
-
     metrics = {"role": "fine-tuned-kfold", "k": k, "precision": workflows.precision_label(cfg.quant),
                "real_weights": True, **workflows.summary_tables(accuracy_summary(preds)),
                "folds": [{"fold": i, "examples_per_s": m.get("examples_per_s"), "peak_memory_bytes":
@@ -171,8 +171,6 @@ def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024, train_ds=None) -> No
         if _done(run, f"{run.name}-cost"):
             continue
         model, tok = workflows.load(run)
-        from medcore.evaluate import measure_cost
-
         cost = measure_cost(model, tok, sample, batch_sizes=(1, 64, 256), n_latency=run.eval.latency_batches,
                             max_length=run.data.max_length)
         results.write_run_record(run.results_dir, f"{run.name}-cost", run.to_dict(),

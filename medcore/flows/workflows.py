@@ -28,7 +28,9 @@ import pandas as pd
 import torch
 
 from medcore import data, evaluate, lora, models, prompts, quantize, results, schema, subjects, train
+from medcore.accuracy import accuracy_summary
 from medcore.config import ConfigError, QuantConfig, RunConfig
+from medcore.scoring_cost import measure_cost
 
 PRECISION_PRESETS = {  # label -> QuantConfig; the footprint/cost comparison of notebook 02
     "bf16": QuantConfig("bf16", False), "int8": QuantConfig("int8", False),
@@ -186,7 +188,7 @@ def score_and_record(cfg: RunConfig, model, tokenizer, eval_ds, run_id: str, rol
     Metrics: role, precision, score_seconds, accuracy_summary's figures (tables as lists of rows; with
     ``eval.rotations``, on by default on CUDA, also circular and debiased accuracy, at four times the scoring time),
     footprint_bytes (weights + quantization constants + buffers in memory) and, with ``cost``, ``cost``
-    (``evaluate.measure_cost`` on the first ``cost_questions`` questions, default ``8 x eval.batch_size``).
+    (``scoring_cost.measure_cost`` on the first ``cost_questions`` questions, default ``8 x eval.batch_size``).
     Predictions: one row per question.
     """
     start = time.perf_counter()
@@ -195,12 +197,12 @@ def score_and_record(cfg: RunConfig, model, tokenizer, eval_ds, run_id: str, rol
                                    max_length=cfg.data.max_length, progress=False,
                                    rotations=evaluate.rotations_on(cfg.eval.rotations, device()))
     metrics: dict[str, Any] = {"role": role, "precision": precision_label(cfg.quant), "score_seconds":
-                               time.perf_counter() - start, **summary_tables(evaluate.accuracy_summary(preds)),
+                               time.perf_counter() - start, **summary_tables(accuracy_summary(preds)),
                                "footprint_bytes": quantize.footprint(model, disk=False)["total_bytes"]}
     if cost:
         sample = eval_ds.select(range(min(len(eval_ds), cost_questions or 8 * size)))
-        metrics["cost"] = evaluate.measure_cost(model, tokenizer, sample, batch_sizes=(1, size),
-                                                n_latency=cfg.eval.latency_batches, max_length=cfg.data.max_length)
+        metrics["cost"] = measure_cost(model, tokenizer, sample, batch_sizes=(1, size),
+                                       n_latency=cfg.eval.latency_batches, max_length=cfg.data.max_length)
     note = {**model_note(model), **(extra or {})}
     metrics["real_weights"] = note["real_weights"]
     return results.write_run_record(cfg.results_dir, run_id, cfg.to_dict(), metrics, predictions=preds,
@@ -230,8 +232,8 @@ def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: 
             row.update({k: fp.get(k) for k in ("weight_bytes", "quant_constant_bytes", "buffer_bytes", "total_bytes",
                                                "disk_bytes")})
             if latency_sample is not None and (timed is None or label in timed):
-                c = evaluate.measure_cost(model, tokenizer, latency_sample, batch_sizes=(len(latency_sample),),
-                                          n_latency=len(latency_sample), warmup=1, max_length=cfg.data.max_length)
+                c = measure_cost(model, tokenizer, latency_sample, batch_sizes=(len(latency_sample),),
+                                 n_latency=len(latency_sample), warmup=1, max_length=cfg.data.max_length)
                 row.update(latency_ms=c["latency_ms_median"], latency_ms_p90=c["latency_ms_p90"], qps=c["best_qps"],
                            peak_memory_bytes=c["peak_memory_bytes"], peak_memory_kind=c["peak_memory_kind"],
                            device=c["conditions"]["device"])

@@ -215,7 +215,8 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
 
 def evaluate(cfg, adapter: str | Path | None = None, run_id: str | None = None) -> tuple[Path | None, pd.DataFrame]:
     """Score the config's evaluation questions sharded over the processes; the main process writes the record."""
-    from medcore import evaluate as scoring, results
+    from medcore import results
+    from medcore.accuracy import accuracy_summary
     from medcore.flows.workflows import eval_batch_size, model_note, precision_label, summary_tables
 
     state = process_state()
@@ -231,7 +232,7 @@ def evaluate(cfg, adapter: str | Path | None = None, run_id: str | None = None) 
         role = "fine-tuned" if adapter else "zero-shot"
         note = {**model_note(model), **({"adapter_dir": str(adapter)} if adapter else {})}
         metrics = {"role": role, "precision": precision_label(cfg.quant), "score_seconds": seconds,
-                   "world_size": state.num_processes, **summary_tables(scoring.accuracy_summary(preds)),
+                   "world_size": state.num_processes, **summary_tables(accuracy_summary(preds)),
                    "real_weights": note["real_weights"]}
         record = results.write_run_record(cfg.results_dir, run_id or f"{cfg.name}-{role}", cfg.to_dict(), metrics,
                                           predictions=preds, extra=note, overwrite=True)
