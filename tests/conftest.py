@@ -48,7 +48,7 @@ def no_loading(monkeypatch):
 
 
 # ---- tiny records, the tiny random Gemma and command-line training runs (test_data, test_train, test_results,
-# test_main)
+# test_cli)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GEMMA = "random:tiny-gemma"
@@ -127,7 +127,7 @@ def _run(cmd: list[str], log: Path) -> None:
 @pytest.fixture(scope="session")
 def cli_root(tmp_path_factory) -> Path:
     """A small data file and one uninterrupted run through the command line, with a token in the environment;
-    shared by the interruption tests of test_results and test_main."""
+    shared by the interruption tests of test_results and test_cli."""
     root = tmp_path_factory.mktemp("cli")
     _write_jsonl(root / "dev.json", [_raw(i) for i in range(64)])
     (root / "full").mkdir()

@@ -7,6 +7,7 @@ notebooks are executed from the records. Chromium then opens every page at 1,400
 headline figure are on the intro's first screen, no element is wider than the page's main column unless it sits in
 a box that scrolls, and no page shows a Python repr, a traceback or a path of this machine. The screenshots are
 kept under the pytest tmp dir, and copied to ``_build/screenshots/`` when the project has a ``_build`` folder.
+A rebuild replaces only what a build of medcore wrote in its folder.
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from medcore.flows.pipeline import NOTEBOOKS, REPORTS, _write_status, build_book, read_status
+from medcore.flows.book import (BOOK_MARKER, REPORTS, _owned_build_entries, _replace_build, build_book,
+                                copy_executed_notebooks)
+from medcore.flows.pipeline import NOTEBOOKS, PipelineError, _write_status, read_status
 from medcore.report.intro import SEED_CLAIMS
 from medcore.results import write_run_record
 
@@ -184,6 +187,48 @@ def test_missing_notebook_and_records_become_notes(tmp_path):
     assert "No study record" in (html / "book" / "results.html").read_text()
     assert "No size, speed or benchmark record" in (html / "book" / "performance.html").read_text()
     assert "verdict is computed from them" in (html / "book" / "intro.html").read_text()
+
+
+# ---- build folders and copies: only what a build wrote is replaced ------------------------------------------
+
+def test_book_build_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "run").mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("my own site")
+    with pytest.raises(PipelineError, match=r"build folder .*site is not empty \(index.html\) and no book build "
+                                            r"of medcore wrote it"):
+        build_book(run_dir=tmp_path / "run", out=site, root=tmp_path)
+    assert (site / "index.html").read_text() == "my own site"
+    assert not (tmp_path / "book").exists()  # refused before anything was written
+
+
+def test_a_rebuild_replaces_only_what_a_build_wrote(tmp_path):
+    def build(text):
+        built = tmp_path / f"built-{text}"
+        (built / "html").mkdir(parents=True)
+        (built / "html" / "index.html").write_text(text)
+        return built
+    out = tmp_path / "site"
+    _replace_build(build("first"), out, _owned_build_entries(out, tmp_path))
+    (out / "screenshots").mkdir()  # someone's files beside the build
+    _replace_build(build("second"), out, _owned_build_entries(out, tmp_path))
+    assert (out / "html" / "index.html").read_text() == "second" and (out / "screenshots").is_dir()
+    (out / BOOK_MARKER).unlink()  # without its marker the folder is no longer known to be a build's
+    with pytest.raises(PipelineError, match="not empty"):
+        _owned_build_entries(out, tmp_path)
+    out.rename(tmp_path / "_build")  # but the project's own _build (an older build) is
+    assert _owned_build_entries(tmp_path / "_build", tmp_path) == {"html"}
+
+
+def test_copying_executed_notebooks_leaves_other_files_in_the_book(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "book" / "notebooks").mkdir(parents=True)
+    (tmp_path / "book" / "notebooks" / "my_draft.ipynb").write_text("{}")
+    copy_executed_notebooks(run, tmp_path / "book")
+    assert (tmp_path / "book" / "notebooks" / "my_draft.ipynb").read_text() == "{}"
+    assert all((tmp_path / "book" / "notebooks" / name).is_file() for name in NOTEBOOKS)
 
 
 # ---- the browser --------------------------------------------------------------------------------------------

@@ -154,8 +154,8 @@ def test_config_arguments_read_back_in_order_with_a_prefix():
 
 
 @pytest.mark.parametrize("module, argv", [
-    ("medcore.__main__", ["train", "--help"]), ("medcore.__main__", ["run", "--help"]),
-    ("medcore.__main__", ["evaluate", "--help"]), ("medcore.bench.command", ["--help"]),
+    ("medcore.flows.cli", ["train", "--help"]), ("medcore.flows.cli", ["run", "--help"]),
+    ("medcore.flows.cli", ["evaluate", "--help"]), ("medcore.bench.command", ["--help"]),
     ("medcore.flows.study", ["--help"]), ("medcore.scale.scaleout", ["--help"]), ("medcore.bench.gpucheck", ["--help"]),
     ("medcore.scale.distributed", ["train", "--help"]), ("medcore.scale.distributed", ["evaluate", "--help"]),
     ("medcore.distributed", ["train", "--help"])])  # the old name, kept for one release
@@ -164,6 +164,6 @@ def test_every_entry_point_takes_profile_and_set_through_the_one_helper(module, 
 
     main = importlib.import_module(module)
     with pytest.raises(SystemExit):
-        (main._run if module == "medcore.__main__" else main.main)(argv)
+        (main._run if module == "medcore.flows.cli" else main.main)(argv)
     out = " ".join(capsys.readouterr().out.split())
     assert "--profile PROFILE" in out and "override one setting, e.g. train.seed=1; repeatable" in out  # the helper's

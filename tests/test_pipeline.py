@@ -15,7 +15,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from medcore.config import ConfigError
-from medcore.flows import pipeline as mp
+from medcore.flows import book, pipeline as mp
 from medcore.report import records as an
 from medcore.results import load_runs
 
@@ -80,7 +80,7 @@ def test_ci_run_builds_the_book(ci_run, tmp_path):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
     shutil.copytree(ROOT / "notebooks", root / "notebooks")  # the report notebooks the book executes
-    html = mp.build_book(run_dir=ci_run, root=root)
+    html = book.build_book(run_dir=ci_run, root=root)
     page = (html / "book" / "notebooks" / "05_analysis.html").read_text()
     assert "random weights" in page and "<img" in page
     assert "ci-fine-tuned" in (html / "book" / "results.html").read_text()
@@ -172,7 +172,7 @@ def test_shipped_notebooks_are_thin():
                 assert len(cell.source.splitlines()) <= 20, (name, cell.source)
 
 
-# ---- Ctrl-C, and folders medcore did not write --------------------------------------------------------------
+# ---- Ctrl-C -------------------------------------------------------------------------------------------------
 
 def _papermill_cut_at(monkeypatch, cut: str | None) -> list[str]:
     """papermill replaced by a copy of each notebook (as papermill saves the cells run so far); Ctrl-C at `cut`."""
@@ -207,7 +207,7 @@ def test_ctrl_c_is_recorded_with_the_cut_notebook_and_resume_continues(tiny_note
 
 
 def test_ctrl_c_during_medcore_run_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
-    from medcore.__main__ import main as cli
+    from medcore.flows.cli import main as cli
 
     _papermill_cut_at(monkeypatch, "02_quantize.ipynb")
     assert cli(["run", "--profile", "ci", "--run-dir", str(tmp_path / "run")]) == 130
@@ -216,46 +216,6 @@ def test_ctrl_c_during_medcore_run_is_one_line_and_exit_130(tmp_path, monkeypatc
     assert err[2:3] == [""] and err[3].startswith("medcore run: interrupted: 02_quantize.ipynb was cut")
     assert len(err) == 4
     assert mp.read_status(tmp_path / "run")["failed"]["interrupted"]
-
-
-def test_book_build_refuses_a_folder_it_did_not_write(tmp_path):
-    (tmp_path / "run").mkdir()
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "index.html").write_text("my own site")
-    with pytest.raises(mp.PipelineError, match=r"build folder .*site is not empty \(index.html\) and no book build "
-                                               r"of medcore wrote it"):
-        mp.build_book(run_dir=tmp_path / "run", out=site, root=tmp_path)
-    assert (site / "index.html").read_text() == "my own site"
-    assert not (tmp_path / "book").exists()  # refused before anything was written
-
-
-def test_a_rebuild_replaces_only_what_a_build_wrote(tmp_path):
-    def build(text):
-        built = tmp_path / f"built-{text}"
-        (built / "html").mkdir(parents=True)
-        (built / "html" / "index.html").write_text(text)
-        return built
-    out = tmp_path / "site"
-    mp._replace_build(build("first"), out, mp._owned_build_entries(out, tmp_path))
-    (out / "screenshots").mkdir()  # someone's files beside the build
-    mp._replace_build(build("second"), out, mp._owned_build_entries(out, tmp_path))
-    assert (out / "html" / "index.html").read_text() == "second" and (out / "screenshots").is_dir()
-    (out / mp.BOOK_MARKER).unlink()  # without its marker the folder is no longer known to be a build's
-    with pytest.raises(mp.PipelineError, match="not empty"):
-        mp._owned_build_entries(out, tmp_path)
-    out.rename(tmp_path / "_build")  # but the project's own _build (an older build) is
-    assert mp._owned_build_entries(tmp_path / "_build", tmp_path) == {"html"}
-
-
-def test_copying_executed_notebooks_leaves_other_files_in_the_book(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (tmp_path / "book" / "notebooks").mkdir(parents=True)
-    (tmp_path / "book" / "notebooks" / "my_draft.ipynb").write_text("{}")
-    mp.copy_executed_notebooks(run, tmp_path / "book")
-    assert (tmp_path / "book" / "notebooks" / "my_draft.ipynb").read_text() == "{}"
-    assert all((tmp_path / "book" / "notebooks" / name).is_file() for name in mp.NOTEBOOKS)
 
 
 def test_notebook_kernels_talk_encrypted_and_print_no_tcp_warning(tmp_path, capfd):
@@ -277,7 +237,7 @@ def test_notebook_kernels_talk_encrypted_and_print_no_tcp_warning(tmp_path, capf
 # ---- notebook parameters through `medcore run -p NAME VALUE` --------------------------------------------------
 
 def test_every_notebook_parameter_is_reachable_and_read_as_yaml():
-    from medcore.__main__ import build_parser
+    from medcore.flows.cli import build_parser
 
     paths = mp.notebook_paths(None, ROOT)
     known = mp.notebook_parameters(paths)

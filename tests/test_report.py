@@ -166,7 +166,7 @@ def test_table_html_has_no_index_and_scrolls_when_wide():
 
 @pytest.mark.slow
 def test_report_notebooks_execute_from_the_records_into_clean_pages(root, tmp_path):
-    from medcore.flows.pipeline import REPORTS, execute_reports
+    from medcore.flows.book import REPORTS, execute_reports
 
     shutil.copytree(ROOT / "notebooks", root / "notebooks", dirs_exist_ok=True)
     (root / "book").mkdir(exist_ok=True)

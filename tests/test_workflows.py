@@ -8,6 +8,7 @@ import pytest
 
 from medcore.config import ConfigError, load_profile
 from medcore.flows import workflows as wf
+from medcore.flows.train_folder import prepare_output_dir
 from medcore.models import load_tokenizer
 from medcore.results import load_predictions, load_run
 
@@ -86,7 +87,7 @@ def test_data_record_and_before_after_without_adapter(cfg, tmp_path):
         wf.before_after(cfg, tmp_path / "no-adapter", split)
 
 
-# ---- training folders: delete only what medcore wrote, resume only the same run ----------------------------------
+# ---- training folders through finetune: refuse before loading, resume only the same run ---------------------------
 
 @pytest.fixture
 def no_model(monkeypatch):
@@ -109,18 +110,6 @@ def test_finetune_refuses_a_folder_medcore_did_not_write(cfg, tmp_path, no_model
     assert (mine / "thesis.tex").read_text() == "years of work" and (mine / "notes" / "a.txt").is_file()
 
 
-def test_a_new_run_in_medcore_s_own_folder_replaces_only_what_medcore_wrote(cfg, tmp_path):
-    out = wf.prepare_output_dir(cfg, tmp_path / "out", resume=False)
-    for name in ("checkpoint-2", "checkpoint-4", "adapter", "runs"):
-        (out / name).mkdir()
-        (out / name / "weights.bin").write_bytes(b"0")
-    (out / "train_result.json").write_text("{}")
-    (out / "my-notes.txt").write_text("keep me")
-    wf.prepare_output_dir(cfg, out, resume=False)
-    assert sorted(p.name for p in out.iterdir()) == ["medcore_run.json", "my-notes.txt"]
-    assert json.loads((out / "medcore_run.json").read_text())["config"] == json.loads(json.dumps(cfg.to_dict()))
-
-
 def test_resume_with_changed_settings_names_each_one_and_trains_nothing(cfg, tmp_path):
     short = load_profile("ci", [f"data.source={cfg.data.source}", f"results_dir={tmp_path / 'results'}",
                                 "data.train_size=8", "data.eval_limit=8", "train.max_steps=2", "train.save_steps=1"])
@@ -138,63 +127,4 @@ def test_resume_with_changed_settings_names_each_one_and_trains_nothing(cfg, tmp
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing touched
     same = load_profile("ci", [f"data.source={cfg.data.source}", "data.train_size=8", "data.eval_limit=8",
                                "train.max_steps=2", "train.save_steps=1", f"results_dir={tmp_path / 'elsewhere'}"])
-    assert wf.prepare_output_dir(same, out, resume=True) == out  # only where the record goes differs: accepted
-
-
-def test_changed_settings_treat_a_setting_new_to_medcore_at_its_default_as_unchanged(cfg):
-    old = json.loads(json.dumps(cfg.to_dict()))
-    del old["train"]["compile"]  # a run recorded before the setting existed
-    assert wf.changed_settings(old, cfg.to_dict()) == []
-    cfg.train.compile = True
-    assert wf.changed_settings(old, cfg.to_dict()) == ["train.compile: '(unset)' -> True"]
-
-
-# ---- evaluate: refuse before loading, count what was cut or skipped ---------------------------------------------
-
-@pytest.mark.parametrize("limit", [0, -5])
-def test_evaluate_refuses_a_limit_below_one_naming_the_flag(tmp_path, no_model, limit):
-    with pytest.raises(ConfigError, match=rf"--limit {limit}: give a positive number of questions, or leave "
-                                          r"--limit out"):
-        wf.evaluate_model("random:tiny-gemma", source="mirror", limit=limit, results_dir=str(tmp_path))
-
-
-def test_evaluate_checks_the_adapter_before_the_base_model_loads(tmp_path, no_model):
-    with pytest.raises(FileNotFoundError, match=r"adapter .*nope: no adapter_config.json there"):
-        wf.evaluate_model("random:tiny-gemma", source="mirror", adapter=str(tmp_path / "nope"),
-                          results_dir=str(tmp_path))
-
-
-def _original(i: int, question: str = "") -> dict:
-    return {"id": f"q{i}", "question": question or f"Question {i}?", "opa": "alpha", "opb": "beta", "opc": "gamma",
-            "opd": "delta", "cop": 1 + i % 4, "choice_type": "single", "exp": None, "subject_name": "Anatomy"}
-
-
-def test_evaluate_skips_invalid_lines_on_request_and_reports_cuts_and_skips(tmp_path, capsys):
-    lines = [json.dumps(_original(i, "A long history of fever and cough. " * 30 if i < 2 else "")) for i in range(6)]
-    lines.insert(3, '{"question": "broken", ')
-    (tmp_path / "dev.json").write_text("\n".join(lines) + "\n")
-    source = f"local:{tmp_path / 'dev.json'}"
-    with pytest.raises(ValueError, match="dev.json:4.*bad_json"):  # by default one bad line stops it, named
-        wf.evaluate_model("random:tiny-gemma", source=source, results_dir=str(tmp_path / "r"))
-    record = wf.evaluate_model("random:tiny-gemma", source=source, results_dir=str(tmp_path / "r"),
-                               on_invalid="skip", batch_size=4)
-    out = capsys.readouterr().out
-    run = load_run(record)
-    assert run["metrics"]["n"] == 6 and run["metrics"]["truncated"] == 2 and run["config"]["data"]["on_invalid"] == "skip"
-    assert "2 of 6 questions cut to fit data.max_length=512 tokens" in out
-    assert "1 invalid records skipped (bad_json: 1)" in out
-
-
-def test_evaluate_takes_a_profile_and_set_with_flags_on_top_and_leaves_the_config_alone(tmp_path, medmcqa_dir):
-    from medcore.__main__ import _run
-
-    base = load_profile("ci")
-    before = base.to_dict()
-    record = wf.evaluate_model(limit=8, precision="bf16", results_dir=str(tmp_path), run_id="profiled", base=base)
-    assert base.to_dict() == before  # evaluate works on a copy
-    cfg = load_run(record)["config"]
-    assert cfg["model"]["source"] == "random:tiny-gemma" and cfg["quant"]["precision"] == "bf16"
-    assert cfg["data"]["max_length"] == 640 and cfg["name"] == "profiled"  # the profile's, where no flag is given
-    assert _run(["evaluate", "--profile", "ci", "--set", "eval.batch_size=4", "--precision", "bf16", "--limit", "8",
-                 "--results-dir", str(tmp_path), "--run-id", "cli"]) == 0
-    assert load_run(tmp_path / "cli")["config"]["eval"]["batch_size"] == 4
+    assert prepare_output_dir(same, out, resume=True) == out  # only where the record goes differs: accepted

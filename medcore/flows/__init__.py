@@ -1,1 +1,2 @@
-"""The flows: the steps as functions, the papermill runs, the GPU study and one question's letters."""
+"""The flows: the command line, the steps as functions, the papermill runs and the book, the GPU study and one
+question's letters."""

@@ -11,25 +11,28 @@ Steps and the records they write (``<cfg.results_dir>/<run id>``):
 - :func:`finetune` - QLoRA (or LoRA on bf16) -> ``<name>-train`` (+ the adapter);
 - :func:`before_after` - zero-shot and fine-tuned scoring on the same questions -> ``<name>-zero-shot``,
   ``<name>-bf16-zero-shot`` (optional), ``<name>-fine-tuned``;
-- :func:`evaluate_model` - the ``python -m medcore evaluate`` command.
+- :func:`score_and_record` - one model scored on some questions -> the record named by its caller.
+
+The training folder's rules are :mod:`medcore.flows.train_folder`'s; the ``python -m medcore evaluate`` command is
+:mod:`medcore.flows.evaluate_command`.
 """
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
+import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import peft
 import torch
 
 from medcore import data, evaluate, lora, models, prompts, quantize, results, schema, subjects, train
 from medcore.accuracy import accuracy_summary
-from medcore.config import ConfigError, QuantConfig, RunConfig
+from medcore.config import QuantConfig, RunConfig
+from medcore.flows.train_folder import interrupted_training, prepare_output_dir
 from medcore.scoring_cost import measure_cost
 
 PRECISION_PRESETS = {  # label -> QuantConfig; the footprint/cost comparison of notebook 02
@@ -60,8 +63,6 @@ def eval_autocast(cfg: RunConfig, dev: torch.device) -> bool:
 
 def free_memory() -> None:
     """Collect garbage and hand cached CUDA blocks back (between models loaded in one process)."""
-    import gc
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -153,8 +154,6 @@ def load(cfg: RunConfig, quant: QuantConfig | None = None, adapter: str | Path |
 
 
 def _with_adapter(model, adapter: str | Path):
-    import peft
-
     model = peft.PeftModel.from_pretrained(model, str(adapter))
     quantize.disable_cpu_repack(model)
     return model
@@ -260,85 +259,15 @@ def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: 
                                     predictions=pred, extra=note, overwrite=True)
 
 
-# ---- training folders --------------------------------------------------------------------------------------
-
-RUN_MARKER = "medcore_run.json"  # written first into every training folder: medcore's own, and its settings
-# with checkpoint-N, everything medcore and its Trainer write there (runs/: the TensorBoard events)
-OWN_ENTRIES = ("adapter", "runs", "train_result.json", RUN_MARKER)
-RESUME_MAY_CHANGE = ("name", "results_dir", "eval.")  # where the record goes and how scoring runs: not training
-
-
-def _own(entry: Path) -> bool:
-    return entry.name in OWN_ENTRIES or (entry.name.startswith("checkpoint-") and entry.is_dir())
-
-
-def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``"lora.r: 4 -> 8"`` for every setting that differs, except :data:`RESUME_MAY_CHANGE`; a setting the old
-    config lacks (added to medcore since) counts as changed only if it is not at its default."""
-    def flat(d, prefix=""):
-        return {k: v for key, value in d.items()
-                for k, v in (flat(value, f"{prefix}{key}.").items() if isinstance(value, dict) else
-                             [(f"{prefix}{key}", value)])}
-    old, new, default = (flat(json.loads(json.dumps(d, default=str))) for d in (old, new, RunConfig().to_dict()))
-    return [f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
-            if not key.startswith(RESUME_MAY_CHANGE) and old.get(key, default.get(key)) != new.get(key)]
-
-
-def prepare_output_dir(cfg: RunConfig, output_dir: str | Path, resume: bool, write: bool = True) -> Path:
-    """Make `output_dir` ready to train `cfg` into, deleting only what medcore wrote there.
-
-    A fresh run empties a folder of an earlier medcore run (one with :data:`RUN_MARKER`) of the entries medcore
-    writes, and refuses a non-empty folder that is not one. ``resume`` refuses settings that differ from the run's
-    (each named, old -> new; :data:`RESUME_MAY_CHANGE` excepted), so the record never claims a value the run did
-    not use. Then the marker is written with this config. ``write=False`` only checks (other processes of a launch).
-    """
-    output_dir = Path(output_dir)
-    marker = output_dir / RUN_MARKER
-    entries = sorted(output_dir.iterdir()) if output_dir.is_dir() else []
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"output folder {output_dir} is a file; pick a folder for --output-dir")
-    if resume and marker.is_file():
-        try:
-            recorded = json.loads(marker.read_text())["config"]
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"--resume: {marker} is unreadable, so the run's settings cannot be checked; "
-                              "start a new run in another --output-dir") from None
-        changed = changed_settings(recorded, cfg.to_dict())
-        if changed:
-            raise ConfigError(f"--resume: these settings differ from the run in {output_dir}: {'; '.join(changed)}. "
-                              "Resume with the run's settings, or start a new run in another --output-dir")
-        return output_dir
-    if entries and not marker.is_file():
-        shown = ", ".join(e.name for e in entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-        raise ConfigError(f"output folder {output_dir} is not empty ({shown}) and is not a medcore run (no "
-                          f"{RUN_MARKER}); medcore deletes only what it wrote: pick a new or empty --output-dir")
-    if write:
-        for entry in entries:
-            if _own(entry):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = output_dir / f".{RUN_MARKER}.tmp"
-        tmp.write_text(json.dumps({"written_by": "medcore", "config": cfg.to_dict()}, indent=2, default=str))
-        os.replace(tmp, marker)
-    return output_dir
-
-
-def interrupted_training(output_dir: str | Path) -> str:
-    last = train.last_checkpoint(output_dir)
-    if last is None:
-        return f"training stopped by Ctrl-C before its first checkpoint in {output_dir}; nothing to resume from"
-    return (f"training stopped by Ctrl-C; the last complete checkpoint, {last}, is kept: the same command with "
-            "--resume (resume=True) continues from it")
-
-
 def finetune(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool = False,
              datasets_: tuple | None = None, eval_questions: int | None = None) -> tuple[Path, Any]:
     """QLoRA for a config: load quantized, attach the adapter, train, record; returns (record, TrainResult).
 
     Checkpoints and ``adapter/`` go to ``output_dir`` (default ``<results_dir>/../checkpoints/<name>``), prepared
-    by :func:`prepare_output_dir`: with ``resume`` training continues from its last checkpoint if the settings are
-    the run's. ``eval_questions`` keeps a stratified subset of the evaluation questions for the evaluation loss
-    (its trend; nothing is selected by it). Ctrl-C keeps the checkpoints saved so far.
+    by :func:`~medcore.flows.train_folder.prepare_output_dir`: with ``resume`` training continues from its last
+    checkpoint if the settings are the run's. ``eval_questions`` keeps a stratified subset of the evaluation
+    questions for the evaluation loss (its trend; nothing is selected by it). Ctrl-C keeps the checkpoints saved so
+    far.
     """
     output_dir = Path(output_dir or Path(cfg.results_dir).parent / "checkpoints" / cfg.name)
     prepare_output_dir(cfg, output_dir, resume)
@@ -394,79 +323,3 @@ def before_after(cfg: RunConfig, adapter_dir: str | Path, datasets_: tuple | Non
     del model
     free_memory()
     return out
-
-
-def evaluate_defaults() -> RunConfig:
-    """What `medcore evaluate` scores with when no profile is given: RunConfig's defaults at bf16."""
-    return RunConfig(quant=QuantConfig(precision="bf16", double_quant=True))
-
-
-def evaluate_model(model_spec: str | None = None, source: str | None = None, split: str | None = None,
-                   limit: int | None = None, precision: str | None = None, adapter: str | None = None,
-                   batch_size: int | None = None, results_dir: str | None = None, run_id: str | None = None,
-                   seed: int | None = None, on_invalid: str | None = None, rotations: bool | None = None,
-                   base: RunConfig | None = None) -> Path:
-    """The `python -m medcore evaluate` command: score, print accuracy, tables and cost, write a record.
-
-    The settings are `base` (a profile's config; default: RunConfig's defaults at bf16) with each argument that is
-    given on top; a precision given means that preset with double quantization. ``limit`` keeps a stratified subset
-    of that many questions; ``on_invalid="skip"`` scores the valid records of a file with broken ones (the report
-    counts them). The adapter is checked before anything loads."""
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit {limit}: give a positive number of questions, or leave --limit out to score "
-                          "the whole split")
-    lora.require_adapter(adapter or None)
-    given = {"model.source": model_spec, "data.source": source, "data.eval_split": split, "results_dir": results_dir,
-             "quant.precision": precision, "quant.double_quant": True if precision is not None else None,
-             "eval.batch_size": batch_size, "data.seed": seed, "data.on_invalid": on_invalid,
-             "eval.rotations": rotations}  # rotations None: on CUDA only
-    start = base or evaluate_defaults()
-    spec, preset = model_spec or start.model.source, precision or start.quant.precision
-    name = run_id or f"eval-{spec.split(':')[-1].replace('/', '_')}-{preset}"
-    cfg = start.with_overrides({k: v for k, v in given.items() if v is not None}, name=name)
-    source, split, seed, on_invalid = cfg.data.source, cfg.data.eval_split, cfg.data.seed, cfg.data.on_invalid
-    ds, loaded = data.load_medmcqa_report(source, split, on_invalid=on_invalid)
-    schema.require_answers(ds, purpose="scoring")
-    skipped = {"skipped_records": sum(loaded.skipped.values()), "skipped_reasons": dict(loaded.skipped)}
-    if limit and limit < len(ds):
-        ds = subjects.stratified_subset(ds, limit, seed=seed)
-    model, tokenizer = load(cfg, adapter=adapter)
-    record = score_and_record(cfg, model, tokenizer, ds, cfg.name, "fine-tuned" if adapter else "zero-shot",
-                              extra=skipped if loaded.skipped else None)
-    print(report_text(results.load_run(record)))
-    print(f"run record: {record}")
-    return record
-
-
-def report_text(run: dict[str, Any]) -> str:
-    """A plain-text report of one scoring record: accuracy with interval, what was cut or skipped, the subject
-    table, the cost."""
-    m, env = run["metrics"], run["environment"]
-    lines = [f"model {env.get('model', {}).get('source', '?')} ({'real' if m.get('real_weights') else 'RANDOM'} "
-             f"weights), precision {m.get('precision')}, {m['n']} questions",
-             f"accuracy {m['accuracy']:.3f} (95% Wilson CI {m['ci_low']:.3f}-{m['ci_high']:.3f}), ECE {m.get('ece', float('nan')):.3f}"
-             f", exact ties {m.get('ties', 0)}"]
-    for name in ("circular", "debiased"):
-        if m.get(f"{name}_accuracy") is not None:
-            lines.append(f"{name} accuracy {m[f'{name}_accuracy']:.3f} "
-                         f"(95% Wilson CI {m[f'{name}_ci_low']:.3f}-{m[f'{name}_ci_high']:.3f})")
-    if m.get("predicted_share_A") is not None:
-        lines.append("predicted letters " + ", ".join(f"{c} {m[f'predicted_share_{c}']:.1%}" for c in "ABCD"))
-    if m.get("truncated"):
-        limit = (run.get("config") or {}).get("data", {}).get("max_length", "?")
-        lines.append(f"{m['truncated']} of {m['n']} questions cut to fit data.max_length={limit} tokens (the question "
-                     "text shortened; the choices kept whole)")
-    if env.get("skipped_records"):
-        why = ", ".join(f"{reason}: {n}" for reason, n in env.get("skipped_reasons", {}).items())
-        lines.append(f"{env['skipped_records']} invalid records skipped ({why})")
-    if m.get("by_subject"):
-        table = pd.DataFrame(m["by_subject"]).drop(columns="index", errors="ignore")
-        lines += ["", table.to_string(index=False, float_format=lambda x: f"{x:.3f}")]
-    c = m.get("cost")
-    if c:
-        cond = c["conditions"]
-        lines += ["", f"cost on {cond['device_name']}: batch-1 latency {c['latency_ms_median']:.1f} ms (median, "
-                      f"p90 {c['latency_ms_p90']:.1f}), {c['best_qps']:.1f} questions/s at batch {c['best_batch_size']}, "
-                      f"peak memory {c['peak_memory_bytes'] / 2**30:.2f} GiB ({c['peak_memory_kind']}), "
-                      f"mean prompt {cond['mean_prompt_tokens']:.0f} tokens"]
-    return "\n".join(lines)

@@ -179,7 +179,8 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
     """QLoRA for a config on every process of the launch; returns (run record or None off the main process, result)."""
     from medcore import lora, results
     from medcore import train as training
-    from medcore.flows.workflows import interrupted_training, model_note, precision_label, prepare_output_dir
+    from medcore.flows.train_folder import interrupted_training, prepare_output_dir
+    from medcore.flows.workflows import model_note, precision_label
 
     state = process_state()
     fsdp = is_fsdp(state)

@@ -1,4 +1,4 @@
-"""The command line (medcore/__main__.py): a bad argument to any command is one line and exit status 2, an
+"""The command line (medcore/flows/cli.py): a bad argument to any command is one line and exit status 2, an
 unexpected error keeps its traceback, Ctrl-C during training is one line and the run resumes."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from medcore.__main__ import main as cli
+from medcore.flows.cli import main as cli
 from tests.conftest import _complete_checkpoint, _raw, _run, _train_cmd, _train_until_first_checkpoint, _write_jsonl
 
 
@@ -51,11 +51,11 @@ def test_a_hub_model_without_the_hub_is_one_line_and_exit_2_within_seconds(tmp_p
 
 @pytest.mark.usefixtures("one_thread")
 def test_an_unexpected_error_keeps_its_traceback(monkeypatch):
-    import medcore.flows.workflows
+    import medcore.flows.evaluate_command
 
     def bug(*args, **kwargs):
         raise RuntimeError("a bug, not a setting")
-    monkeypatch.setattr(medcore.flows.workflows, "evaluate_model", bug)
+    monkeypatch.setattr(medcore.flows.evaluate_command, "evaluate_model", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         cli(["evaluate"])
 
