@@ -31,6 +31,18 @@ def dev_ds(medmcqa_dir):
     return load_medmcqa(f"local:{medmcqa_dir}", "validation")
 
 
+@pytest.fixture(scope="session")
+def study_root(tmp_path_factory, dev_ds) -> Path:
+    """A project folder with small study records (``results/study``, made with the tiny random-weight model) and
+    size records (``results/scale-h200``), shared by the report modules' tests."""
+    from tests.study_records import make_scale, make_study
+
+    root = tmp_path_factory.mktemp("project")
+    make_study(root / "results" / "study", dev_ds)
+    make_scale(root / "results" / "scale-h200")
+    return root
+
+
 @pytest.fixture
 def no_loading(monkeypatch):
     """Anything heavy (model, tokenizer, data, training) fails the test if it is reached."""

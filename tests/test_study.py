@@ -6,6 +6,7 @@ import pytest
 
 from medcore.config import ConfigError, load_profile
 from medcore.flows import study
+from medcore.report import position_metrics as pos
 from medcore.report import records as an
 from medcore.results import load_predictions, load_run, load_runs
 
@@ -69,13 +70,13 @@ def test_tiny_study_records_every_metric_for_each_seed(tmp_path, medmcqa_dir):
     assert load_run(results / "ci-seed1-fine-tuned")["config"]["train"]["seed"] == 1
 
     runs = load_runs(results)
-    tests = an.all_metric_tests(an.results_table(runs), results)
+    tests = pos.all_metric_tests(an.results_table(runs), results)
     pairs = tests.groupby("after_run")["metric"].apply(set)
     metrics = {"standard", "circular", "debiased", *(f"{k}_{c}" for k in ("recall", "predicted") for c in "ABCD")}
     assert set(pairs.index) == set(scored[1:]) and all(p == metrics for p in pairs)
     assert (tests["before_run"] == "ci-nf4-dq-zero-shot").all() and tests["pvalue"].between(0, 1).all()
-    spread = an.seed_spread(runs)
-    assert set(spread["metric"]) == set(an.SEED_METRICS) and set(spread["seeds"]) == {"0, 1"}
+    spread = pos.seed_spread(runs)
+    assert set(spread["metric"]) == set(pos.SEED_METRICS) and set(spread["seeds"]) == {"0, 1"}
     assert set(spread["recipe"]) == {"ci-fine-tuned"}
 
 

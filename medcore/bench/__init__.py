@@ -1,1 +1,2 @@
-"""The benchmark (command), its timers, levers and peer recipes (peers) and the GPU acceptance check (gpucheck)."""
+"""The benchmark (command), its options and levers (options), timers and peer recipes (peers), its targets and
+printed report (report), and the GPU acceptance check (gpucheck)."""

@@ -22,124 +22,33 @@ with the settings that command gets: the run configuration comes from ``--profil
 
 Ceiling: a bf16 matmul timed in the same run. MFU counts 6N FLOP per trained real token and 2N per scored one
 (N = non-embedding parameters). ``--levers`` reruns the medcore training row once per variant, each a set of
-RunConfig overrides (:data:`LEVERS`), from the same adapter weights. The record (``results.write_run_record``)
-holds the run configuration as ``config.json`` and the bench options, rewritten after each lever.
+RunConfig overrides (:data:`medcore.bench.options.LEVERS`), from the same adapter weights. The record
+(``results.write_run_record``) holds the run configuration as ``config.json`` and the bench options, rewritten
+after each lever; its targets and the printed report come from :mod:`medcore.bench.report`.
 """
 from __future__ import annotations
 
-import argparse
-import copy
-import math
 import random
 import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import asdict
+from importlib import metadata
+from typing import Any
 
 import torch
 
+from medcore import models
+from medcore.bench.options import (SCORE_LEVER, BenchOptions, default_source, lever_variants, parse_args,
+                                   variant_config)
 from medcore.bench.peers import (
     adapter_state, baseline_batches, baseline_loss, encode_training_examples, free_memory, matmul_rate, mfu,
     objective_check, restore_adapter, score_flops_per_token, time_scoring, time_one_pass,
-    time_training, train_flops_per_token, _to,
+    time_training, to_device, train_flops_per_token,
 )
-
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: medcore/bench/<this file>
-SCORE_QUESTIONS = 4183  # the MedMCQA validation split
-LEVERS = {  # name -> (variant label, RunConfig overrides); each a rerun of the medcore training row
-    "repeat": [("repeat", {})],
-    "ckpt": [("checkpointing toggled", {"train.gradient_checkpointing": "toggle"})],
-    "compile": [("compile toggled", {"train.compile": "toggle"})],
-    "lora_input_float32": [("peft's float32 LoRA-input copy kept", {"train.lora_input_float32": True})],
-    "optim": [("adamw_torch", {"train.optimizer": "adamw_torch"})],
-}
-LEVER_ALIASES = {"peft_cast": "lora_input_float32", "lora_cast": "lora_input_float32"}  # old names, one release
-BUDGET_LEVER = "budget"  # one variant per --budgets value: train.token_budget and max rows scaled alongside
-SCORE_LEVER = "score_batch"  # one variant per --score-batch-sizes value: eval.batch_size
-
-
-@dataclass
-class BenchOptions:
-    """What only the benchmark needs; everything the product uses comes from the RunConfig."""
-    steps: int = 30  # timed tutorial-baseline steps
-    warmup: int = 3  # untimed baseline steps first
-    baseline_batch_size: int = 16
-    pad_length: int = 256
-    n_train: int | None = None  # questions the medcore row trains on (None: all loaded)
-    n_questions: int | None = None  # questions scored (None: all on CUDA, 64 on CPU)
-    levers: list[str] = field(default_factory=list)
-    budgets: list[int] = field(default_factory=lambda: [4096, 16384])
-    score_batch_sizes: list[int] = field(default_factory=lambda: [64, 512])
-    matmul_size: int | None = None  # None: 8192 on CUDA, 1024 on CPU
-    source: str | None = None  # None: shared/medmcqa in the checkout or beside it, else the mirror
-    out: str = "results/bench-product"
-    run_id: str | None = None
-    seed: int = 0
-    headline: bool = False  # mark the record as its folder's headline (the one the Performance page leads with)
-
-
-def parse_args(argv: Sequence[str] | None):
-    """(RunConfig, BenchOptions) from the command line; bad values raise ConfigError or exit 2 naming the flag."""
-    from medcore.config import add_config_arguments, config_from_args
-
-    d = BenchOptions()
-    p = argparse.ArgumentParser(prog="medcore bench", description=__doc__.split("\n\n")[0])
-    add_config_arguments(p, profile="paper", what="the run configuration a user's command would get")
-    p.add_argument("--model", default="random:gemma-2b", help="model.source (default: the Gemma-2B shape, random)")
-    p.add_argument("--steps", type=int, default=d.steps, help="timed tutorial-baseline steps")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed baseline steps first")
-    p.add_argument("--baseline-batch-size", type=int, default=d.baseline_batch_size)
-    p.add_argument("--pad-length", type=int, default=d.pad_length)
-    p.add_argument("--n-train", type=int, default=None, help="questions the medcore row trains on (default all)")
-    p.add_argument("--n-questions", type=int, default=None, help="questions scored (default: all on CUDA, 64 on CPU)")
-    p.add_argument("--levers", default="", help=f"comma list of {', '.join([*LEVERS, BUDGET_LEVER, SCORE_LEVER])}")
-    p.add_argument("--budgets", default=",".join(map(str, d.budgets)), help="token budgets of the budget lever")
-    p.add_argument("--score-batch-sizes", default=",".join(map(str, d.score_batch_sizes)))
-    p.add_argument("--matmul-size", type=int, default=None)
-    p.add_argument("--source", default=None, help="MedMCQA source (default: shared/medmcqa if present, else mirror)")
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--run-id", default=None, help="default bench-<model>-<device>")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--headline", action="store_true", help="mark the record as its folder's headline")
-    argv = list(argv or [])
-    a = p.parse_args(argv[1:] if argv[:1] == ["--"] else argv)
-    levers = [x.strip() for x in a.levers.split(",") if x.strip()]
-    for old in sorted(set(levers) & set(LEVER_ALIASES)):
-        print(f"[bench] lever {old!r} is now {LEVER_ALIASES[old]!r}; the old name goes in the next release",
-              file=sys.stderr)
-    levers = [LEVER_ALIASES.get(x, x) for x in levers]
-    known = [*LEVERS, BUDGET_LEVER, SCORE_LEVER]
-    if sorted(set(levers) - set(known)):
-        p.error(f"unknown lever(s) {sorted(set(levers) - set(known))}; choose from {', '.join(known)}")
-    for name in ("steps", "baseline_batch_size", "pad_length"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    sizes = {}
-    for name in ("budgets", "score_batch_sizes"):
-        try:
-            sizes[name] = [int(x) for x in getattr(a, name).split(",") if x.strip()]
-        except ValueError:
-            sizes[name] = []
-        if not sizes[name] or min(sizes[name]) < 1:
-            p.error(f"--{name.replace('_', '-')} {getattr(a, name)!r}: give whole numbers of at least 1, comma-separated")
-    cfg = config_from_args(a, f"model.source={a.model}")
-    opts = BenchOptions(steps=a.steps, warmup=a.warmup, baseline_batch_size=a.baseline_batch_size,
-                        pad_length=a.pad_length, n_train=a.n_train, n_questions=a.n_questions, levers=levers,
-                        matmul_size=a.matmul_size, source=a.source, out=a.out, run_id=a.run_id, seed=a.seed,
-                        headline=a.headline, **sizes)
-    return cfg, opts
-
-
-def default_source() -> str:
-    """shared/medmcqa inside the checkout (it travels with a copy of the working tree), then ../shared/medmcqa, else
-    the mirror."""
-    for folder in (ROOT / "shared" / "medmcqa", ROOT.parent / "shared" / "medmcqa"):
-        if (folder / "dev.json").is_file():
-            return f"local:{folder}"
-    return "mirror"
+from medcore.bench.report import format_report, targets
+from medcore.results import portable_paths, write_run_record
 
 
 def load_records(source: str | None, seed: int) -> list[dict]:
@@ -149,38 +58,6 @@ def load_records(source: str | None, seed: int) -> list[dict]:
     records = [r for r in ds.to_list() if r["answer"] is not None]
     random.Random(seed).shuffle(records)
     return records
-
-
-def lever_variants(levers: Sequence[str], cfg, opts: BenchOptions) -> list[tuple[str, str, dict]]:
-    """(lever, label, RunConfig overrides) per variant; "toggle" flips the configuration's boolean."""
-    out = []
-    for lever in levers:
-        if lever == BUDGET_LEVER:
-            out += [(lever, f"token budget {b}", {"train.token_budget": b, "train.max_batch_size": max(1, b // 64)})
-                    for b in opts.budgets]
-        elif lever == SCORE_LEVER:
-            out += [(lever, f"scoring batch {b}", {"eval.batch_size": b}) for b in opts.score_batch_sizes]
-        else:
-            for label, overrides in LEVERS[lever]:
-                resolved = {k: (not _get(cfg, k)) if v == "toggle" else v for k, v in overrides.items()}
-                out.append((lever, label, resolved))
-    return out
-
-
-def _get(cfg, dotted: str):
-    section, name = dotted.split(".")
-    return getattr(getattr(cfg, section), name)
-
-
-def _variant(cfg, overrides: dict):
-    from medcore.config import set_field
-
-    out = copy.deepcopy(cfg)
-    for key, value in overrides.items():
-        set_field(out, key, value)
-    if out.train.token_budget < out.data.max_length:  # a smaller budget lever: the longest example must fit
-        out.data.max_length = out.train.token_budget
-    return out.validate()
 
 
 # ---- the rows ---------------------------------------------------------------------------------------------------
@@ -213,8 +90,8 @@ def baseline_training(cfg, model, records, tokenizer, opts: BenchOptions, adapte
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_warm, n_timed = opts.warmup * opts.baseline_batch_size, opts.steps * opts.baseline_batch_size
     examples = encode_training_examples(records[:n_warm + n_timed], tokenizer, opts.pad_length)
-    warm = [_to(b, device) for b in baseline_batches(examples[:n_warm], opts.baseline_batch_size, opts.pad_length, pad)]
-    timed = [_to(b, device) for b in baseline_batches(examples[n_warm:], opts.baseline_batch_size, opts.pad_length, pad)]
+    warm = [to_device(b, device) for b in baseline_batches(examples[:n_warm], opts.baseline_batch_size, opts.pad_length, pad)]
+    timed = [to_device(b, device) for b in baseline_batches(examples[n_warm:], opts.baseline_batch_size, opts.pad_length, pad)]
     set_checkpointing(model, cfg.train.gradient_checkpointing)
     optimizer = resolve_optimizer(cfg.train.optimizer, device.type == "cuda")
     row = time_training(model, warm, timed, baseline_loss, optimizer, cfg.train.learning_rate, device, adapter)
@@ -233,71 +110,6 @@ def scoring_rows(cfg, model, tokenizer, records, device) -> dict[str, Any]:
     return sc
 
 
-# ---- targets and report -------------------------------------------------------------------------------------------
-
-def targets(m: dict[str, Any]) -> list[dict[str, Any]]:
-    """The GPU-path targets, from the measured rows; `conditions_match`: CUDA, Gemma-2B shape, NF4 + DQ, LoRA."""
-    c = m["conditions"]
-    tr = {r["recipe"]: r for r in m["training"]}
-    med, base = tr["medcore"], tr["baseline"]
-    one, harness = m["scoring"]
-    match = c["device_type"] == "cuda" and c["model"] == "random:gemma-2b" and c["precision"] == "nf4+dq"
-    first = one["cold_seconds"] * SCORE_QUESTIONS / one["questions"]
-    rows = [("training steady real tokens/s", ">= 25,000", med["real_tokens_per_s"], 25_000, ">", ""),
-            ("training MFU (6N per real token)", ">= 38%", med["mfu"], 0.38, ">", "%"),
-            ("training real tokens/s, medcore / tutorial", ">= 10x",
-             med["real_tokens_per_s"] / base["real_tokens_per_s"], 10, ">", "x"),
-            (f"scoring {SCORE_QUESTIONS:,} questions, first pass" +
-             ("" if one["questions"] == SCORE_QUESTIONS else f" (projected from {one['questions']})"),
-             "<= 3 s", first, 3, "<", "s"),
-            ("scoring questions/s, medcore / harness-style", ">= 4x",
-             one["questions_per_s"] / harness["questions_per_s"], 4, ">", "x")]
-    for row in [med, *m.get("levers", [])]:
-        if row.get("error") or "token_budget" not in row or not row.get("gradient_checkpointing"):
-            continue
-        limit = {4096: 5e9, 16384: 10e9}.get(row["token_budget"])
-        if limit and not any(r[0].startswith(f"peak memory at {row['token_budget']:,}") for r in rows):
-            rows.append((f"peak memory at {row['token_budget']:,} tokens/batch, checkpointing on",
-                         f"<= {limit / 1e9:.0f} GB", row["peak_memory_bytes"] / 1e9, limit / 1e9, "<", "GB"))
-    return [{"target": name, "goal": goal, "measured": value, "unit": unit, "conditions_match": match,
-             "met": bool(value >= bound if op == ">" else value <= bound)} for name, goal, value, bound, op, unit in rows]
-
-
-def _f(v: Any, unit: str = "") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return {"%": f"{100 * v:.1f}%", "x": f"{v:.2f}x", "s": f"{v:.2f} s", "GB": f"{v:.2f} GB"}.get(
-        unit, f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
-
-
-def format_report(m: dict[str, Any]) -> str:
-    c = m["conditions"]
-    lines = [f"medcore bench: {c['model']} ({'real' if c['real_weights'] else 'RANDOM'} weights), {c['precision']}, "
-             f"LoRA r={c['lora_r']} {c['lora_targets']}, {c['device_name']}; bf16 matmul "
-             f"{m['matmul_tflops']:.0f} TFLOP/s; model load {c['load_seconds']:.1f} s", "", "training:"]
-    for r in m["training"]:
-        lines.append(f"  {r['recipe']:9s} {_f(r['real_tokens_per_s'])} real tok/s ({r['steps']} steps), "
-                     f"MFU {_f(r['mfu'], '%')}, peak {_f(r['peak_memory_bytes'] / 1e9, 'GB')}  [{r['code_path']}]")
-    med = m["training"][0]
-    lines.append(f"  medcore over every step {_f(med['all_steps_real_tokens_per_s'])} real tok/s; train() wall "
-                 f"{med['train_wall_seconds']:.1f} s; row from model load {m['medcore_wall_seconds']:.1f} s")
-    lines.append("scoring:")
-    for r in m["scoring"]:
-        lines.append(f"  {r['scorer']}: first pass {r['cold_seconds']:.2f} s, second {r['seconds']:.2f} s, "
-                     f"{_f(r['questions_per_s'])} q/s, peak {_f(r['peak_memory_bytes'] / 1e9, 'GB')}")
-    for r in m.get("levers", []):
-        value = f"failed: {r['error'][:100]}" if r.get("error") else (
-            f"{_f(r['real_tokens_per_s'])} real tok/s, peak {_f(r['peak_memory_bytes'] / 1e9, 'GB')}"
-            if "real_tokens_per_s" in r and r["lever"] != SCORE_LEVER else
-            f"first pass {r.get('cold_seconds', float('nan')):.2f} s, {_f(r['questions_per_s'])} q/s")
-        lines.append(f"  lever {r['variant']}: {value}")
-    lines += ["", "targets (conditions: CUDA, random:gemma-2b, nf4+dq):"]
-    lines += [f"  {t['target']}: {_f(t['measured'], t['unit'])} (goal {t['goal']}) "
-              f"{'met' if t['met'] else 'NOT met'}{'' if t['conditions_match'] else ' [other conditions]'}"
-              for t in m["targets"]]
-    return "\n".join(lines)
-
-
 # ---- the run ----------------------------------------------------------------------------------------------------
 
 def _slug(text: str) -> str:
@@ -305,8 +117,6 @@ def _slug(text: str) -> str:
 
 
 def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
     out = {}
     for name in ("transformers", "peft", "bitsandbytes", "accelerate"):
         try:
@@ -320,9 +130,8 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
     """Measure every row, print the report, write the record (``write``); returns the metrics."""
     import datasets
 
-    from medcore import lora, models
+    from medcore import lora
     from medcore.flows import workflows
-    from medcore.results import portable_paths, write_run_record
 
     device = workflows.device()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -390,7 +199,7 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
     for i, (lever, label, overrides) in enumerate(variants):
         row: dict[str, Any] = {"lever": lever, "variant": label, "overrides": overrides, "error": None}
         try:
-            vcfg = _variant(cfg, overrides)
+            vcfg = variant_config(cfg, overrides)
             if lever == SCORE_LEVER:
                 row.update(time_one_pass(model, tokenizer, scored, vcfg.eval.batch_size, device, cold=True,
                                          autocast=sc["autocast"], reference=sc["pred"]))

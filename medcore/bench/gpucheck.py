@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medcore.bench.options import default_source
+from medcore.config import add_config_arguments, config_from_args
+from medcore.results import portable_paths, write_run_record
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: medcore/bench/<this file>
 TRAIN_VARIANTS = {  # entry -> overrides on the paper profile (everything else at its defaults)
     "train nf4+dq lora (defaults)": [],
@@ -160,9 +164,6 @@ def run_entries(a: argparse.Namespace, source: str, work: Path, env: dict[str, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medcore.bench.command import default_source
-    from medcore.config import add_config_arguments, config_from_args
-
     p = argparse.ArgumentParser(prog="medcore gpu-check", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="random:gemma-2b")
     p.add_argument("--source", default=None, help="MedMCQA source (default: shared/medmcqa if present)")
@@ -182,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(a, f"model.source={a.model}", f"data.source={source}")
     options = {k: v for k, v in vars(a).items() if k not in ("profile", "set")}
     import torch
-
-    from medcore.results import portable_paths, write_run_record
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

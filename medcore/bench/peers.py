@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from medcore.measure import PeakMemory
-from medcore.prompts import IGNORE_INDEX, LETTERS, Collator
+from medcore.models import describe_model
+from medcore.prompts import IGNORE_INDEX, LETTERS, Collator, answer_token_ids, encode_example
 
 
 def free_memory() -> None:
@@ -43,8 +44,6 @@ def mfu(tokens_per_s: float, flops_per_token: float, ceiling_flops: float) -> fl
 
 def non_embedding_parameters(model: torch.nn.Module) -> int:
     """Logical parameters (4-bit weights counted by their shape) minus the input embedding (tied to the head)."""
-    from medcore.models import describe_model
-
     return int(describe_model(model)["params_non_embedding"])
 
 
@@ -82,8 +81,6 @@ def matmul_rate(device: torch.device, size: int, reps: int = 10, warmup: int = 3
 
 def encode_training_examples(records: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
     """Answer-only training examples (``prompts.encode_example``), at most `max_length` tokens each."""
-    from medcore.prompts import answer_token_ids, encode_example
-
     letters = answer_token_ids(tokenizer)
     return [encode_example(r, tokenizer, max_length, letters) for r in records]
 
@@ -146,7 +143,7 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> to
     raise ValueError(f"optimizer {name!r}: use adamw_torch or paged_adamw_8bit")
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -217,9 +214,9 @@ def objective_check(model, examples: Sequence[dict], pad_length: int, pad_id: in
     model.eval()
     try:
         with torch.no_grad(), _autocast(device):
-            a = float(medcore_loss(model, _to(Collator(pad_id)(list(examples)), device)))
+            a = float(medcore_loss(model, to_device(Collator(pad_id)(list(examples)), device)))
             padded = baseline_batches(examples, len(examples), pad_length, pad_id)[0]
-            b = float(baseline_loss(model, _to(padded, device)))
+            b = float(baseline_loss(model, to_device(padded, device)))
     finally:
         model.train(was_training)
     return {"medcore_loss": a, "baseline_loss": b, "abs_diff": abs(a - b), "rows": len(examples)}

@@ -7,7 +7,7 @@ whatever device is there (sized for one large GPU; every part also runs on a CPU
 - main: QLoRA (NF4 + DQ + LoRA) trained on `data.train_source`, scored on the whole evaluation split;
 - kfold: k-fold over the evaluation split: train on k-1 folds, score the held-out fold, so every question
   is scored exactly once by a model that never saw it; one record with all predictions;
-- main with ``--seeds 0,1,2``: the same run once per ``train.seed``, for the spread (``records.seed_spread``);
+- main with ``--seeds 0,1,2``: the same run once per ``train.seed``, for the spread (``position_metrics.seed_spread``);
 - ablations: precision (bf16 LoRA, int8, nf4, fp4, double quant off), LoRA rank, targets and PEFT method,
   option-order augmentation off, training on the explanations, and label noise (the LLM-keyed training sample,
   other questions whose key an LLM wrote: never ground truth), each a record with every accuracy, interval,

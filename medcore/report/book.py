@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from medcore.report.records import markdown_table
+
 MISSING = "—"
 NBSP = "\u00a0"  # inside a value, so a table cell never breaks "30.6 %" or an interval across lines
 WIDE = 7  # more columns than this scroll sideways inside their own box
@@ -109,8 +111,6 @@ class Table:
         return f'<div class="medcore-scroll{wide}">{caption}{body}</div>'
 
     def _repr_markdown_(self) -> str:
-        from medcore.report.records import markdown_table
-
         return markdown_table(self._cells())
 
     def __repr__(self) -> str:  # a console or a text-only viewer

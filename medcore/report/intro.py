@@ -254,11 +254,9 @@ def headline_caption(accuracy: pd.DataFrame, majority: dict[str, Any] | None) ->
 
 def run_summary(run_dir: Path | None) -> str:
     """What the executed notebooks' pipeline run is and how to read its accuracy, from its records."""
-    from medcore.report.records import results_table
-
     results = (run_dir / "results") if run_dir else None
     runs = load_runs(results) if results is not None and results.is_dir() else pd.DataFrame()
-    table = results_table(runs)
+    table = an.results_table(runs)
     if table.empty:
         return ("The numbered notebooks (data, quantization, fine-tuning, evaluation, analysis) are shown as a pipeline "
                 "run executed them; this build's run has no scoring record yet.")

@@ -16,15 +16,15 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from medcore.flows import pipeline as mp
 from medcore.report import book as rp
+from medcore.results import portable_paths
 
 
 def setup(profile: str | Path = "demo", overrides: Iterable[str] | None = None, run_dir: str | Path | None = None):
     """``(cfg, run_dir)`` for a notebook, after quieting the libraries; displays the weights note."""
     os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm when a bar is made: no progress bars in cell output
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    from medcore.flows import pipeline as mp
-
     cfg, run_dir = mp.setup_notebook(profile, overrides, run_dir)
     _figures()
     sets = "".join(f" `--set {o}`" for o in overrides or [])
@@ -56,10 +56,7 @@ def _display(obj) -> None:
 def where(path: str | Path) -> str:
     """``path`` (or a text naming paths) relative to the project, ``../`` for the folder beside it (``../shared``),
     ``~`` for the home folder: never this machine's absolute path."""
-    from medcore.flows.pipeline import project_root
-    from medcore.results import portable_paths
-
-    root = project_root()
+    root = mp.project_root()
     text = str(Path(path).resolve()) if isinstance(path, Path) or Path(str(path)).exists() else str(path)
     return portable_paths(text, root).replace(str(root.parent) + "/", "../")
 

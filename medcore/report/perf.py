@@ -21,7 +21,8 @@ import pandas as pd
 
 from medcore.report import book as rp
 from medcore.report import records as an
-from medcore.results import load_run, run_dirs
+from medcore.report.position_metrics import scored_exactly
+from medcore.results import load_predictions, load_run, run_dirs
 
 RANDOM = "random weights (Gemma-2B shape)"
 PRECISIONS = (("bf16", "bf16"), ("int8", "int8"), ("nf4", "NF4"), ("nf4+dq", "NF4+DQ"))
@@ -247,10 +248,8 @@ def precision_reading(rows: pd.DataFrame) -> str:
 
 
 def _scored_with_ties(folder: Path) -> bool:
-    from medcore.results import load_predictions
-
     scored = [p for p in folder.glob("*-fine-tuned") if (p / "predictions.parquet").is_file()]
-    return any(not an.scored_exactly(load_predictions(p)) for p in scored)
+    return any(not scored_exactly(load_predictions(p)) for p in scored)
 
 
 def scaleout_sentence(folder: Path) -> str:

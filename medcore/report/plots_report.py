@@ -16,7 +16,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from medcore.report.plots import CHANCE, COLUMN_WIDTH, LETTERS, _figure, _finish, _order, _require
+from medcore.report.figure import CHANCE, COLUMN_WIDTH, LETTERS, finish, first_seen_order, new_figure, require_columns
 
 METRIC_LABELS = {"standard": "standard", "circular": "circular (right in all four orders)",
                  "debiased": "permutation-debiased"}
@@ -46,8 +46,8 @@ def headline_accuracy(df: pd.DataFrame, prior: tuple[str, float] | None = None, 
     prior alone; the position-robust metrics give a letter preference nothing. Circular accuracy (right in all four
     orders) lives on another scale and gets its own narrow panel on the left.
     """
-    _require(df, ["model", "metric", "accuracy", "ci_low", "ci_high"], "headline_accuracy")
-    models, metrics = _order(df["model"]), _order(df["metric"])
+    require_columns(df, ["model", "metric", "accuracy", "ci_low", "ci_high"], "headline_accuracy")
+    models, metrics = first_seen_order(df["model"]), first_seen_order(df["metric"])
     labels = []
     for m in models:
         scoring = set(df.loc[df["model"] == m, "scoring"]) if "scoring" in df else set()
@@ -67,7 +67,7 @@ def headline_accuracy(df: pd.DataFrame, prior: tuple[str, float] | None = None, 
         axc.set_title("circular", fontsize="small")
         ax.set_title("standard and debiased", fontsize="small")
     else:
-        fig, ax = _figure(height=height)
+        fig, ax = new_figure(height=height)
         axc = None
     shown = df[df["metric"].isin(main)]
     _dots(ax, shown, models, main, colors)
@@ -98,9 +98,9 @@ def letter_prior(df: pd.DataFrame, title: str | None = None) -> Figure:
     Columns: ``model`` (one of them "answer key"), ``letter`` (A-D), ``share`` in [0, 1]. A model without a
     letter preference follows the key's bars; one that leans to a letter stands above the key there.
     """
-    _require(df, ["model", "letter", "share"], "letter_prior")
-    order = [m for m in _order(df["model"]) if m != "answer key"] + (["answer key"] if "answer key" in set(df["model"]) else [])
-    fig, ax = _figure(height=3.8)
+    require_columns(df, ["model", "letter", "share"], "letter_prior")
+    order = [m for m in first_seen_order(df["model"]) if m != "answer key"] + (["answer key"] if "answer key" in set(df["model"]) else [])
+    fig, ax = new_figure(height=3.8)
     palette = dict(zip(order, sns.color_palette(n_colors=len(order))))
     palette["answer key"] = (0.85, 0.85, 0.85)
     sns.barplot(data=df, x="letter", y="share", hue="model", order=list(LETTERS), hue_order=order, palette=palette,
@@ -114,7 +114,7 @@ def letter_prior(df: pd.DataFrame, title: str | None = None) -> Figure:
     ax.set_ylabel("share of questions")
     sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.18), title=None, fontsize="small", ncol=3,
                     frameon=False)
-    return _finish(fig, title)
+    return finish(fig, title)
 
 
 def accuracy_dots(df: pd.DataFrame, group: str, hue: str = "model", title: str | None = None,
@@ -123,12 +123,12 @@ def accuracy_dots(df: pd.DataFrame, group: str, hue: str = "model", title: str |
 
     Columns: ``group``, ``hue``, ``accuracy``, ``ci_low``, ``ci_high``; optional ``n`` (shown in the labels).
     """
-    _require(df, [group, hue, "accuracy", "ci_low", "ci_high"], "accuracy_dots")
+    require_columns(df, [group, hue, "accuracy", "ci_low", "ci_high"], "accuracy_dots")
     data = df.copy()
     sizes = data.groupby(group)["n"].max() if "n" in data else pd.Series(1, index=data[group].unique())
     groups = sizes.sort_values(ascending=False).index.tolist()
-    hues = _order(data[hue].astype(str))
-    fig, ax = _figure(height=1.4 + 0.3 * len(groups))
+    hues = first_seen_order(data[hue].astype(str))
+    fig, ax = new_figure(height=1.4 + 0.3 * len(groups))
     colors = dict(zip(hues, sns.color_palette(n_colors=len(hues))))
     for j, level in enumerate(hues):
         part = data[data[hue].astype(str) == level].set_index(group).reindex(groups).dropna(subset=["accuracy"])
@@ -148,7 +148,7 @@ def accuracy_dots(df: pd.DataFrame, group: str, hue: str = "model", title: str |
     ax.xaxis.set_label_position("top")
     ax.xaxis.tick_top()
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, frameon=False)
-    return _finish(fig, title)
+    return finish(fig, title)
 
 
 __all__ = ["headline_accuracy", "letter_prior", "accuracy_dots", "COLUMN_WIDTH"]

@@ -5,15 +5,16 @@ Everything here reads what `medcore.flows.workflows` (and the GPU study, `medcor
 no figure is typed in. The improvement of a fine-tuned model is recomputed from the two measured accuracies;
 the paired test matches the two models' predictions by question id.
 
+- :func:`get`, :func:`role_of`, :func:`weights_label`: reading one record's row, random weights always named;
 - :func:`results_table` / :func:`format_results_table`: size, accuracy with its interval, peak memory,
   latency, throughput and improvement over the zero-shot model of the same precision, one row per scoring record;
 - :func:`paired_test` / :func:`paired_tests`: exact McNemar test and a paired bootstrap interval of the
   difference, zero-shot against fine-tuned, on the questions both answered;
-- position-robust metrics: :func:`position_table` (standard, circular and debiased accuracy, ties, letter shares and
-  recall), :func:`metric_tests` / :func:`all_metric_tests` (McNemar on every metric), :func:`seed_spread`;
-- :func:`ablation_table`, :func:`breakdown`, :func:`cost_table`, :func:`train_table`, :func:`loss_long`;
-- :func:`majority_letter` (the always-the-key's-commonest-letter score), :func:`scored_exactly`;
-- :func:`markdown_table`. The data tables of notebook 01 are in :mod:`medcore.report.data_tables`.
+- :func:`ablation_table`, :func:`breakdown`, :func:`cost_table`, :func:`train_table`, :func:`loss_long`,
+  :func:`predictions_long`, :func:`footprint_tables`, :func:`records_overview`; :func:`markdown_table`.
+
+The position-robust metrics (circular and debiased accuracy, letter shares, the spread over seeds) are in
+:mod:`medcore.report.position_metrics`; the data tables of notebook 01 in :mod:`medcore.report.data_tables`.
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def label_weights(df: pd.DataFrame, real: bool) -> pd.DataFrame:
     return out
 
 
-def _role(row: Any) -> str:
+def role_of(row: Any) -> str:
+    """A record's ``role`` (zero-shot, fine-tuned, train, ...), "" where it has none."""
     return str(get(row, "role", default=""))
 
 
@@ -67,10 +69,10 @@ def baseline_of(row: Any, runs: pd.DataFrame) -> str | None:
     record of the same model, precision and number of questions (the same config name first)."""
     if get(row, "baseline_run"):
         return get(row, "baseline_run")
-    if _role(row) not in TUNED_ROLES:
+    if role_of(row) not in TUNED_ROLES:
         return None
     candidates = [(get(o, "config.name") != get(row, "config.name"), o["run_id"]) for _, o in runs.iterrows()
-                  if _role(o) == "zero-shot" and get(o, "precision") == get(row, "precision")
+                  if role_of(o) == "zero-shot" and get(o, "precision") == get(row, "precision")
                   and get(o, "config.model.source") == get(row, "config.model.source") and get(o, "n") == get(row, "n")]
     return min(candidates)[1] if candidates else None
 
@@ -92,7 +94,7 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
         before = accuracy.get(base) if base else None
         size, peak = get(r, "footprint_bytes"), get(r, "cost.peak_memory_bytes", "peak_memory_bytes")
         rows.append({
-            "run": r["run_id"], "role": _role(r), "model": get(r, "config.model.source", "env.model.source", default="?"),
+            "run": r["run_id"], "role": role_of(r), "model": get(r, "config.model.source", "env.model.source", default="?"),
             "weights": weights_label(r), "precision": get(r, "precision", default="?"), "n": get(r, "n"),
             "accuracy": float(r["accuracy"]), "ci_low": get(r, "ci_low", default=np.nan),
             "ci_high": get(r, "ci_high", default=np.nan),
@@ -173,99 +175,6 @@ def format_paired_tests(tests: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-# ---- position-robust metrics ------------------------------------------------------------------------------------
-
-ACCURACIES = {"standard": "correct", "circular": "circular_correct", "debiased": "debiased_correct"}  # per question
-
-
-def metric_tests(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
-    """Exact McNemar test of two prediction frames, matched by ``id``, on every metric both carry: ``standard``,
-    ``circular``, ``debiased`` (each question right or not), ``recall_<L>`` (the questions keyed L) and
-    ``predicted_<L>`` (whether L was the chosen letter: a change of that letter's share). Columns: metric, n, b
-    (only ``before`` has it), c (only ``after``), pvalue, before and after (the rates on the matched questions),
-    difference. Rates use the per-question outcome (a tie's drawn letter), so they equal the records' 1/k-credit
-    accuracies wherever no letter tied."""
-    for name, df in (("before", before), ("after", after)):
-        if df["id"].duplicated().any():
-            raise ValueError(f"{name} predictions repeat question ids; pairing needs one row per question")
-    cols = ["id", "answer", "pred", *[c for c in ACCURACIES.values() if c in before and c in after]]
-    both = before[cols].merge(after[cols], on="id", suffixes=("_before", "_after"))
-    pairs = {metric: (both[f"{col}_before"], both[f"{col}_after"], slice(None))
-             for metric, col in ACCURACIES.items() if f"{col}_before" in both}
-    for j, letter in enumerate("ABCD"):
-        keyed = (both["answer_before"] == j).to_numpy()
-        pairs[f"recall_{letter}"] = (both["correct_before"], both["correct_after"], keyed)
-        pairs[f"predicted_{letter}"] = (both["pred_before"] == j, both["pred_after"] == j, slice(None))
-    rows = []
-    for metric, (a, b, keep) in pairs.items():
-        a, b = a.to_numpy(bool)[keep], b.to_numpy(bool)[keep]
-        test = stats.mcnemar_exact(a, b)
-        rate = (lambda x: float(x.mean()) if len(x) else np.nan)
-        rows.append({"metric": metric, "n": test["n"], "b": test["b"], "c": test["c"], "pvalue": test["pvalue"],
-                     "before": rate(a), "after": rate(b), "difference": rate(b) - rate(a)})
-    return pd.DataFrame(rows, columns=["metric", "n", "b", "c", "pvalue", "before", "after", "difference"])
-
-
-def all_metric_tests(table: pd.DataFrame, results_dir: str | Path) -> pd.DataFrame:
-    """:func:`metric_tests` for every row of :func:`results_table` that has a baseline, both records' predictions
-    present: before, after, then metric_tests' columns, one row per metric."""
-    parts = []
-    for _, r in table.dropna(subset=["baseline_run"]).iterrows():
-        folders = [Path(results_dir) / run for run in (r["baseline_run"], r["run"])]
-        if all((f / "predictions.parquet").is_file() for f in folders):
-            tests = metric_tests(load_predictions(folders[0]), load_predictions(folders[1]))
-            parts.append(tests.assign(before_run=r["baseline_run"], after_run=r["run"]))
-    columns = ["before_run", "after_run", "metric", "n", "b", "c", "pvalue", "before", "after", "difference"]
-    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
-
-
-POSITION_COLUMNS = ["accuracy", "ci_low", "ci_high", "circular_accuracy", "circular_ci_low", "circular_ci_high",
-                    "debiased_accuracy", "debiased_ci_low", "debiased_ci_high", "ties",
-                    *[f"predicted_share_{c}" for c in "ABCD"], *[f"recall_{c}" for c in "ABCD"]]
-
-
-def position_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per scoring record: run, role, precision, n, weights, then standard / circular / debiased accuracy
-    with intervals, exact ties, predicted-letter shares and per-letter recall (NaN where a record lacks them, e.g.
-    one scored without rotations)."""
-    columns = ["run", "role", "precision", "n", "weights", *POSITION_COLUMNS]
-    if runs is None or len(runs) == 0 or "accuracy" not in runs.columns:
-        return pd.DataFrame(columns=columns)
-    scored = runs[runs["accuracy"].notna() & runs.get("role", pd.Series("", index=runs.index)).isin(SCORING_ROLES)]
-    rows = [{"run": r["run_id"], "role": _role(r), "precision": get(r, "precision"), "n": get(r, "n"),
-             "weights": weights_label(r), **{c: get(r, c, default=np.nan) for c in POSITION_COLUMNS}}
-            for _, r in scored.iterrows()]
-    return pd.DataFrame(rows, columns=columns)
-
-
-SEED_METRICS = ("accuracy", "circular_accuracy", "debiased_accuracy", "predicted_share_A")
-
-
-def seed_spread(runs: pd.DataFrame, metrics: tuple[str, ...] = SEED_METRICS) -> pd.DataFrame:
-    """Mean and spread over seeds: scoring records of one role whose configs differ only in ``train.seed`` (and the
-    name) form a recipe. Per recipe with two or more seeds and per metric: runs, seeds, mean, sd (n - 1), min, max.
-    A difference between recipes reads as an effect only where it exceeds this spread."""
-    columns = ["recipe", "role", "metric", "runs", "seeds", "mean", "sd", "min", "max"]
-    if runs is None or len(runs) == 0 or "config.train.seed" not in runs.columns:
-        return pd.DataFrame(columns=columns)
-    scored = runs[runs.get("role", pd.Series("", index=runs.index)).isin(SCORING_ROLES)]
-    skip = {"config.name", "config.results_dir", "config.train.seed"}
-    keys = [c for c in scored.columns if c.startswith("config.") and c not in skip]
-    rows = []
-    for _, group in scored.groupby([scored[k].map(str) for k in keys] + [scored["role"]], sort=False, dropna=False):
-        if group["config.train.seed"].nunique() < 2:
-            continue
-        for metric in metrics:
-            values = pd.to_numeric(group[metric], errors="coerce").dropna() if metric in group else pd.Series(dtype=float)
-            if len(values) < 2:
-                continue
-            rows.append({"recipe": group.sort_values("config.train.seed")["run_id"].iloc[0], "role": _role(group.iloc[0]),
-                         "metric": metric, "runs": ", ".join(group["run_id"]),
-                         "seeds": ", ".join(str(int(s)) for s in sorted(group["config.train.seed"])),
-                         "mean": values.mean(), "sd": values.std(ddof=1), "min": values.min(), "max": values.max()})
-    return pd.DataFrame(rows, columns=columns)
-
-
 # ---- other tables ---------------------------------------------------------------------------------------------
 
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -303,7 +212,7 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def breakdown(runs: pd.DataFrame, by: str, labels: dict[str, str]) -> pd.DataFrame:
     """Long table of the ``by_<by>`` accuracies (tier, choice_type, subject) of the records in ``labels``
-    (run id -> label shown as ``model``), for ``plots.accuracy_by_group``."""
+    (run id -> label shown as ``model``), for ``plots_accuracy.accuracy_by_group``."""
     parts = []
     indexed = runs.set_index("run_id")
     for run, label in labels.items():
@@ -343,13 +252,13 @@ def train_table(runs: pd.DataFrame) -> pd.DataFrame:
              "examples/s": get(r, "examples_per_s"), "real tokens/s": get(r, "real_tokens_per_s"),
              "wall seconds": get(r, "wall_seconds"), "peak memory (GB)": (get(r, "peak_memory_bytes") or np.nan) / 1e9,
              "trainable parameters": get(r, "parameters.trainable")}
-            for _, r in runs.iterrows() if _role(r) == "train"]
+            for _, r in runs.iterrows() if role_of(r) == "train"]
     return pd.DataFrame(rows)
 
 
 def predictions_long(records: dict[str, Path]) -> pd.DataFrame:
     """The predictions of several records (label -> record folder) in one frame: model, id, answer, prediction,
-    correct, confidence; for ``plots.position_bias`` and ``plots.reliability_diagram``."""
+    correct, confidence; for ``plots_accuracy.position_bias`` and ``plots_accuracy.reliability_diagram``."""
     return pd.concat([load_predictions(path).assign(model=label).rename(columns={"pred": "prediction", "prob": "confidence"})
                       [["model", "id", "answer", "prediction", "correct", "confidence"]]
                       for label, path in records.items()], ignore_index=True)
@@ -386,27 +295,9 @@ def error_summary(errors: pd.DataFrame) -> pd.DataFrame:
             .agg(layers="size", mean="mean", max="max").reset_index())
 
 
-def majority_letter(answers: Any) -> dict[str, Any]:
-    """What always answering the key's most frequent letter scores on these questions (answers 0..3 or "A".."D"):
-    letter, correct, n, accuracy and its Wilson interval. A multiple-choice score below this line can be earned
-    by the letter prior alone."""
-    letters = pd.Series(list(answers)).map(lambda a: "ABCD"[int(a)] if not isinstance(a, str) else a)
-    counts = letters.value_counts().reindex(list("ABCD"), fill_value=0)
-    letter, correct, n = counts.idxmax(), int(counts.max()), int(counts.sum())
-    low, high = stats.wilson_interval(correct, n)
-    return {"letter": letter, "correct": correct, "n": n, "accuracy": correct / n if n else np.nan,
-            "ci_low": low, "ci_high": high}
-
-
-def scored_exactly(predictions: pd.DataFrame) -> bool:
-    """Whether a record's ties were split fairly: exact scoring writes each answer's 1/k ``credit``. Records from
-    before it scored in bf16 and gave every tie to the earliest tied letter, which flatters A."""
-    return "credit" in predictions.columns
-
-
 def records_overview(runs: pd.DataFrame) -> pd.DataFrame:
     """Every record of a results folder: run, role, weights, model, precision, device, git commit."""
-    return pd.DataFrame([{"run": r["run_id"], "role": _role(r), "weights": weights_label(r),
+    return pd.DataFrame([{"run": r["run_id"], "role": role_of(r), "weights": weights_label(r),
                           "model": get(r, "config.model.source", default="?"), "precision": get(r, "precision", default=""),
                           "device": get(r, "env.device", default=""),
                           "git commit": str(get(r, "env.git_commit", default=""))[:10]} for _, r in runs.iterrows()],

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from medcore.report import book as rp
+from medcore.report import position_metrics as pos
 from medcore.report import records as an
 from medcore.results import load_loss_history, load_predictions, load_runs
 
@@ -106,7 +107,7 @@ def load_study(folder: str | Path) -> Study:
     for run in table["run"]:
         if (folder / run / "predictions.parquet").is_file():
             preds = load_predictions(folder / run)
-            study.exact[run] = an.scored_exactly(preds)
+            study.exact[run] = pos.scored_exactly(preds)
             if "tuned" in study.models and run == study.models["tuned"]["run"]:
                 study.answers = preds["answer"]
     return study
@@ -160,7 +161,7 @@ def accuracy_table(long: pd.DataFrame) -> pd.DataFrame:
 
 def majority(study: Study) -> dict[str, Any] | None:
     """Always answering the key's most frequent letter, on the main run's questions."""
-    return an.majority_letter(study.answers) if study.answers is not None else None
+    return pos.majority_letter(study.answers) if study.answers is not None else None
 
 
 def letter_shares(study: Study, keys: tuple[str, ...] = ORDER, seeds: bool = False) -> pd.DataFrame:
@@ -220,14 +221,14 @@ PAIRED_NAMES = {"standard": "standard accuracy", "circular": "circular accuracy"
 
 
 def paired_frame(study: Study) -> pd.DataFrame:
-    """:func:`records.metric_tests` of the zero-shot against the main fine-tuned record (empty without both
+    """:func:`position_metrics.metric_tests` of the zero-shot against the main fine-tuned record (empty without both
     records' predictions)."""
     if not study.ok:
         return pd.DataFrame()
     folders = [study.folder / study.models[k]["run"] for k in ("base", "tuned")]
     if not all((f / "predictions.parquet").is_file() for f in folders):
         return pd.DataFrame()
-    return an.metric_tests(load_predictions(folders[0]), load_predictions(folders[1]))
+    return pos.metric_tests(load_predictions(folders[0]), load_predictions(folders[1]))
 
 
 def paired_table(tests: pd.DataFrame) -> pd.DataFrame:
@@ -242,7 +243,7 @@ def paired_table(tests: pd.DataFrame) -> pd.DataFrame:
 def seed_table(study: Study) -> pd.DataFrame:
     """Mean, sd and range over the main recipe's seeds, per metric (empty below two seeds)."""
     runs = study.runs[study.runs["run_id"].isin(study.seeds)] if len(study.seeds) > 1 else pd.DataFrame()
-    spread = an.seed_spread(runs)
+    spread = pos.seed_spread(runs)
     if spread.empty:
         return pd.DataFrame(columns=["measure", "seeds", "mean", "sd", "lowest", "highest"])
     names = {"accuracy": "standard accuracy", "circular_accuracy": "circular accuracy",
@@ -254,7 +255,7 @@ def seed_table(study: Study) -> pd.DataFrame:
 
 def ablation_frame(study: Study) -> pd.DataFrame:
     """The main run and each ablation: setting, family, accuracy with interval (standard, and debiased where
-    recorded), training minutes and peak memory, run; for ``plots.ablation_plot``."""
+    recorded), training minutes and peak memory, run; for ``plots_accuracy.ablation_plot``."""
     if study.runs.empty:
         return pd.DataFrame()
     runs, rows = study.runs.set_index("run_id"), []

@@ -1,35 +1,13 @@
-"""The numbered notebooks' helpers (medcore.report.notebook) and tables (medcore.report.run): at most about seven
-columns in the reader's units, a random-weight run labelled, no machine path, console output sent to a log."""
+"""The numbered notebooks' tables (medcore.report.run): at most about seven columns in the reader's units, a
+random-weight run labelled."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from medcore.flows.pipeline import project_root
 from medcore.report import book as rp
-from medcore.report import notebook as nb
 from medcore.report import records as an
 from medcore.report import run as view
-
-
-def test_where_never_names_an_absolute_path(tmp_path):
-    root = project_root()
-    assert nb.where(root / "runs" / "ci" / "results") == "runs/ci/results"
-    assert nb.where(f"local:{root.parent}/shared/medmcqa/dev.json [validation]") == \
-        "local:../shared/medmcqa/dev.json [validation]"
-    assert not nb.where(tmp_path / "x").startswith("/")
-
-
-def test_logged_sends_what_a_step_prints_to_the_log(tmp_path, capsys):
-    import sys
-
-    with nb.logged(tmp_path / "logs" / "step.log") as log:
-        print("{'loss': 1.2}")  # the Trainer's log line
-        print("a progress bar", file=sys.stderr)
-    out = capsys.readouterr()
-    assert out.out == "" and out.err == ""
-    text = log.read_text()
-    assert "{'loss': 1.2}" in text and "a progress bar" in text
 
 
 def test_views_keep_seven_columns_and_label_random_weights():
