@@ -6,6 +6,7 @@
   random weights): size, training speed and memory, scoring speed and batch-1 latency;
 - :func:`headline_ratios` - the ratios a reader asks for, each with its conditions and record;
 - :func:`gpu_check_table` - every GPU entry point with its defaults (``results/gpu-check``);
+- :func:`paper_epoch_reading` - the time to reproduce the paper: one epoch of a paper-sized file, then evaluation;
 - :func:`scaleout_table` - one GPU against DDP (``results/scaleout``);
 - :func:`lever_history` - the benchmark levers of every bench record (the notes page).
 
@@ -13,6 +14,7 @@ Random-weight records measure size, speed and memory, never accuracy; every tabl
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +201,36 @@ def gpu_check_table(folder: Path) -> pd.DataFrame:
              "seconds": f"{e['seconds']:.0f} s", "record": path.name}
             for path, rec in _records(folder) for e in rec["metrics"].get("entries", [])]
     return pd.DataFrame(rows, columns=["entry", "result", "seconds", "record"])
+
+
+def paper_epoch_reading(folder: Path) -> str:
+    """One sentence on the ``gpu-check --paper-epoch`` records in `folder`, in record order (a first call, then
+    the calls that resumed it): wall seconds from command to stop summed over the calls, how far into the epoch
+    the last one logged, and whether the epoch and the evaluation finished."""
+    trains, evaluations = [], []
+    for path, rec in _records(folder):
+        for e in rec["metrics"].get("entries", []):
+            if e["entry"].startswith("paper epoch: train"):
+                logged = re.findall(r"'epoch': '([0-9.]+)'", " ".join(e.get("output_tail") or []))
+                trains.append((path.name, e, float(logged[-1]) if logged else None))
+            elif e["entry"] == "paper epoch: evaluate":
+                evaluations.append(e)
+    if not trains:
+        return "No paper-epoch record yet (`python -m medcore gpu-check --paper-epoch`)."
+    seconds = sum(e["seconds"] for _, e, _ in trains)
+    names = ", ".join(f"`{name}`" for name, _, _ in trains)
+    calls = f"{len(trains)} call{'s' if len(trains) > 1 else ''} ({names})"
+    if trains[-1][1]["passed"]:
+        done = [e for e in evaluations if e["passed"]]
+        total = seconds + (done[-1]["seconds"] if done else 0)
+        return (f"Training one epoch took {seconds:,.0f} s of wall time over {calls}"
+                + (f", and evaluating it {done[-1]['seconds']:,.0f} s: {total / 60:.1f} minutes in all." if done
+                   else "; its evaluation did not finish."))
+    reached = trains[-1][2]
+    return (f"Not yet run to the end: {calls} took {seconds:,.0f} s of wall time from command to stop and"
+            + (f" the last logged step was {reached:.1%} of the way through the epoch" if reached is not None
+               else " logged no step") + "; the evaluation has not run. Each call pays its own model load and "
+            "data encoding, and a resumed call repeats the steps after the last checkpoint.")
 
 
 def lever_history(root: Path) -> pd.DataFrame:

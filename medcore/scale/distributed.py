@@ -48,6 +48,12 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType, gather_object, parse_flag_from_env
 from transformers import TrainerCallback
 
+from medcore import lora, models, quantize, results, train as training
+from medcore.accuracy import accuracy_summary
+from medcore.config import add_config_arguments, config_from_args
+from medcore.evaluate import keyed_records, score_choices
+from medcore.flows.train_folder import interrupted_training, prepare_output_dir
+from medcore.flows.workflows import eval_batch_size, model_note, precision_label, study_data, summary_tables
 from medcore.scale.scaleout import CONFIG_DIR, config_path  # noqa: F401 - the shipped configs, named with the launcher
 
 
@@ -105,7 +111,6 @@ def score_sharded(model, tokenizer, records: Any, batch_size: int = 16, max_leng
     `records`: anything ``score_choices`` takes (Dataset, DataFrame, list of dicts). Same columns as
     ``score_choices``. Outside a launcher (one process) this is ``score_choices``.
     """
-    from medcore.evaluate import keyed_records, score_choices
 
     state = state or process_state()
     records = keyed_records(records)  # every process checks the answer keys, so none waits for a failed one
@@ -120,7 +125,6 @@ def score_sharded(model, tokenizer, records: Any, batch_size: int = 16, max_leng
 
 def load_for_process(cfg, state: PartialState, adapter: str | Path | None = None, fsdp: bool = False):
     """(model, tokenizer) of the config on this process's device; FSDP: 4-bit weights stored in bf16."""
-    from medcore import models, quantize
 
     storage = {"quant_storage": torch.bfloat16, "dtype": torch.bfloat16} \
         if fsdp and cfg.quant.precision in ("nf4", "fp4") else {}
@@ -136,7 +140,6 @@ def load_for_process(cfg, state: PartialState, adapter: str | Path | None = None
 
 
 def _data(cfg, state: PartialState):
-    from medcore.flows.workflows import study_data
 
     with state.main_process_first():
         train_ds, eval_ds = study_data(cfg)
@@ -177,10 +180,6 @@ def _global_metrics(metrics: dict[str, Any], state: PartialState) -> dict[str, A
 
 def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tuple[Path | None, Any]:
     """QLoRA for a config on every process of the launch; returns (run record or None off the main process, result)."""
-    from medcore import lora, results
-    from medcore import train as training
-    from medcore.flows.train_folder import interrupted_training, prepare_output_dir
-    from medcore.flows.workflows import model_note, precision_label
 
     state = process_state()
     fsdp = is_fsdp(state)
@@ -216,9 +215,6 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
 
 def evaluate(cfg, adapter: str | Path | None = None, run_id: str | None = None) -> tuple[Path | None, pd.DataFrame]:
     """Score the config's evaluation questions sharded over the processes; the main process writes the record."""
-    from medcore import results
-    from medcore.accuracy import accuracy_summary
-    from medcore.flows.workflows import eval_batch_size, model_note, precision_label, summary_tables
 
     state = process_state()
     cfg.validate()
@@ -246,7 +242,6 @@ def evaluate(cfg, adapter: str | Path | None = None, run_id: str | None = None) 
 # ---- command line ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from medcore.config import add_config_arguments
 
     parser = argparse.ArgumentParser(prog="accelerate launch --config_file medcore/scale/accelerate/ddp.yaml -m "
                                           "medcore.scale.distributed", description="medcore on several processes")
@@ -265,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medcore.config import config_from_args
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     cfg = config_from_args(args)
