@@ -58,7 +58,9 @@ def where(path: str | Path) -> str:
     ``~`` for the home folder: never this machine's absolute path."""
     root = mp.project_root()
     text = str(Path(path).resolve()) if isinstance(path, Path) or Path(str(path)).exists() else str(path)
-    return portable_paths(text, root).replace(str(root.parent) + "/", "../")
+    # the project and the folder beside it first: either may itself lie under the home or temporary folder
+    text = text.replace(str(root) + "/", "").replace(str(root), ".").replace(str(root.parent) + "/", "../")
+    return portable_paths(text, root)
 
 
 @contextlib.contextmanager
