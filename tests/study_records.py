@@ -19,7 +19,7 @@ from medcore import quantize
 from medcore.config import load_profile, set_field
 from medcore.flows import workflows
 from medcore.models import load_tokenizer
-from medcore.results import write_run_record
+from medcore.records import write_run_record
 
 GB = 10**9
 QUESTIONS = 24

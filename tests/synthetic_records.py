@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from medcore import stats
-from medcore.results import write_run_record
+from medcore.records import write_run_record
 
 
 def make_preds(ids, correct, seed=0) -> pd.DataFrame:

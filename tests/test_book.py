@@ -34,7 +34,7 @@ from medcore.flows.book import (BOOK_MARKER, REPORTS, _owned_build_entries, _rep
                                 copy_executed_notebooks)
 from medcore.flows.pipeline import NOTEBOOKS, PipelineError, _write_status, read_status
 from medcore.report.intro import SEED_CLAIMS
-from medcore.results import write_run_record
+from medcore.records import write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

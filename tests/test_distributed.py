@@ -13,7 +13,7 @@ import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
 
-from medcore import evaluate, lora, models, quantize, results, train
+from medcore import evaluate, lora, models, quantize, records, train
 from medcore.config import QuantConfig, load_profile
 from medcore.flows import workflows
 from medcore.scale import distributed
@@ -118,7 +118,7 @@ def test_ddp_follows_the_single_process_loss_curve(tmp_path, medmcqa_dir, monkey
                                                    "train.max_steps": 4, "lora.dropout": 0.0})
     launch("train", overrides, "--output-dir", str(tmp_path / "ddp"))
     ddp = json.loads((tmp_path / "ddp" / "train_result.json").read_text())
-    record = results.load_run(tmp_path / "results" / "ci-train")
+    record = records.load_run(tmp_path / "results" / "ci-train")
     assert record["metrics"]["world_size"] == 2 and record["metrics"]["distributed_type"] == "MULTI_CPU"
 
     cfg = load_profile("ci", overrides)
@@ -158,7 +158,7 @@ def test_ddp_follows_the_single_process_loss_curve(tmp_path, medmcqa_dir, monkey
 def test_sharded_evaluation_scores_every_question_once_in_order(tmp_path, medmcqa_dir):
     overrides = settings(medmcqa_dir, tmp_path, **{"data.eval_limit": 7, "eval.batch_size": 1})
     launch("evaluate", overrides, "--run-id", "sharded")
-    preds = results.load_predictions(tmp_path / "results" / "sharded")
+    preds = records.load_predictions(tmp_path / "results" / "sharded")
     cfg = load_profile("ci", overrides)
     _, eval_ds = workflows.study_data(cfg)
     model, tokenizer = workflows.load(cfg)
@@ -168,7 +168,7 @@ def test_sharded_evaluation_scores_every_question_once_in_order(tmp_path, medmcq
     assert preds["id"].astype(str).tolist() == [str(i) for i in eval_ds["id"]]
     np.testing.assert_allclose(preds[LETTER_COLUMNS].to_numpy(), single[LETTER_COLUMNS].to_numpy(), atol=1e-3)
     assert (preds["answer"].to_numpy() == single["answer"].to_numpy()).all()
-    assert results.load_run(tmp_path / "results" / "sharded")["metrics"]["world_size"] == 2
+    assert records.load_run(tmp_path / "results" / "sharded")["metrics"]["world_size"] == 2
 
 
 def test_an_fsdp_launch_is_recognised_before_the_trainer_exists(monkeypatch):

@@ -10,7 +10,7 @@ from medcore import data, quantize
 from medcore.config import ConfigError, load_profile
 from medcore.flows import evaluate_command as ec
 from medcore.flows.cli import _run
-from medcore.results import load_run
+from medcore.records import load_run
 
 
 @pytest.fixture

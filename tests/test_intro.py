@@ -9,7 +9,7 @@ from medcore.report import book as rp
 from medcore.report import intro as ri
 from medcore.report import position_metrics as pos
 from medcore.report import study as rs
-from medcore.results import load_predictions
+from medcore.records import load_predictions
 
 
 def _metrics(root: Path, run: str) -> dict:

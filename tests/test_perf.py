@@ -17,7 +17,7 @@ def test_headline_ratios_and_precision_table(study_root):
 
 def _paper_epoch_record(folder, run_id, entries):
     from medcore.config import RunConfig
-    from medcore.results import write_run_record
+    from medcore.records import write_run_record
 
     write_run_record(folder, run_id, RunConfig(), {"entries": entries, "real_weights": False},
                      extra={"real_weights": False, "kind": "gpu-check"})

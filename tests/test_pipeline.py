@@ -16,8 +16,8 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from medcore.config import ConfigError
 from medcore.flows import book, pipeline as mp
-from medcore.report import records as an
-from medcore.results import load_runs
+from medcore.report import tables as an
+from medcore.records import load_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_JSON = ROOT.parent / "shared" / "medmcqa" / "dev.json"

@@ -8,7 +8,7 @@ import pytest
 from medcore import stats
 from medcore.config import load_profile
 from medcore.report import position_metrics as pos
-from medcore.results import load_runs
+from medcore.records import load_runs
 from tests.synthetic_records import make_preds, make_record
 
 

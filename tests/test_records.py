@@ -1,126 +1,274 @@
-"""Tables from run records (medcore.report.records), on small synthetic records; the position-robust metrics are
-tested in test_position_metrics.py, the report pages' own tables in test_report_study.py, test_intro.py and
-test_perf.py."""
-from __future__ import annotations
-
+"""Run records: atomic writes, no secrets, and a round trip through load_runs. The interruption and secret tests at
+the end train through the command line (``python -m medcore train``) in subprocesses, so a kill is a real kill and
+the token is really in the environment."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import numpy as np
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from medcore import stats
-from medcore.config import load_profile
-from medcore.report import records as an
-from medcore.results import load_runs, write_run_record
-from tests.synthetic_records import make_preds, make_record
+from medcore import records
+from medcore.records import (load_loss_history, load_predictions, load_run, load_runs, write_run_record)
+from tests.conftest import (CANARY_TOKEN, SETS, _complete_checkpoint, _env, _raw, _run, _train_cmd,
+                            _train_until_first_checkpoint, _write_jsonl)
 
-ROOT = Path(__file__).resolve().parents[1]
+FAKE_TOKEN = "hf_" + "abcdefghijklmnopqrstuvwxyz1234"
 
 
-@pytest.fixture
-def records(tmp_path):
-    """ci-style records: bf16 and nf4+dq zero-shot, nf4+dq fine-tuned, a train record; predictions shuffled."""
+def _record(tmp_path, run_id="r1", **kw):
+    config = {"name": run_id, "model": {"source": "random:tiny-gemma"}, "train": {"token_budget": 4096}}
+    metrics = {"accuracy": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n": 100, "cost": {"qps": 12.5},
+               "by_tier": pd.DataFrame({"tier": ["clinical"], "accuracy": [0.4]})}
+    preds = pd.DataFrame({"id": ["a", "b"], "answer": [0, 1], "pred": [0, 2], "correct": [True, False],
+                          "prob": [0.5, 0.3]})
+    loss = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0, "eval_loss": 2.2}]
+    kw.setdefault("extra", {"real_weights": False})
+    return write_run_record(tmp_path, run_id, config, metrics, loss_history=loss, predictions=preds, **kw)
+
+
+def test_round_trip(tmp_path):
+    path = _record(tmp_path, "r1")
+    _record(tmp_path, "r2", extra={"real_weights": True, "note": "second"})
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "environment.json", "loss_history.json",
+                                                       "metrics.json", "predictions.parquet"]
+    runs = load_runs(tmp_path)
+    assert list(runs["run_id"]) == ["r1", "r2"]
+    assert list(runs["accuracy"]) == [0.4, 0.4]
+    assert list(runs["cost.qps"]) == [12.5, 12.5]
+    assert list(runs["config.model.source"]) == ["random:tiny-gemma"] * 2
+    assert list(runs["env.real_weights"]) == [False, True]
+    assert runs["by_tier"][0] == [{"tier": "clinical", "accuracy": 0.4}]
+    preds = load_predictions(path)
+    assert list(preds["pred"]) == [0, 2] and preds["correct"].dtype == bool
+    assert list(load_loss_history(path)["loss"]) == [2.5, 2.0]
+    env = load_run(path)["environment"]
+    assert env["packages"]["torch"] and env["python"] and "device" in env
+    assert load_runs(tmp_path / "missing").empty
+
+
+def test_existing_record_needs_overwrite(tmp_path):
+    _record(tmp_path, "r1")
+    with pytest.raises(FileExistsError):
+        _record(tmp_path, "r1")
+    _record(tmp_path, "r1", overwrite=True, extra={"real_weights": True})
+    assert load_runs(tmp_path)["env.real_weights"].tolist() == [True]
+    assert [p.name for p in tmp_path.iterdir()] == ["r1"]
+    with pytest.raises(ValueError):
+        _record(tmp_path, "../escape")
+
+
+def test_failure_mid_write_leaves_no_record(tmp_path, monkeypatch):
+    calls = []
+    real = records._write_json
+
+    def failing(path, value):
+        calls.append(path.name)
+        if path.name == "metrics.json":
+            raise OSError("disk full (simulated)")
+        real(path, value)
+
+    monkeypatch.setattr(records, "_write_json", failing)
+    with pytest.raises(OSError, match="simulated"):
+        _record(tmp_path, "r1")
+    assert calls[-1] == "metrics.json"
+    assert list(tmp_path.iterdir()) == []  # neither the record nor the temporary folder
+
+
+def test_overwrite_failure_keeps_old_record(tmp_path, monkeypatch):
+    _record(tmp_path, "r1")
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
+    with pytest.raises(OSError):
+        _record(tmp_path, "r1", overwrite=True, extra={"real_weights": True})
+    assert load_runs(tmp_path)["env.real_weights"].tolist() == [False]
+
+
+def test_killed_process_leaves_no_half_record(tmp_path):
+    """A process killed (os._exit, no cleanup) mid-write leaves only a hidden temp folder the loaders skip."""
+    script = textwrap.dedent(f"""
+        import os
+        from medcore import records
+        real = records._write_json
+        def dying(path, value):
+            if path.name == "metrics.json":
+                os._exit(9)
+            real(path, value)
+        records._write_json = dying
+        records.write_run_record({str(tmp_path)!r}, "killed", {{"a": 1}}, {{"accuracy": 0.5}})
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    names = [p.name for p in tmp_path.iterdir()]
+    assert "killed" not in names and all(n.startswith(".tmp-killed-") for n in names)
+    assert load_runs(tmp_path).empty
+
+
+def test_no_secrets_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-xyz")
+    config = {"HF_TOKEN": FAKE_TOKEN, "token": "abc", "model": {"source": "hub:google/gemma-2b",
+              "use_auth_token": True, "note": f"login with {FAKE_TOKEN}"}, "path": "/x/s3cr3t-value-xyz/y",
+              "token_budget": 4096}
+    preds = pd.DataFrame({"id": ["q1"], "text": [FAKE_TOKEN], "HF_TOKEN": ["x"]})
+    path = write_run_record(tmp_path, "s", config, {"accuracy": 0.5, "prompt_tokens": 12},
+                            predictions=preds, extra={"HUGGING_FACE_HUB_TOKEN": "y", "real_weights": True})
+    text = "".join(p.read_text(errors="ignore") for p in path.glob("*.json"))
+    text += path.joinpath("predictions.parquet").read_bytes().decode("latin-1")
+    assert FAKE_TOKEN not in text and "s3cr3t-value-xyz" not in text
+    assert "HF_TOKEN" not in text and "HUGGING_FACE_HUB_TOKEN" not in text and "use_auth_token" not in text
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["token_budget"] == 4096 and cfg["model"]["note"] == records.REDACTED and "token" not in cfg
+    assert json.loads((path / "metrics.json").read_text())["prompt_tokens"] == 12
+    assert load_predictions(path)["text"].tolist() == [records.REDACTED]
+    assert json.loads((path / "environment.json").read_text())["real_weights"] is True
+
+
+def test_json_is_strict(tmp_path):
+    import numpy as np
+    path = write_run_record(tmp_path, "n", {"seed": np.int64(3)}, {"accuracy": float("nan"), "ok": np.bool_(True)})
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics == {"accuracy": None, "ok": True}
+    assert json.loads((path / "loss_history.json").read_text()) == []
+    assert not os.path.exists(path / "predictions.parquet")
+
+
+def test_run_note_from_the_environment_goes_into_the_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDCORE_RUN_NOTE", "two runs shared each GPU")
+    env = records.load_run(records.write_run_record(tmp_path, "noted", {}, {"accuracy": 0.5}))["environment"]
+    assert env["run_note"] == "two runs shared each GPU"
+    monkeypatch.delenv("MEDCORE_RUN_NOTE")
+    assert "run_note" not in records.load_run(records.write_run_record(tmp_path, "plain", {}, {"accuracy": 0.5}))["environment"]
+
+
+def test_a_commit_named_by_the_caller_wins_over_the_checkouts(monkeypatch):
+    # a lent GPU machine gets a copy of the working tree whose .git may be stale
+    monkeypatch.setenv("MEDCORE_GIT_COMMIT", "73adde9")
+    info = records.environment_info()
+    assert info["git_commit"] == "73adde9" and info["git_commit_source"] == "MEDCORE_GIT_COMMIT"
+    monkeypatch.delenv("MEDCORE_GIT_COMMIT")
+    assert records.environment_info()["git_commit"] != "73adde9"
+
+
+def test_portable_paths_name_files_relative_to_the_repository(tmp_path):
+    import tempfile
+
+    from medcore.records import portable_paths
+
+    root = tmp_path / "checkout"
+    value = {"source": f"local:{root}/shared/dev.json", "cwd": str(root), "out": str(Path.home() / "out"),
+             "cmd": [f"{tempfile.gettempdir()}/medcore-x/ckpt-1", "--steps", 8], "n": 3.5, "flag": True}
+    assert portable_paths(value, root) == {"source": "local:shared/dev.json", "cwd": ".", "out": "~/out",
+                                           "cmd": ["<tmp>/medcore-x/ckpt-1", "--steps", 8], "n": 3.5, "flag": True}
+
+
+# ---- one schema and an explicit headline ------------------------------------------------------------------------
+
+def test_a_record_carries_its_runconfig_and_the_schema_version(tmp_path):
+    from medcore.config import RunConfig, load_profile
+
     cfg = load_profile("ci")
-    ids = [f"q{i}" for i in range(40)]
-    base = np.arange(40) < 10          # 10 / 40 right
-    tuned = (np.arange(40) < 6) | ((np.arange(40) >= 20) & (np.arange(40) < 34))  # 6 shared + 14 new = 20 / 40
-    cost = {"latency_ms_median": 12.0, "latency_ms_p90": 15.0, "best_qps": 80.0, "best_batch_size": 16,
-            "peak_memory_bytes": 4e9, "peak_memory_kind": "process_peak_rss",
-            "throughput": [{"batch_size": 1, "qps": 20.0}, {"batch_size": 16, "qps": 80.0}],
-            "conditions": {"device_name": "cpu"}}
-    make_record(tmp_path, "ci-zero-shot", cfg, "zero-shot", make_preds(ids, base), cost=cost, footprint_bytes=2e9)
-    make_record(tmp_path, "ci-bf16-zero-shot", cfg, "zero-shot", make_preds(ids, np.arange(40) < 12),
-                precision="bf16", cost=cost, footprint_bytes=5e9)
-    shuffled = make_preds(ids, tuned).sample(frac=1, random_state=1)  # another order: pairing must use the ids
-    make_record(tmp_path, "ci-fine-tuned", cfg, "fine-tuned", shuffled, cost=cost, footprint_bytes=2.1e9)
-    write_run_record(tmp_path, "ci-train", cfg.to_dict(), {"role": "train", "precision": "nf4+dq", "n_train": 48,
-                     "global_step": 4, "train_loss": 1.5, "examples_per_s": 2.0, "wall_seconds": 30.0,
-                     "peak_memory_bytes": 3e9, "parameters": {"trainable": 1000}, "real_weights": False},
-                     loss_history=[{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.8, "eval_loss": 1.9}],
-                     extra={"real_weights": False})
-    write_run_record(tmp_path, "ci-data", cfg.to_dict(), {"role": "data"})
-    return tmp_path
+    run = load_run(write_run_record(tmp_path, "c", cfg, {"accuracy": 0.5}, extra={"options": {"steps": 3}}))
+    assert RunConfig.from_dict(run["config"]).to_dict() == json.loads(json.dumps(cfg.to_dict()))
+    assert run["environment"]["schema_version"] == records.SCHEMA_VERSION and run["environment"]["options"] == {"steps": 3}
+    assert "headline" not in run["metrics"]
 
 
-def test_results_table_recomputes_improvement_against_the_same_precision(records):
-    table = an.results_table(load_runs(records)).set_index("run")
-    assert sorted(table.index) == ["ci-bf16-zero-shot", "ci-fine-tuned", "ci-zero-shot"]  # no data/train rows
-    tuned = table.loc["ci-fine-tuned"]
-    assert tuned["baseline_run"] == "ci-zero-shot"  # nf4+dq, not the bf16 zero-shot
-    assert tuned["improvement_pct"] == pytest.approx((0.5 - 0.25) / 0.25 * 100)
-    assert tuned["size_gb"] == pytest.approx(2.1) and tuned["latency_ms"] == 12.0 and tuned["peak_memory_gb"] == 4.0
-    assert set(table["weights"]) == {an.RANDOM_LABEL}
-    assert pd.isna(table.loc["ci-zero-shot", "improvement_pct"])
-    shown = an.format_results_table(table.reset_index()).set_index("run")
-    assert shown.loc["ci-fine-tuned", "accuracy [95% CI]"].startswith("50.0% [")
-    assert shown.loc["ci-fine-tuned", "improvement"] == "+100.0 %"
+def test_the_headline_is_the_record_marked_so_not_the_last_name(tmp_path):
+    for name, marked in (("a", False), ("b", True), ("c", False)):
+        write_run_record(tmp_path, name, {}, {"accuracy": 0.5}, headline=marked)
+    found = [(p, load_run(p)) for p in records.run_dirs(tmp_path)]
+    assert records.headline(found)[0].name == "b" and load_run(tmp_path / "b")["metrics"]["headline"] is True
+    assert records.headline(found[::2])[0].name == "c"  # none marked: the last by name, as before
+    assert records.headline([]) is None
 
 
-def test_paired_test_matches_questions_by_id():
-    ids = [f"q{i}" for i in range(8)]
-    before = make_preds(ids, [1, 1, 0, 0, 1, 0, 0, 0])
-    after = make_preds(ids, [1, 0, 1, 1, 1, 1, 0, 0]).iloc[::-1]  # reversed order
-    after = pd.concat([after, make_preds(["extra"], [1])])  # a question only one model answered
-    test = an.paired_test(before, after)
-    assert (test["n"], test["unmatched"], test["b"], test["c"]) == (8, 1, 1, 3)
-    assert test["pvalue"] == pytest.approx(stats.mcnemar_exact([1, 1, 0, 0, 1, 0, 0, 0], [1, 0, 1, 1, 1, 1, 0, 0])["pvalue"])
-    assert test["difference"] == pytest.approx(2 / 8)
-    assert test["difference_ci_low"] <= test["difference"] <= test["difference_ci_high"]
-    with pytest.raises(ValueError, match="repeat"):
-        an.paired_test(pd.concat([before, before]), after)
+@pytest.mark.parametrize("folder, name", [("bench", "bench-gemma-2b-nvidia-h200-x-final"),
+                                          ("bench-product", "bench-gemma-2b-h200-paper-profile")])
+def test_the_committed_headlines_are_marked_and_are_the_ones_shown_before(folder, name):
+    root = Path(__file__).resolve().parents[1] / "results" / folder
+    found = [(p, load_run(p)) for p in records.run_dirs(root)]
+    assert records.headline(found)[0].name == name == found[-1][0].name
 
 
-def test_paired_tests_read_the_records_predictions(records):
-    table = an.results_table(load_runs(records))
-    tests = an.paired_tests(table, records)
-    assert len(tests) == 1
-    row = tests.iloc[0]
-    assert (row["before"], row["after"], row["n"], row["b"], row["c"]) == ("ci-zero-shot", "ci-fine-tuned", 40, 4, 14)
-    shown = an.format_paired_tests(tests)
-    assert shown.loc[0, "difference [95% CI]"].startswith("+25.0% [")
+def test_bench_headline_flag_marks_the_record():
+    from medcore.bench.command import parse_args
+
+    assert parse_args(["--headline", "--model", "random:tiny-gemma"])[1].headline is True
+    assert parse_args(["--model", "random:tiny-gemma"])[1].headline is False
 
 
-def test_ablation_table_names_the_differing_settings(tmp_path):
-    ids = [f"q{i}" for i in range(20)]
-    for r, k in ((4, 6), (16, 9)):
-        cfg = load_profile("ci", [f"lora.r={r}", f"name=ci-r{r}"])
-        make_record(tmp_path, f"ci-r{r}-fine-tuned", cfg, "fine-tuned", make_preds(ids, np.arange(20) < k))
-        write_run_record(tmp_path, f"ci-r{r}-train", cfg.to_dict(), {"role": "train", "wall_seconds": 10.0 * r,
-                         "examples_per_s": 1.0, "peak_memory_bytes": 1e9})
-    table = an.ablation_table(load_runs(tmp_path)).set_index("run")
-    assert list(table["setting"]) == ["lora.r=16", "lora.r=4"] and set(table["ablation"]) == {"lora.r"}
-    assert table.loc["ci-r4-fine-tuned", "train_seconds"] == 40.0
-    assert table.loc["ci-r16-fine-tuned", "accuracy"] == pytest.approx(0.45)
+# ---- interruption (a real SIGKILL) of `medcore train`, and secrets in records, checkpoints, logs ----------------
+
+@pytest.mark.usefixtures("one_thread")
+def test_sigkill_between_checkpoints_then_resume_ends_like_an_uninterrupted_run(cli_root):
+    proc, out, log = _train_until_first_checkpoint(cli_root, "killed")
+    run = out.parent
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{log.read_text()[-2000:]}"
+    step = _complete_checkpoint(out)
+    assert step is not None and step < 6 and not (out / "adapter").exists() and not (run / "results").exists()
+    # a kill during the next save leaves a checkpoint without trainer_state.json: resume must not pick it
+    half = out / f"checkpoint-{step + 2}"
+    half.mkdir(exist_ok=True)
+    (half / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+
+    _run(_train_cmd(cli_root, "killed", "--resume"), log)
+    full, resumed = (json.loads((cli_root / r / "out" / "train_result.json").read_text()) for r in ("full", "killed"))
+    assert resumed["metrics"]["resumed_from"] == str(out / f"checkpoint-{step}")
+    steps = [r["step"] for r in resumed["loss_history"]]
+    assert steps == [r["step"] for r in full["loss_history"]] == list(range(1, 7))
+    for a, b in zip(resumed["loss_history"], full["loss_history"]):
+        assert a.keys() == b.keys() and "loss" in a
+        for key in a.keys() & {"loss", "eval_loss", "learning_rate", "grad_norm"}:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["step"], key)
+    ref, got = (load_file(cli_root / r / "out" / "adapter" / "adapter_model.safetensors") for r in ("full", "killed"))
+    assert ref.keys() == got.keys() and len(ref) > 0
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-7, msg=name)
+    m_full, m_resumed = (records.load_run(cli_root / r / "results" / "ci-train")["metrics"] for r in ("full", "killed"))
+    for key in ("global_step", "n_train_examples", "truncated_train", "skipped_train"):
+        assert m_resumed[key] == m_full[key], key
+    assert m_resumed["train_loss"] == pytest.approx(m_full["train_loss"], rel=1e-6)
 
 
-def test_breakdown_cost_train_and_loss_tables(records):
-    runs = load_runs(records)
-    long = an.breakdown(runs, "tier", {"ci-zero-shot": "before", "ci-fine-tuned": "after"})
-    assert list(long["model"]) == ["before", "after"] and list(long["tier"]) == ["pre-clinical"] * 2
-    assert long["accuracy"].tolist() == [0.25, 0.5]
-    cost = an.cost_table(runs).set_index("run")
-    assert cost.loc["ci-zero-shot", "qps_batch_1"] == 20.0 and cost.loc["ci-zero-shot", "peak_memory_mb"] == 4000
-    trains = an.train_table(runs)
-    assert trains["run"].tolist() == ["ci-train"] and trains.loc[0, "peak memory (GB)"] == 3.0
-    loss = an.loss_long(records, "ci-train")
-    assert sorted(zip(loss["split"], loss["step"])) == [("eval", 2), ("train", 1), ("train", 2)]
-    overview = an.records_overview(runs)
-    assert set(overview["role"]) == {"zero-shot", "fine-tuned", "train", "data"}
+def _leaks(root: Path) -> list[str]:
+    token = CANARY_TOKEN.encode()
+    return [str(p) for p in root.rglob("*") if p.is_file() and token in p.read_bytes()]
 
 
-def test_footprint_tables_from_a_record():
-    run = {"metrics": {"footprint": [
-        {"precision": "bf16", "embedding_bytes": 100, "attention_bytes": 50, "mlp_bytes": 50, "norm_bytes": 1,
-         "other_bytes": 0, "quant_constant_bytes": 0, "buffer_bytes": 2, "total_bytes": 203},
-        {"precision": "nf4+dq", "embedding_bytes": 100, "attention_bytes": 13, "mlp_bytes": 13, "norm_bytes": 1,
-         "other_bytes": 0, "quant_constant_bytes": 3, "buffer_bytes": 2, "total_bytes": 132},
-        {"precision": "int8", "status": "failed: RuntimeError: no backend"}]}}
-    summary, long = an.footprint_tables(run)
-    assert summary.set_index("precision").loc["nf4+dq", "size_vs_bf16"] == pytest.approx(132 / 203)
-    assert long.groupby("precision")["bytes"].sum().to_dict() == {"bf16": 203, "nf4+dq": 132}
-    assert "quant constants" in set(long["kind"])
+@pytest.mark.usefixtures("one_thread")
+def test_token_in_environment_never_reaches_records_checkpoints_or_logs(cli_root, tmp_path, monkeypatch):
+    log = (cli_root / "full" / "log.txt").read_text()
+    assert "Training completed" in log or "train_runtime" in log  # the log is the run's real output
+    assert (cli_root / "full" / "results" / "ci-train" / "metrics.json").is_file()
+    assert (cli_root / "full" / "out" / "checkpoint-2" / "training_args.bin").is_file()
+    assert _leaks(cli_root) == []  # records, checkpoints (pickled arguments too), adapter, logs of every CLI run
+    monkeypatch.setenv("HF_TOKEN", CANARY_TOKEN)  # a record whose inputs carry the token: scrubbed on write
+    records.write_run_record(tmp_path, "leaky", {"model": {"token": CANARY_TOKEN, "note": f"via {CANARY_TOKEN}"}},
+                             {"cmd": f"HF_TOKEN={CANARY_TOKEN} python", "HF_TOKEN": CANARY_TOKEN},
+                             loss_history=[{"step": 1, "msg": CANARY_TOKEN}])
+    assert _leaks(tmp_path) == [] and (tmp_path / "leaky" / "metrics.json").is_file()
+    (tmp_path / "planted.bin").write_bytes(b"\0" + CANARY_TOKEN.encode() + b"\0")
+    assert _leaks(tmp_path) == [str(tmp_path / "planted.bin")]  # the scan would see a leak
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow
+def test_token_never_reaches_the_executed_notebooks(tmp_path, monkeypatch):
+    from medcore.flows.pipeline import run_pipeline
+
+    for name, value in _env().items():
+        monkeypatch.setenv(name, value)  # the notebooks' kernels inherit it
+    _write_jsonl(tmp_path / "dev.json", [_raw(i) for i in range(64)])
+    sets = [s for s in SETS if not s.startswith("train.max_steps")] + ["train.max_steps=2",
+                                                                       f"data.source=local:{tmp_path / 'dev.json'}"]
+    run_dir = run_pipeline("ci", sets, run_dir=tmp_path / "run", progress=False)
+    assert len(list(Path(run_dir).glob("0*.ipynb"))) == 5
+    assert _leaks(Path(run_dir)) == []

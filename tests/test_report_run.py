@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from medcore.report import book as rp
-from medcore.report import records as an
+from medcore.report import tables as an
 from medcore.report import run as view
 
 

@@ -11,7 +11,7 @@ import pytest
 from medcore.report import book as rp
 from medcore.report import intro as ri
 from medcore.report import study as rs
-from medcore.results import load_predictions
+from medcore.records import load_predictions
 from tests.study_records import scored_with_ties
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medcore import results
+from medcore import records
 from medcore.config import load_profile
 from medcore.scale import scaleout
 
@@ -43,7 +43,7 @@ def test_plan_one_gpu_then_ddp_then_fsdp_then_real_weight_accuracy():
 
 
 def write_train(tmp_path, name, **metrics):
-    results.write_run_record(tmp_path, f"{name}-train", {}, {"global_step": 40, **metrics})
+    records.write_run_record(tmp_path, f"{name}-train", {}, {"global_step": 40, **metrics})
 
 
 def predictions(correct):
@@ -61,8 +61,8 @@ def test_summary_gives_scaling_efficiency_memory_per_gpu_and_the_accuracy_compar
     rng = np.random.default_rng(0)
     ref_correct, ddp_correct = rng.random(400) < 0.3, rng.random(400) < 0.3
     metrics = lambda c: {"accuracy": c.mean(), "ci_low": c.mean() - 0.05, "ci_high": c.mean() + 0.05, "n": len(c)}
-    results.write_run_record(tmp_path, "reference", {}, metrics(ref_correct), predictions=predictions(ref_correct))
-    results.write_run_record(tmp_path, "scaleout-real-ddp2-fine-tuned", {}, metrics(ddp_correct),
+    records.write_run_record(tmp_path, "reference", {}, metrics(ref_correct), predictions=predictions(ref_correct))
+    records.write_run_record(tmp_path, "scaleout-real-ddp2-fine-tuned", {}, metrics(ddp_correct),
                              predictions=predictions(ddp_correct).iloc[::-1])  # row order must not matter
     out = scaleout.summarize(done, tmp_path, tmp_path / "reference")
     assert out["speedup_real_tokens_per_s"] == pytest.approx(1.8)
@@ -114,7 +114,7 @@ def test_the_summary_records_the_runconfig_and_the_scaleout_options(tmp_path, mo
     out = tmp_path / "scaleout"
     assert scaleout.main(["--parts", "throughput,accuracy", "--results-dir", str(out), "--steps", "7",
                           "--accuracy-set", "data.eval_limit=10", "--reference", ""]) == 1
-    run = results.load_run(out / "scaleout-summary")
+    run = records.load_run(out / "scaleout-summary")
     cfg = RunConfig.from_dict(run["config"])  # the one schema, not the command's flags
     assert cfg.model.source == "random:gemma-2b" and cfg.train.max_steps == 7 and cfg.results_dir == str(out)
     assert run["environment"]["options"]["steps"] == 7 and run["environment"]["options"]["parts"] == "throughput,accuracy"

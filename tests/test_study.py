@@ -7,8 +7,8 @@ import pytest
 from medcore.config import ConfigError, load_profile
 from medcore.flows import study
 from medcore.report import position_metrics as pos
-from medcore.report import records as an
-from medcore.results import load_predictions, load_run, load_runs
+from medcore.report import tables as an
+from medcore.records import load_predictions, load_run, load_runs
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def _refuse(*args, **kwargs):
 
 
 def test_a_part_whose_record_exists_is_skipped(tmp_path, medmcqa_dir, monkeypatch):
-    from medcore.results import write_run_record
+    from medcore.records import write_run_record
 
     results = tmp_path / "results"
     sets = [f"results_dir={results}", f"data.source=local:{medmcqa_dir / 'dev.json'}", "data.eval_limit=6"]

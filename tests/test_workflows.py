@@ -10,7 +10,7 @@ from medcore.config import ConfigError, load_profile
 from medcore.flows import workflows as wf
 from medcore.flows.train_folder import prepare_output_dir
 from medcore.models import load_tokenizer
-from medcore.results import load_predictions, load_run
+from medcore.records import load_predictions, load_run
 
 
 @pytest.fixture

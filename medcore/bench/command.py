@@ -23,7 +23,7 @@ with the settings that command gets: the run configuration comes from ``--profil
 Ceiling: a bf16 matmul timed in the same run. MFU counts 6N FLOP per trained real token and 2N per scored one
 (N = non-embedding parameters). ``--levers`` reruns the medcore training row once per variant, each a set of
 RunConfig overrides (:data:`medcore.bench.options.LEVERS`), from the same adapter weights. The record
-(``results.write_run_record``) holds the run configuration as ``config.json`` and the bench options, rewritten
+(``records.write_run_record``) holds the run configuration as ``config.json`` and the bench options, rewritten
 after each lever; its targets and the printed report come from :mod:`medcore.bench.report`.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ from medcore.bench.peers import (
     time_training, to_device, train_flops_per_token,
 )
 from medcore.bench.report import format_report, targets
-from medcore.results import portable_paths, write_run_record
+from medcore.records import portable_paths, write_run_record
 
 
 def load_records(source: str | None, seed: int) -> list[dict]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from medcore.bench.options import default_source
 from medcore.config import add_config_arguments, config_from_args
-from medcore.results import portable_paths, write_run_record
+from medcore.records import portable_paths, write_run_record
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: medcore/bench/<this file>
 TRAIN_VARIANTS = {  # entry -> overrides on the paper profile (everything else at its defaults)

@@ -21,8 +21,8 @@ import pandas as pd
 
 from medcore.flows.pipeline import (KERNEL_NAME, NOTEBOOKS, STATUS_FILE, PipelineError, execute_notebook,
                                     print_progress, project_root, read_status)
-from medcore.report.records import markdown_table
-from medcore.results import load_run, run_dirs
+from medcore.report.tables import markdown_table
+from medcore.records import load_run, run_dirs
 
 BOOK_MARKER = ".medcore-book.json"  # in a build folder: the entries medcore's builds wrote there
 REPORTS = (  # report notebook -> the book page its executed copy becomes (book/<page>.ipynb)

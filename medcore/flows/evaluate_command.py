@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from medcore import data, lora, results, schema, subjects
+from medcore import data, lora, records, schema, subjects
 from medcore.config import ConfigError, QuantConfig, RunConfig
 from medcore.flows import workflows
 
@@ -50,7 +50,7 @@ def evaluate_model(model_spec: str | None = None, source: str | None = None, spl
     model, tokenizer = workflows.load(cfg, adapter=adapter)
     record = workflows.score_and_record(cfg, model, tokenizer, ds, cfg.name, "fine-tuned" if adapter else "zero-shot",
                                         extra=skipped if loaded.skipped else None)
-    print(report_text(results.load_run(record)))
+    print(report_text(records.load_run(record)))
     print(f"run record: {record}")
     return record
 

@@ -8,7 +8,7 @@ run records under ``results/``. The first failing notebook stops the pipeline wi
 the notebook, the cell's source and the error; ``resume=True`` skips the notebooks that finished before (same
 config only).
 
-The steps themselves live in ``medcore.flows.workflows``, the tables in ``medcore.report.records``, the figures in
+The steps themselves live in ``medcore.flows.workflows``, the tables in ``medcore.report.tables``, the figures in
 ``medcore.report.plots``, the book built from a run in ``medcore.flows.book``; notebooks call
 :func:`setup_notebook` first, so they behave the same under papermill and in JupyterLab.
 """

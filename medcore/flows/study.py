@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medcore import results, subjects
+from medcore import records, subjects
 from medcore.accuracy import accuracy_summary
 from medcore.config import ConfigError, RunConfig, add_config_arguments, config_from_args
 from medcore.flows import workflows
@@ -134,9 +134,9 @@ def kfold(cfg: RunConfig, eval_ds, k: int, folds: list[int] | None = None) -> No
     frames, fold_metrics = [], []
     for fold in range(k):
         fcfg = _variant(cfg, names[fold], {})
-        preds = results.load_predictions(Path(cfg.results_dir) / f"{fcfg.name}-fold").assign(fold=fold)
+        preds = records.load_predictions(Path(cfg.results_dir) / f"{fcfg.name}-fold").assign(fold=fold)
         frames.append(preds)
-        fold_metrics.append(results.load_run(Path(cfg.results_dir) / f"{fcfg.name}-train")["metrics"])
+        fold_metrics.append(records.load_run(Path(cfg.results_dir) / f"{fcfg.name}-train")["metrics"])
     preds = pd.concat(frames, ignore_index=True)
     if sorted(preds["id"]) != sorted(eval_ds["id"]):
         raise RuntimeError("k-fold predictions do not cover every question exactly once")
@@ -145,7 +145,7 @@ def kfold(cfg: RunConfig, eval_ds, k: int, folds: list[int] | None = None) -> No
                "folds": [{"fold": i, "examples_per_s": m.get("examples_per_s"), "peak_memory_bytes":
                           m.get("peak_memory_bytes"), "wall_seconds": m.get("wall_seconds")}
                          for i, m in enumerate(fold_metrics)]}
-    results.write_run_record(cfg.results_dir, run_id, cfg.to_dict(), metrics, predictions=preds,
+    records.write_run_record(cfg.results_dir, run_id, cfg.to_dict(), metrics, predictions=preds,
                              extra={"real_weights": True, "protocol": f"{k}-fold over the evaluation split"},
                              overwrite=True)
 
@@ -173,7 +173,7 @@ def scale(cfg: RunConfig, eval_ds, n_questions: int = 1024, train_ds=None) -> No
         model, tok = workflows.load(run)
         cost = measure_cost(model, tok, sample, batch_sizes=(1, 64, 256), n_latency=run.eval.latency_batches,
                             max_length=run.data.max_length)
-        results.write_run_record(run.results_dir, f"{run.name}-cost", run.to_dict(),
+        records.write_run_record(run.results_dir, f"{run.name}-cost", run.to_dict(),
                                  {"role": "cost", "precision": label, "real_weights": False, "cost": cost},
                                  extra={"real_weights": False, "note": "random weights: size/speed only"},
                                  overwrite=True)

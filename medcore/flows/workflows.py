@@ -1,7 +1,7 @@
 """The study's steps as functions: what the CLI, the notebooks and the GPU study driver call.
 
 Each step loads what it needs from one `RunConfig`, measures, and writes one run record
-(`results.write_run_record`) whose metrics are flat numbers plus small tables, so `medcore.report.records` can put
+(`records.write_run_record`) whose metrics are flat numbers plus small tables, so `medcore.report.tables` can put
 every run side by side. A record always says whether its weights were real.
 
 Steps and the records they write (``<cfg.results_dir>/<run id>``):
@@ -29,7 +29,7 @@ import pandas as pd
 import peft
 import torch
 
-from medcore import data, evaluate, lora, models, prompts, quantize, results, schema, subjects, train
+from medcore import data, evaluate, lora, models, prompts, quantize, records, schema, subjects, train
 from medcore.accuracy import accuracy_summary
 from medcore.config import QuantConfig, RunConfig
 from medcore.flows.train_folder import interrupted_training, prepare_output_dir
@@ -138,7 +138,7 @@ def data_record(cfg: RunConfig, split: StudyData, tables: dict[str, pd.DataFrame
     metrics = {"role": "data", "real_weights": models.parse_model_source(cfg.model.source).real_weights,
                "dropped": split.dropped, "sources": split.sources,
                **{k: v.to_dict(orient="records") for k, v in (tables or {}).items()}}
-    return results.write_run_record(cfg.results_dir, f"{cfg.name}-data", cfg.to_dict(), metrics, predictions=ids,
+    return records.write_run_record(cfg.results_dir, f"{cfg.name}-data", cfg.to_dict(), metrics, predictions=ids,
                                     extra={"real_weights": metrics["real_weights"]}, overwrite=True)
 
 
@@ -204,7 +204,7 @@ def score_and_record(cfg: RunConfig, model, tokenizer, eval_ds, run_id: str, rol
                                        n_latency=cfg.eval.latency_batches, max_length=cfg.data.max_length)
     note = {**model_note(model), **(extra or {})}
     metrics["real_weights"] = note["real_weights"]
-    return results.write_run_record(cfg.results_dir, run_id, cfg.to_dict(), metrics, predictions=preds,
+    return records.write_run_record(cfg.results_dir, run_id, cfg.to_dict(), metrics, predictions=preds,
                                     extra=note, overwrite=True)
 
 
@@ -255,7 +255,7 @@ def footprints(cfg: RunConfig, presets: list[str] | None = None, error_vs_bf16: 
     metrics = {"role": "footprint", "real_weights": note["real_weights"], "footprint": rows}
     pred = (pd.concat(errors, ignore_index=True).rename(columns={"rel_error": "error"})
             .assign(shape=lambda df: df["shape"].astype(str))) if errors else None
-    return results.write_run_record(cfg.results_dir, f"{cfg.name}-footprint", cfg.to_dict(), metrics,
+    return records.write_run_record(cfg.results_dir, f"{cfg.name}-footprint", cfg.to_dict(), metrics,
                                     predictions=pred, extra=note, overwrite=True)
 
 
@@ -286,7 +286,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool 
                "n_eval": len(eval_ds), "adapter_dir": result.adapter_dir, "parameters": params, **result.metrics}
     note = model_note(model)
     metrics["real_weights"] = note["real_weights"]
-    record = results.write_run_record(cfg.results_dir, f"{cfg.name}-train", cfg.to_dict(), metrics,
+    record = records.write_run_record(cfg.results_dir, f"{cfg.name}-train", cfg.to_dict(), metrics,
                                       loss_history=result.loss_history, extra=note, overwrite=True)
     del model
     free_memory()

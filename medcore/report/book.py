@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from medcore.report.records import markdown_table
+from medcore.report.tables import markdown_table
 
 MISSING = "—"
 NBSP = "\u00a0"  # inside a value, so a table cell never breaks "30.6 %" or an interval across lines

@@ -15,10 +15,10 @@ import pandas as pd
 
 from medcore.report import book as rp
 from medcore.report import perf
-from medcore.report import records as an
+from medcore.report import tables as an
 from medcore.report import run as view
 from medcore.report import study as rs
-from medcore.results import load_runs
+from medcore.records import load_runs
 
 SEED_CLAIMS = {  # the seed study's reported figures (its claims, not measurements of this project)
     "model size": "2009.06 MB \u2192 398.72 MB",

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 
 from medcore.flows import pipeline as mp
 from medcore.report import book as rp
-from medcore.results import portable_paths
+from medcore.records import portable_paths
 
 
 def setup(profile: str | Path = "demo", overrides: Iterable[str] | None = None, run_dir: str | Path | None = None):

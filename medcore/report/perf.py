@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from medcore.report import book as rp
-from medcore.report import records as an
+from medcore.report import tables as an
 from medcore.report.position_metrics import scored_exactly
-from medcore.results import load_predictions, load_run, run_dirs
+from medcore.records import load_predictions, load_run, run_dirs
 
 RANDOM = "random weights (Gemma-2B shape)"
 PRECISIONS = (("bf16", "bf16"), ("int8", "int8"), ("nf4", "NF4"), ("nf4+dq", "NF4+DQ"))

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from medcore import stats
-from medcore.report.records import SCORING_ROLES, get, role_of, weights_label
-from medcore.results import load_predictions
+from medcore.report.tables import SCORING_ROLES, get, role_of, weights_label
+from medcore.records import load_predictions
 
 ACCURACIES = {"standard": "correct", "circular": "circular_correct", "debiased": "debiased_correct"}  # per question
 

@@ -1,4 +1,4 @@
-"""The numbered notebooks' tables in the reader's units: each takes what ``medcore.report.records`` returns for a pipeline
+"""The numbered notebooks' tables in the reader's units: each takes what ``medcore.report.tables`` returns for a pipeline
 run's records and keeps at most about seven columns, numbers formatted (%, MB, GB, ms), missing values as "—".
 A random-weight run says so in a ``weights`` column.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from medcore.report import book as rp
-from medcore.report import records as an
+from medcore.report import tables as an
 
 
 def _weights(df: pd.DataFrame, real: bool) -> pd.DataFrame:

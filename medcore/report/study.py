@@ -27,8 +27,8 @@ import pandas as pd
 
 from medcore.report import book as rp
 from medcore.report import position_metrics as pos
-from medcore.report import records as an
-from medcore.results import load_loss_history, load_predictions, load_runs
+from medcore.report import tables as an
+from medcore.records import load_loss_history, load_predictions, load_runs
 
 METRICS = {"standard": "accuracy", "circular": "circular_accuracy", "debiased": "debiased_accuracy"}
 METRIC_NAMES = {"standard": "standard", "circular": "circular (right in all four orders)",

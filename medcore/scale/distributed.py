@@ -48,7 +48,7 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType, gather_object, parse_flag_from_env
 from transformers import TrainerCallback
 
-from medcore import lora, models, quantize, results, train as training
+from medcore import lora, models, quantize, records, train as training
 from medcore.accuracy import accuracy_summary
 from medcore.config import add_config_arguments, config_from_args
 from medcore.evaluate import keyed_records, score_choices
@@ -207,7 +207,7 @@ def train(cfg, output_dir: str | Path | None = None, resume: bool = False) -> tu
         metrics = {"role": "train", "precision": precision_label(cfg.quant), "n_train": len(train_ds),
                    "n_eval": len(eval_ds), "adapter_dir": result.adapter_dir, "parameters": params,
                    **result.metrics, "real_weights": note["real_weights"]}
-        record = results.write_run_record(cfg.results_dir, f"{cfg.name}-train", cfg.to_dict(), metrics,
+        record = records.write_run_record(cfg.results_dir, f"{cfg.name}-train", cfg.to_dict(), metrics,
                                           loss_history=result.loss_history, extra=note, overwrite=True)
     state.wait_for_everyone()
     return record, result
@@ -231,7 +231,7 @@ def evaluate(cfg, adapter: str | Path | None = None, run_id: str | None = None) 
         metrics = {"role": role, "precision": precision_label(cfg.quant), "score_seconds": seconds,
                    "world_size": state.num_processes, **summary_tables(accuracy_summary(preds)),
                    "real_weights": note["real_weights"]}
-        record = results.write_run_record(cfg.results_dir, run_id or f"{cfg.name}-{role}", cfg.to_dict(), metrics,
+        record = records.write_run_record(cfg.results_dir, run_id or f"{cfg.name}-{role}", cfg.to_dict(), metrics,
                                           predictions=preds, extra=note, overwrite=True)
         print(f"accuracy {metrics['accuracy']:.3f} on {len(preds)} questions, {state.num_processes} processes; "
               f"run record: {record}")

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from medcore import results
+from medcore import records
 
 CONFIG_DIR = Path(__file__).parent / "accelerate"
 THROUGHPUT_SETTINGS = {"train.gradient_checkpointing": "true", "train.max_batch_size": "128",
@@ -211,11 +211,11 @@ def summarize(done: list[dict[str, Any]], results_dir: Path, reference: Path | N
         m = json.loads(fine.read_text())
         acc = {"accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"]}
         if reference is not None and (reference / "metrics.json").is_file():
-            from medcore.report.records import paired_test
+            from medcore.report.tables import paired_test
 
             r = json.loads((reference / "metrics.json").read_text())
             # matched by question id; b: only the one-GPU run right, c: only the DDP run right
-            paired = paired_test(results.load_predictions(reference), results.load_predictions(fine.parent))
+            paired = paired_test(records.load_predictions(reference), records.load_predictions(fine.parent))
             test = {k: paired[k] for k in ("b", "c", "n", "pvalue")}
             acc.update(reference_run=str(reference), reference_accuracy=r["accuracy"],
                        reference_ci=[r["ci_low"], r["ci_high"]],
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     done = execute(plan(args), args.deadline, results_dir.parent / "logs" / "scaleout")
     summary = summarize(done, results_dir, Path(args.reference) if args.reference else None)
     cfgs = configs(args)
-    record = results.write_run_record(results_dir, args.summary_id, next(iter(cfgs.values())).to_dict(), summary,
+    record = records.write_run_record(results_dir, args.summary_id, next(iter(cfgs.values())).to_dict(), summary,
                                       extra={"real_weights": "mixed", "note": f"throughput and fsdp: {args.model} "
                                              "(random weights: speed and memory only); accuracy: real weights",
                                              "options": asdict(ScaleoutOptions.from_args(args)),

@@ -1,7 +1,7 @@
 """Tables built from run records, for the notebooks and the book.
 
 Everything here reads what `medcore.flows.workflows` (and the GPU study, `medcore.flows.study`) wrote - a
-``results.load_runs`` frame, or a record's predictions - and returns a DataFrame; nothing is measured here and
+``records.load_runs`` frame, or a record's predictions - and returns a DataFrame; nothing is measured here and
 no figure is typed in. The improvement of a fine-tuned model is recomputed from the two measured accuracies;
 the paired test matches the two models' predictions by question id.
 
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from medcore import stats
-from medcore.results import load_loss_history, load_predictions
+from medcore.records import load_loss_history, load_predictions
 
 RANDOM_LABEL = "random weights (accuracy meaningless)"
 SCORING_ROLES = ("zero-shot", "fine-tuned", "fine-tuned-kfold")  # "fold": one fold of a k-fold run
@@ -273,7 +273,7 @@ def loss_long(results_dir: str | Path, run: str) -> pd.DataFrame:
 
 
 def footprint_tables(run: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """From a ``<name>-footprint`` record (``results.load_run``): the per-precision summary (with size relative
+    """From a ``<name>-footprint`` record (``records.load_run``): the per-precision summary (with size relative
     to bf16) and the long (precision, kind, bytes) table for ``plots.footprint_bars``."""
     summary = pd.DataFrame(run["metrics"]["footprint"])
     if "total_bytes" in summary and "bf16" in set(summary["precision"]):
