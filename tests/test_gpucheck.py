@@ -68,3 +68,15 @@ def test_paper_sized_training_file_repeats_real_questions_with_fresh_ids(tmp_pat
     from medcore.data import load_medmcqa
 
     assert len(load_medmcqa(f"local:{out}", "train")) == 9000  # a valid MedMCQA file
+
+
+def test_paper_epoch_passes_the_sets_to_training_and_resumes_on_request(tmp_path, medmcqa_dir, monkeypatch):
+    ran = []
+    monkeypatch.setattr(gpucheck, "write_paper_sized_train", lambda sources, out: out.write_text("") or out)
+    monkeypatch.setattr(gpucheck, "run_entry", lambda name, argv, timeout, env: ran.append((name, argv)) or
+                        {"entry": name, "passed": name.endswith("evaluate"), "seconds": 1.0})
+    gpucheck.paper_epoch("random:tiny-gemma", f"local:{medmcqa_dir / 'dev.json'}", tmp_path, resume=True,
+                         timeout=10, env={}, extra_sets=["train.save_steps=50"])
+    (name, argv), = ran  # training did not pass, so no evaluation
+    assert name == "paper epoch: train (resumed)" and argv[-1] == "--resume"
+    assert "train.save_steps=50" in argv and f"data.train_source=local:{tmp_path / 'paper_train.json'}" in argv

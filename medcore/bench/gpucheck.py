@@ -85,9 +85,11 @@ def write_paper_sized_train(sources: list[Path], out: Path, n: int = PAPER_TRAIN
 
 
 def paper_epoch(model: str, source: str, work: Path, resume: bool, timeout: float, env: dict,
-                profile: str = "paper") -> list[dict]:
+                profile: str = "paper", extra_sets: list[str] = ()) -> list[dict]:
     """`medcore train --profile paper` (or `profile`) for one epoch of a paper-sized training file, then `medcore evaluate` of
-    its adapter on the validation split; ``resume`` continues a run stopped by a time limit."""
+    its adapter on the validation split; ``resume`` continues a run stopped by a time limit. `extra_sets`
+    (``--set``) go to the training run, e.g. a smaller ``train.save_steps`` when time limits split the epoch:
+    a resumed run repeats the steps after the last checkpoint."""
     dev = Path(source.removeprefix("local:"))
     folder = dev if dev.is_dir() else dev.parent
     train_file = work / "paper_train.json"
@@ -96,7 +98,7 @@ def paper_epoch(model: str, source: str, work: Path, resume: bool, timeout: floa
         write_paper_sized_train([dev if dev.is_file() else folder / "dev.json", *sample], train_file)
     py = [sys.executable, "-m", "medcore"]
     sets = [f"model.source={model}", f"data.source={source}", f"data.train_source=local:{train_file}",
-            "data.train_split=train", f"results_dir={work / 'results'}", "name=paper-epoch"]
+            "data.train_split=train", f"results_dir={work / 'results'}", "name=paper-epoch", *extra_sets]
     train_cmd = [*py, "train", "--profile", profile, *[x for kv in sets for x in ("--set", kv)],
                  "--output-dir", str(work / "ckpt"), *(["--resume"] if resume else [])]
     rows = [run_entry("paper epoch: train" + (" (resumed)" if resume else ""), train_cmd, timeout, env)]
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.paper_epoch:
         work = Path(a.work or tempfile.mkdtemp(prefix="medcore-paper-epoch-"))
         work.mkdir(parents=True, exist_ok=True)
-        rows = paper_epoch(a.model, source, work, a.resume, a.timeout, env, profile=a.profile)
+        rows = paper_epoch(a.model, source, work, a.resume, a.timeout, env, profile=a.profile, extra_sets=a.set)
         for row in rows:
             _print(row)
     else:
