@@ -115,6 +115,37 @@ def tok():
     return load_tokenizer(TINY_GEMMA)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny random Gemma 3 (sliding-window layers, shorter than the prompts) in float32; it shares ``tok``'s
+    tokenizer. A module's own ``tiny`` fixture takes precedence."""
+    import torch
+
+    from medcore.models import load_model
+
+    return load_model("random:tiny-gemma3", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def questions(medmcqa_dir):
+    """The first 12 MedMCQA validation questions; a module's own ``questions`` fixture takes precedence."""
+    from medcore.data import load_medmcqa
+
+    return list(load_medmcqa(f"local:{medmcqa_dir}", "validation", limit=12))
+
+
+def _bars(ax) -> list:
+    """A matplotlib axis's bar rectangles."""
+    from matplotlib.patches import Rectangle
+
+    return [p for c in ax.containers for p in c if isinstance(p, Rectangle)]
+
+
+def _legend_texts(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
 SETS = ["data.train_size=16", "data.eval_limit=8", "train.max_steps=6", "train.save_steps=2", "train.eval_steps=3",
         "train.logging_steps=1", "train.max_batch_size=4"]
 

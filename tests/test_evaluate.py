@@ -24,23 +24,8 @@ LL = [f"loglik_{c}" for c in "ABCD"]
 TINY = "random:tiny-gemma3"  # Gemma 3 layout: sliding-window layers (window 64) shorter than the prompts
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(TINY)
-
-
-@pytest.fixture(scope="module")
-def tiny(tok):
-    return load_model(TINY, dtype=torch.float32)
-
-
 def _dev(medmcqa_dir, n):
     return list(load_medmcqa(f"local:{medmcqa_dir}", "validation", limit=n))
-
-
-@pytest.fixture(scope="module")
-def questions(medmcqa_dir):
-    return _dev(medmcqa_dir, 12)
 
 
 def assert_same_choices(one: pd.DataFrame, ref: pd.DataFrame, atol: float):

@@ -1,30 +1,10 @@
 """The harness-style reference scorer: the harness's context/continuation encoding, and batches that change only
 rounding."""
 import numpy as np
-import pytest
-import torch
 
-from medcore.data import load_medmcqa
 from medcore.harness_reference import harness_encode_pair, harness_loglikelihood_choices
-from medcore.models import load_model, load_tokenizer
 
 LL = [f"loglik_{c}" for c in "ABCD"]
-TINY = "random:tiny-gemma3"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(TINY)
-
-
-@pytest.fixture(scope="module")
-def tiny(tok):
-    return load_model(TINY, dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def questions(medmcqa_dir):
-    return list(load_medmcqa(f"local:{medmcqa_dir}", "validation", limit=12))
 
 
 def test_batched_harness_reference_equals_batch_one(tiny, tok, questions):

@@ -1,17 +1,8 @@
 """The forward pass of scoring: full-vocabulary log-probabilities at the last position, the float32 head in chunks."""
-import pytest
 import torch
 
 from medcore import logprobs
 from medcore.logprobs import last_position_logprobs
-from medcore.models import load_model
-
-TINY = "random:tiny-gemma3"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model(TINY, dtype=torch.float32)
 
 
 def test_full_vocab_logprobs_match_full_forward(tiny):

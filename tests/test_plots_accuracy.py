@@ -10,18 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection
-from matplotlib.patches import Rectangle
 
 from medcore.report import plots_accuracy
-
-
-def _bars(ax) -> list[Rectangle]:
-    return [p for c in ax.containers for p in c if isinstance(p, Rectangle)]
-
-
-def _legend_texts(ax) -> list[str]:
-    legend = ax.get_legend()
-    return [t.get_text() for t in legend.get_texts()] if legend else []
+from tests.conftest import _bars, _legend_texts
 
 
 def test_accuracy_by_group_has_bars_error_bars_and_chance_line():

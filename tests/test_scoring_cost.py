@@ -1,27 +1,5 @@
 """The cost of scoring: latency, throughput per batch size, peak memory and the conditions measured under."""
-import pytest
-import torch
-
-from medcore.data import load_medmcqa
-from medcore.models import load_model, load_tokenizer
 from medcore.scoring_cost import measure_cost
-
-TINY = "random:tiny-gemma3"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(TINY)
-
-
-@pytest.fixture(scope="module")
-def tiny(tok):
-    return load_model(TINY, dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def questions(medmcqa_dir):
-    return list(load_medmcqa(f"local:{medmcqa_dir}", "validation", limit=12))
 
 
 def test_measure_cost(tiny, tok, questions):
