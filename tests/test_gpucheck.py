@@ -80,3 +80,23 @@ def test_paper_epoch_passes_the_sets_to_training_and_resumes_on_request(tmp_path
     (name, argv), = ran  # training did not pass, so no evaluation
     assert name == "paper epoch: train (resumed)" and argv[-1] == "--resume"
     assert "train.save_steps=50" in argv and f"data.train_source=local:{tmp_path / 'paper_train.json'}" in argv
+
+
+def test_jobs_run_entries_at_once_and_keep_their_order(tmp_path, monkeypatch):
+    sleep = [sys.executable, "-c", "import time; time.sleep(3)"]
+    fail = [sys.executable, "-c", "import time; time.sleep(1); raise SystemExit(2)"]
+    monkeypatch.setattr(gpucheck, "entries", lambda *a, **k: [("slow", sleep), ("fails", fail), ("slow too", sleep)])
+    start = time.perf_counter()
+    assert gpucheck.main(["--jobs", "3", "--out", str(tmp_path), "--run-id", "at-once",
+                          "--source", "local:dev.json"]) == 1
+    assert time.perf_counter() - start < 8  # one after another would take 7 s and more
+    m = json.loads((tmp_path / "at-once" / "metrics.json").read_text())
+    assert [e["entry"] for e in m["entries"]] == ["slow", "fails", "slow too"]
+    assert [e["passed"] for e in m["entries"]] == [True, False, True]
+    assert m["concurrent_entries"] == 3 and m["complete"] and not m["all_passed"]
+
+
+def test_distributed_entries_take_ports_of_their_own(tmp_path):
+    commands = dict(gpucheck.entries("random:gemma-2b", "local:dev.json", 8, tmp_path))
+    ports = {cmd[cmd.index("--main_process_port") + 1] for name, cmd in commands.items() if "distributed" in name}
+    assert len(ports) == 2

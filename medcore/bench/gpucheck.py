@@ -20,7 +20,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +57,11 @@ def entries(model: str, source: str, steps: int, work: Path, extra_sets: list[st
                    "--output-dir", str(work / f"ckpt-{i}")]) for i, (name, extra) in enumerate(TRAIN_VARIANTS.items())]
     out.append(("study main", [*py, "study", "--profile", profile, "--parts", "main",
                                *sets(["name=check-study", "data.eval_limit=512"])]))
-    for kind in ("ddp", "fsdp_qlora"):
+    for port, kind in enumerate(("ddp", "fsdp_qlora"), start=29517):  # own ports: the two may run at once (--jobs)
         out.append((f"distributed train {kind}", [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / "medcore" / "scale" / "accelerate" / f"{kind}.yaml"), "--num_processes", "1", "-m",
+            str(ROOT / "medcore" / "scale" / "accelerate" / f"{kind}.yaml"), "--num_processes", "1",
+            "--main_process_port", str(port), "-m",
             "medcore.scale.distributed", "train", "--profile", profile, *sets([f"name=check-{kind}"]),
             "--output-dir", str(work / f"ckpt-{kind}")]))
     out.append(("evaluate (defaults)", [*py, "evaluate", "--model", model, "--source", source,
@@ -149,20 +152,29 @@ def _print(row: dict[str, Any]) -> None:
 
 
 def run_entries(a: argparse.Namespace, source: str, work: Path, env: dict[str, str], save) -> list[dict[str, Any]]:
-    """Run the entries `a.only` selects, calling ``save(rows)`` after each (a run cut short keeps its rows)."""
+    """Run the entries `a.only` selects, `a.jobs` at a time, calling ``save(rows)`` after each (a run cut short
+    keeps its rows); rows stay in entry order."""
     wanted = [x.strip() for x in a.only.split(",") if x.strip()]
-    rows = []
-    for name, cmd in entries(a.model, source, a.steps, work, a.set, profile=a.profile):
-        if wanted and not any(w in name for w in wanted):
-            continue
+    todo = [(name, cmd) for name, cmd in entries(a.model, source, a.steps, work, a.set, profile=a.profile)
+            if not wanted or any(w in name for w in wanted)]
+    done: dict[int, dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        name, cmd = todo[i]
         row = run_entry(name, cmd, a.timeout, env)
         run_name = next((x.split("=", 1)[1] for x in cmd if x.startswith("name=")), None)
         if run_name:
             row.update(_train_figures(work, run_name))
-        rows.append(row)
-        _print(row)
-        save(rows, final=False)
-    return rows
+        with lock:
+            done[i] = row
+            _print(row)
+            save([done[k] for k in sorted(done)], final=False)
+
+    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+        for future in [pool.submit(one, i) for i in range(len(todo))]:
+            future.result()
+    return [done[k] for k in sorted(done)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8, help="training steps per entry")
     p.add_argument("--only", default="", help="comma list of entry names (substrings) to run")
     p.add_argument("--timeout", type=float, default=300, help="seconds per entry")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="entries run at once on the one GPU (pass/fail only: their speeds then share the GPU)")
     add_config_arguments(p, profile="paper", what="for every run that takes --profile and --set")
     p.add_argument("--out", default="results/gpu-check")
     p.add_argument("--run-id", default=None)
@@ -196,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         passed = sum(r["passed"] for r in rows)
         return write_run_record(a.out, run_id, config=portable_paths(cfg.to_dict()), metrics=portable_paths({
             "device": device, "model": a.model, "real_weights": weights, "entries": rows, "passed": passed,
-            "total": len(rows), "all_passed": passed == len(rows), "complete": final}),
+            "total": len(rows), "all_passed": passed == len(rows), "complete": final,
+            "concurrent_entries": 1 if a.paper_epoch else a.jobs}),
             extra={"real_weights": weights, "kind": "gpu-check", "options": portable_paths(options)}, overwrite=True)
 
     if a.paper_epoch:
