@@ -102,3 +102,24 @@ def test_no_module_is_over_the_size_guard():
     sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
     over = {name: n for name, n in sizes.items() if n > MAX_LINES}
     assert not over, f"modules over {MAX_LINES} lines (split them): {over}"
+
+
+def test_training_and_scoring_commands_import_without_the_notebook_machinery():
+    """A GPU machine may have torch and the training libraries but not papermill or Jupyter: the commands that
+    train, score and benchmark must still start there."""
+    code = (
+        "import sys, importlib\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'traitlets', 'papermill', 'nbformat', 'nbclient', 'jupyter_client',\n"
+        "                                  'ipykernel', 'myst_nb', 'jupyter_book', 'sphinx'}:\n"
+        "            raise ImportError('not installed: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "for m in ['medcore.flows.cli', 'medcore.bench.gpucheck', 'medcore.bench.command', 'medcore.flows.study',\n"
+        "          'medcore.flows.evaluate_command', 'medcore.scale.distributed']:\n"
+        "    importlib.import_module(m)\n")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

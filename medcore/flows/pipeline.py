@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import yaml
-from traitlets.config import Config
 
 from medcore.config import ConfigError, RunConfig, load_profile
 
@@ -152,8 +151,10 @@ def execute_notebook(source: Path, output: Path, parameters: dict[str, Any], *, 
                      progress: bool = False, cwd: Path) -> None:
     """papermill on one notebook with medcore's kernel settings, in ``cwd``; a failing cell raises
     :class:`NotebookError` naming the notebook."""
+    # the notebook machinery loads only here: train, evaluate and bench run where it is not installed
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     try:
         pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
