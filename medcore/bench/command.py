@@ -20,6 +20,10 @@ with the settings that command gets: the run configuration comes from ``--profil
 * scoring, **harness-style** (the peer): lm-evaluation-harness's four log-likelihood requests per question, the
   model's own forward with the head over every position, at the same batch size.
 
+* real peers (``--peers trl,unsloth,lm_eval``): TRL's ``SFTTrainer``, unsloth and lm-evaluation-harness themselves
+  on the same questions, each in its own subprocess, with their ratio to the medcore rows above
+  (:mod:`medcore.bench.real_peers`); the record's ``peers``.
+
 Ceiling: a bf16 matmul timed in the same run. MFU counts 6N FLOP per trained real token and 2N per scored one
 (N = non-embedding parameters). ``--levers`` reruns the medcore training row once per variant, each a set of
 RunConfig overrides (:data:`medcore.bench.options.LEVERS`), from the same adapter weights. The record
@@ -47,6 +51,7 @@ from medcore.bench.peers import (
     objective_check, restore_adapter, score_flops_per_token, time_scoring, time_one_pass,
     time_training, to_device, train_flops_per_token,
 )
+from medcore.bench.real_peers import run_peers
 from medcore.bench.report import format_report, targets
 from medcore.records import portable_paths, write_run_record
 
@@ -151,7 +156,8 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
     info = models.describe_model(model)
     n_params = int(info["params_non_embedding"])
     adapter = adapter_state(model)
-    train_ds = datasets.Dataset.from_list(records[:opts.n_train] if opts.n_train else records)
+    train_records = records[:opts.n_train] if opts.n_train else records
+    train_ds = datasets.Dataset.from_list(train_records)
     print(f"[bench] {cfg.model.source} loaded in {load_s:.1f} s; {n_params:,} non-embedding params", flush=True)
 
     base = baseline_training(cfg, model, records, tokenizer, opts, adapter, device)
@@ -169,6 +175,8 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
         row["mfu"] = mfu(row["real_tokens_per_s"], fl_score, matmul["flops"])
     print(f"[bench] scoring: {sc['rows'][0]['questions_per_s']:,.0f} vs {sc['rows'][1]['questions_per_s']:,.0f} q/s",
           flush=True)
+    peers = run_peers(opts.peers, cfg, model, tokenizer, train_records, scored, med, sc["rows"][0], sc["pred"][0],
+                      sc["batch_size"], opts, device) if opts.peers else []
     conditions = {"device_type": device.type, "device_name": device_name, **_versions(), "model": cfg.model.source,
                   "real_weights": bool(info["real_weights"]), "precision": workflows.precision_label(cfg.quant),
                   "lora_method": cfg.lora.method, "lora_r": cfg.lora.r, "lora_targets": cfg.lora.targets,
@@ -182,7 +190,7 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
         "matmul_tflops": matmul["flops"] / 1e12, "medcore_wall_seconds": load_s + med["train_wall_seconds"],
         "training": [med, base], "scoring": sc["rows"],
         "scoring_check": {k: v for k, v in sc.items() if k not in ("rows", "pred")},
-        "levers": [], "conditions": conditions}
+        "peers": peers, "levers": [], "conditions": conditions}
     run_id = opts.run_id or f"bench-{_slug(cfg.model.source.partition(':')[2])}-{_slug(device_name)}"
 
     def save(final: bool) -> None:

@@ -3,7 +3,7 @@ line that reads both.
 
 Everything the product uses comes from the RunConfig (``--profile`` / ``--set``, ``--model`` for ``model.source``);
 :class:`BenchOptions` holds the rest (baseline steps, warm-up, batch and pad length, how many questions, the
-levers to run, where the record goes). A lever is a list of variants, each a label and a dictionary of RunConfig
+levers to run, the real peer tools to time, where the record goes). A lever is a list of variants, each a label and a dictionary of RunConfig
 overrides (:data:`LEVERS`), as the study's ablations are; "toggle" flips the configuration's boolean.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from medcore.bench.real_peers import PEERS
 from medcore.config import add_config_arguments, config_from_args, set_field
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: medcore/bench/<this file>
@@ -50,6 +51,8 @@ class BenchOptions:
     run_id: str | None = None
     seed: int = 0
     headline: bool = False  # mark the record as its folder's headline (the one the Performance page leads with)
+    peers: list[str] = field(default_factory=list)  # real peer tools (medcore.bench.real_peers.PEERS)
+    peer_timeout: float = 900.0  # seconds one peer's subprocess may take
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -73,6 +76,8 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--run-id", default=None, help="default bench-<model>-<device>")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--headline", action="store_true", help="mark the record as its folder's headline")
+    p.add_argument("--peers", default="", help=f"comma list of real peer tools to time too: {', '.join(PEERS)}")
+    p.add_argument("--peer-timeout", type=float, default=d.peer_timeout, help="seconds per peer subprocess")
     argv = list(argv or [])
     a = p.parse_args(argv[1:] if argv[:1] == ["--"] else argv)
     levers = [x.strip() for x in a.levers.split(",") if x.strip()]
@@ -83,6 +88,9 @@ def parse_args(argv: Sequence[str] | None):
     known = [*LEVERS, BUDGET_LEVER, SCORE_LEVER]
     if sorted(set(levers) - set(known)):
         p.error(f"unknown lever(s) {sorted(set(levers) - set(known))}; choose from {', '.join(known)}")
+    peers = [x.strip() for x in a.peers.split(",") if x.strip()]
+    if sorted(set(peers) - set(PEERS)):
+        p.error(f"unknown peer(s) {sorted(set(peers) - set(PEERS))}; choose from {', '.join(PEERS)}")
     for name in ("steps", "baseline_batch_size", "pad_length"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -98,7 +106,7 @@ def parse_args(argv: Sequence[str] | None):
     opts = BenchOptions(steps=a.steps, warmup=a.warmup, baseline_batch_size=a.baseline_batch_size,
                         pad_length=a.pad_length, n_train=a.n_train, n_questions=a.n_questions, levers=levers,
                         matmul_size=a.matmul_size, source=a.source, out=a.out, run_id=a.run_id, seed=a.seed,
-                        headline=a.headline, **sizes)
+                        headline=a.headline, peers=list(dict.fromkeys(peers)), peer_timeout=a.peer_timeout, **sizes)
     return cfg, opts
 
 

@@ -49,6 +49,27 @@ def _f(v: Any, unit: str = "") -> str:
         unit, f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
 
 
+def peer_lines(peers: list[dict[str, Any]]) -> list[str]:
+    """The real peers' rows: status, the peer's own number and the ratio measured in the same run."""
+    if not peers:
+        return []
+    lines = ["real peers (same run; ratio: medcore / peer tokens/s, peer / medcore scoring seconds):"]
+    for r in peers:
+        if r["status"] != "ok":
+            tail = (r.get("error") or "").strip().splitlines()
+            why = r.get("reason") or (tail[-1] if tail else "")
+            lines.append(f"  {r['peer']}: {r['status']}: {why[:160]}")
+        elif r["peer"] == "lm_eval":
+            lines.append(f"  lm_eval: {r['questions']} questions in {r['scoring_wall_seconds']:.2f} s (medcore first "
+                         f"pass {r['medcore_seconds']:.2f} s), ratio {_f(r['ratio'], 'x')}, letters agree "
+                         f"{_f(r.get('agreement_with_medcore'), '%')}  [{r['code_path']}]")
+        else:
+            lines.append(f"  {r['peer']}: {_f(r['real_tokens_per_s'])} real tok/s steady (batch {r['batch_size']}, "
+                         f"{_f(r['tokens_per_step'])} tok/step), wall {r['train_wall_seconds']:.1f} s, peak "
+                         f"{_f(r['peak_memory_bytes'] / 1e9, 'GB')}, ratio {_f(r['ratio'], 'x')}  [{r['code_path']}]")
+    return lines
+
+
 def format_report(m: dict[str, Any]) -> str:
     c = m["conditions"]
     lines = [f"medcore bench: {c['model']} ({'real' if c['real_weights'] else 'RANDOM'} weights), {c['precision']}, "
@@ -70,6 +91,7 @@ def format_report(m: dict[str, Any]) -> str:
             if "real_tokens_per_s" in r and r["lever"] != SCORE_LEVER else
             f"first pass {r.get('cold_seconds', float('nan')):.2f} s, {_f(r['questions_per_s'])} q/s")
         lines.append(f"  lever {r['variant']}: {value}")
+    lines += peer_lines(m.get("peers", []))
     lines += ["", "targets (conditions: CUDA, random:gemma-2b, nf4+dq):"]
     lines += [f"  {t['target']}: {_f(t['measured'], t['unit'])} (goal {t['goal']}) "
               f"{'met' if t['met'] else 'NOT met'}{'' if t['conditions_match'] else ' [other conditions]'}"
