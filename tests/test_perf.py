@@ -41,3 +41,11 @@ def test_paper_epoch_reading_sums_the_calls_and_says_how_far_the_epoch_got(tmp_p
     assert perf.paper_epoch_reading(tmp_path) == ("Training one epoch took 1,000 s of wall time over 3 calls "
                                                   "(`pe`, `pe-resumed`, `pe-z`), and evaluating it 60 s: "
                                                   "17.7 minutes in all.")
+    whole = tmp_path / "whole"
+    _paper_epoch_record(whole, "pe-whole", [{**_train_entry(870, True, 1.0), "wall_seconds": 726.0,
+                                             "steady_real_tokens_per_s": 20900.7, "peak_memory_bytes": 7.76e9},
+                                            {"entry": "paper epoch: evaluate", "seconds": 184, "passed": True}])
+    text = perf.paper_epoch_reading(whole)
+    assert text.startswith("Training one epoch took 870 s of wall time over 1 call (`pe-whole`), and evaluating "
+                           "it 184 s: 17.6 minutes in all.")
+    assert "loop itself ran 726 s at 20,901 real tokens/s steady, peak 7.8 GB" in text

@@ -223,9 +223,15 @@ def paper_epoch_reading(folder: Path) -> str:
     if trains[-1][1]["passed"]:
         done = [e for e in evaluations if e["passed"]]
         total = seconds + (done[-1]["seconds"] if done else 0)
+        last = trains[-1][1]
+        inside = (f" The training loop itself ran {last['wall_seconds']:,.0f} s at "
+                  f"{last['steady_real_tokens_per_s']:,.0f} real tokens/s steady, peak "
+                  f"{last['peak_memory_bytes'] / 1e9:.1f} GB; the rest of the training command loads the model, "
+                  "encodes the training file and saves the adapter."
+                  if len(trains) == 1 and last.get("wall_seconds") and last.get("steady_real_tokens_per_s") else "")
         return (f"Training one epoch took {seconds:,.0f} s of wall time over {calls}"
                 + (f", and evaluating it {done[-1]['seconds']:,.0f} s: {total / 60:.1f} minutes in all." if done
-                   else "; its evaluation did not finish."))
+                   else "; its evaluation did not finish.") + inside)
     reached = trains[-1][2]
     return (f"Not yet run to the end: {calls} took {seconds:,.0f} s of wall time from command to stop and"
             + (f" the last logged step was {reached:.1%} of the way through the epoch" if reached is not None
