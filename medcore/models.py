@@ -142,7 +142,7 @@ def hub_folder(repo: str, repo_type: str = "model", instead: str = "") -> str:
                                   f"cache; {instead}") from None
 
 
-def _folder(src: ModelSource) -> str:
+def pretrained_folder(src: ModelSource) -> str:
     """What from_pretrained gets: a local folder, a hub id, or (the Hub unreachable) the hub id's cached copy."""
     if src.kind == "hub":
         return hub_folder(src.name, instead="for the model use local:<folder> (a downloaded copy), "
@@ -157,7 +157,7 @@ def model_config(spec):
     if src.kind in ("random", "embedded"):
         model_type, kwargs = SHAPES[src.name]
         return AutoConfig.for_model(model_type, **kwargs)
-    return AutoConfig.from_pretrained(_folder(src))
+    return AutoConfig.from_pretrained(pretrained_folder(src))
 
 
 def tiny_tokenizer():
@@ -188,7 +188,7 @@ def load_tokenizer(spec):
         return gemma3_tokenizer()
     if src.kind == "embedded":
         return AutoTokenizer.from_pretrained(ensure_embedded_model())
-    return AutoTokenizer.from_pretrained(_folder(src))
+    return AutoTokenizer.from_pretrained(pretrained_folder(src))
 
 
 def _save_for_reload(model, folder) -> None:
@@ -275,7 +275,7 @@ def load_model(spec, dtype=torch.bfloat16, quantization_config=None, device_map=
             if target is not None and device.type == "cpu":
                 model = model.to(target)
     else:
-        path = ensure_embedded_model(src.name) if src.kind == "embedded" else _folder(src)
+        path = ensure_embedded_model(src.name) if src.kind == "embedded" else pretrained_folder(src)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, quantization_config=quantization_config, device_map=device_map)
     model.medcore_source = src

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from medcore import evaluate, lora, models, quantize, train
+from medcore import evaluate, lora, models, quantize, step_modes, train
 from medcore.config import ConfigError, LoraConfig, QuantConfig, RunConfig
 from medcore.prompts import Collator, PromptTooLongError
 from tests.conftest import _records
@@ -173,9 +173,9 @@ def test_compiled_decoder_layers_train_like_eager_and_are_put_back(tmp_path, tok
     assert len(compiled.loss_history) == len(eager.loss_history) >= 2
     for a, b in zip(compiled.loss_history, eager.loss_history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-4)
-    assert all(layer._compiled_call_impl is None for layer in train.decoder_layers(model))
+    assert all(layer._compiled_call_impl is None for layer in step_modes.decoder_layers(model))
     with pytest.raises(ValueError, match="model.layers"):
-        train.decoder_layers(torch.nn.Linear(2, 2))
+        step_modes.decoder_layers(torch.nn.Linear(2, 2))
 
 
 def _cast_flags(model) -> set[bool]:
@@ -213,11 +213,11 @@ def test_lora_inputs_left_in_bf16_under_autocast_change_nothing_for_lora(method)
     first_a = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
     first_a.register_forward_hook(lambda mod, args, out: seen.append(args[0].dtype))
 
-    loss, grads = _loss_and_grads(model, batch, train.lora_input_float32(model, cfg, on_cuda=False))
-    inside = train.lora_input_float32(model, cfg, on_cuda=True)
+    loss, grads = _loss_and_grads(model, batch, step_modes.lora_input_float32(model, cfg, on_cuda=False))
+    inside = step_modes.lora_input_float32(model, cfg, on_cuda=True)
     with inside:
         flags_inside = _cast_flags(model)
-    loss_off, grads_off = _loss_and_grads(model, batch, train.lora_input_float32(model, cfg, on_cuda=True))
+    loss_off, grads_off = _loss_and_grads(model, batch, step_modes.lora_input_float32(model, cfg, on_cuda=True))
     assert _cast_flags(model) == {True}  # put back afterwards
     assert any(g.abs().sum() > 0 for g in grads)
     if method == "lora":
@@ -227,7 +227,7 @@ def test_lora_inputs_left_in_bf16_under_autocast_change_nothing_for_lora(method)
     else:
         assert flags_inside == {True} and set(seen) == {torch.float32}
     cfg.lora.method, cfg.train.lora_input_float32 = "lora", True  # the setting that keeps peft's copy
-    with train.lora_input_float32(model, cfg, on_cuda=True):
+    with step_modes.lora_input_float32(model, cfg, on_cuda=True):
         assert _cast_flags(model) == {True}
 
 
@@ -240,7 +240,7 @@ def test_bf16_training_runs_under_autocast_with_lora_inputs_left_in_bf16(tmp_pat
     model = adapted(dtype=torch.bfloat16, lora_cfg=cfg.lora)
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     seen = []
-    train.decoder_layers(model)[0].register_forward_hook(
+    step_modes.decoder_layers(model)[0].register_forward_hook(
         lambda mod, args, out: seen.append((mod.training, torch.is_autocast_enabled("cpu"))))
     during = []
 
@@ -255,16 +255,11 @@ def test_bf16_training_runs_under_autocast_with_lora_inputs_left_in_bf16(tmp_pat
     losses = [r["loss"] for r in result.loss_history if "loss" in r]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     assert all(math.isfinite(r["eval_loss"]) for r in result.loss_history if "eval_loss" in r)
-
-
-def test_autocast_setting_picks_the_device_default():
-    cfg = config()
-    assert train.uses_autocast(cfg, on_cuda=True) and not train.uses_autocast(cfg, on_cuda=False)
-    cfg.train.autocast = "off"
-    assert not train.uses_autocast(cfg, on_cuda=True)
-    cfg.train.autocast = "bf16"
-    assert train.uses_autocast(cfg, on_cuda=False)
-    assert train.training_arguments(cfg, "unused", 10, on_cuda=False, has_eval=False).bf16
+    # accelerate's wrapper is gone from model.forward: a forward afterwards returns the model's own bf16 logits,
+    # not a float32 copy of every logit (a harness-style pass over a 256k vocabulary would double its memory)
+    assert "_original_forward" not in model.__dict__ and model.forward.__func__ is type(model).forward
+    ids = torch.tensor([[2, 5, 7, 9]])
+    assert model(input_ids=ids).logits.dtype == torch.bfloat16
 
 
 def test_training_writes_tensorboard_events_into_the_output_folder(tmp_path, tokenizer, data):

@@ -86,7 +86,7 @@ def model_folder(cfg, tokenizer, folder: Path) -> str:
     if src.kind == "embedded":
         return str(embedded.ensure_embedded_model(src.name))
     if src.kind != "random":
-        return models._folder(src)
+        return models.pretrained_folder(src)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     saved = models.random_checkpoint(src, DTYPES[cfg.quant.compute_dtype], 0, device)
     out = folder / "model"
