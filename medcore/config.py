@@ -65,6 +65,11 @@ class QuantConfig:
     double_quant: bool = True
     compute_dtype: str = "bfloat16"
 
+    @property
+    def label(self) -> str:
+        """How records and pages name the base precision: nf4+dq, fp4, int8, bf16..."""
+        return self.precision + ("+dq" if self.double_quant and self.precision in ("nf4", "fp4") else "")
+
 
 @dataclass
 class LoraConfig:

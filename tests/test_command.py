@@ -66,6 +66,9 @@ def test_end_to_end_writes_a_record_of_the_product_path(run):
     env = json.loads((record / "environment.json").read_text())
     assert env["real_weights"] is False and env["options"]["steps"] == 2 and env["schema_version"] == 2
     assert [t["conditions_match"] for t in saved["targets"]] == [False] * len(saved["targets"])  # not the H200
+    # the record holds what the run met; its settings are config.json and its versions environment.json, once each
+    assert "conditions" not in saved and saved["run"]["device_type"] == "cpu" and saved["run"]["n_questions_scored"] == 6
+    assert not {"model", "precision", "lora_r", "torch"} & set(saved["run"]) and env["packages"]["torch"]
     assert [(r["lever"], r["error"]) for r in saved["levers"]] == [
         ("ckpt", None), ("budget", None), ("score_batch", None), ("lora_input_float32", None)]
     assert saved["levers"][0]["gradient_checkpointing"] is True  # the ci profile trains without: toggled on

@@ -86,7 +86,7 @@ def test_a_peer_whose_import_fails_is_recorded_and_the_bench_completes(tmp_path,
     assert trl["status"] == "failed" and "this trl wheel does not fit" in trl["error"] and trl["ratio"] is None
     assert unsloth["status"] == "skipped" and "CUDA" in unsloth["reason"]
     assert saved["complete"] and [r["recipe"] for r in saved["training"]] == ["medcore", "baseline"]
-    text = report.format_report(metrics)
+    text = report.format_report(metrics, cfg)
     assert "trl: failed: ImportError: this trl wheel does not fit" in text and "unsloth: skipped" in text
 
 

@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
-from importlib import metadata
 from typing import Any
 
 import torch
@@ -121,16 +120,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _versions() -> dict[str, str | None]:
-    out = {}
-    for name in ("transformers", "peft", "bitsandbytes", "accelerate"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return {"torch": torch.__version__, **out}
-
-
 def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
     """Measure every row, print the report, write the record (``write``); returns the metrics."""
     import datasets
@@ -177,29 +166,28 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
           flush=True)
     peers = run_peers(opts.peers, cfg, model, tokenizer, train_records, scored, med, sc["rows"][0], sc["pred"][0],
                       sc["batch_size"], opts, device) if opts.peers else []
-    conditions = {"device_type": device.type, "device_name": device_name, **_versions(), "model": cfg.model.source,
-                  "real_weights": bool(info["real_weights"]), "precision": workflows.precision_label(cfg.quant),
-                  "lora_method": cfg.lora.method, "lora_r": cfg.lora.r, "lora_targets": cfg.lora.targets,
-                  "non_embedding_params": n_params, "load_seconds": load_s, "n_train_questions": len(train_ds),
-                  "n_questions_scored": len(scored), "score_batch_size": sc["batch_size"],
-                  "score_autocast": sc["autocast"], "matmul_size": matmul["size"], "source": opts.source or
-                  default_source(), "mean_prompt_tokens": sc["mean_prompt_tokens"]}
+    # what this run measured or met; its settings are the record's config.json, its versions environment.json
+    run = {"device_type": device.type, "device_name": device_name, "non_embedding_params": n_params,
+           "load_seconds": load_s, "n_train_questions": len(train_ds), "n_questions_scored": len(scored),
+           "score_batch_size": sc["batch_size"], "score_autocast": sc["autocast"], "matmul_size": matmul["size"],
+           "source": opts.source or default_source(), "mean_prompt_tokens": sc["mean_prompt_tokens"]}
+    real_weights = bool(info["real_weights"])
     metrics: dict[str, Any] = {
         "code_paths": {"training": "medcore.train.train", "scoring": "medcore.evaluate.score_choices"},
-        "device": device_name, "model": cfg.model.source, "real_weights": conditions["real_weights"],
+        "device": device_name, "model": cfg.model.source, "real_weights": real_weights,
         "matmul_tflops": matmul["flops"] / 1e12, "medcore_wall_seconds": load_s + med["train_wall_seconds"],
         "training": [med, base], "scoring": sc["rows"],
         "scoring_check": {k: v for k, v in sc.items() if k not in ("rows", "pred")},
-        "peers": peers, "levers": [], "conditions": conditions}
+        "peers": peers, "levers": [], "run": run}
     run_id = opts.run_id or f"bench-{_slug(cfg.model.source.partition(':')[2])}-{_slug(device_name)}"
 
     def save(final: bool) -> None:
-        metrics["targets"], metrics["complete"] = targets(metrics), final
+        metrics["targets"], metrics["complete"] = targets(metrics, cfg), final
         if write:
             metrics["record"] = str(write_run_record(
                 opts.out, run_id, config=portable_paths(cfg.to_dict()), metrics=portable_paths(metrics),
                 overwrite=True, headline=opts.headline, extra=portable_paths({
-                    "real_weights": conditions["real_weights"], "kind": "bench", "model_source": cfg.model.source,
+                    "real_weights": real_weights, "kind": "bench", "model_source": cfg.model.source,
                     "options": asdict(opts)})))
 
     variants = lever_variants(opts.levers, cfg, opts)
@@ -221,7 +209,7 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
         print(f"[bench] lever {label}: " + (row["error"] or f"{row.get('real_tokens_per_s', row.get('questions_per_s')):,.0f}"),
               flush=True)
         save(final=i == len(variants) - 1)
-    print(format_report(metrics), flush=True)
+    print(format_report(metrics, cfg), flush=True)
     if write:
         print(f"[bench] record written to {metrics['record']}", flush=True)
     return metrics

@@ -2,7 +2,9 @@
 `python -m medcore bench` prints.
 
 A target counts for the GPU path only under its conditions (CUDA, the Gemma-2B shape, NF4 with double
-quantization); elsewhere it is computed and marked as measured under other conditions.
+quantization); elsewhere it is computed and marked as measured under other conditions. The model, precision and
+LoRA come from the run's configuration (a :class:`~medcore.config.RunConfig` or its ``config.json`` dict), what the
+run met (device, load time) from the record's ``run``.
 """
 from __future__ import annotations
 
@@ -10,17 +12,23 @@ import math
 from typing import Any
 
 from medcore.bench.options import SCORE_LEVER
+from medcore.config import RunConfig
 
 SCORE_QUESTIONS = 4183  # the MedMCQA validation split
 
 
-def targets(m: dict[str, Any]) -> list[dict[str, Any]]:
-    """The GPU-path targets, from the measured rows; `conditions_match`: CUDA, Gemma-2B shape, NF4 + DQ, LoRA."""
-    c = m["conditions"]
+def _config(cfg) -> RunConfig:
+    return cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
+
+
+def targets(m: dict[str, Any], cfg) -> list[dict[str, Any]]:
+    """The GPU-path targets, from the measured rows; `conditions_match`: CUDA, Gemma-2B shape, NF4 + DQ."""
+    cfg = _config(cfg)
     tr = {r["recipe"]: r for r in m["training"]}
     med, base = tr["medcore"], tr["baseline"]
     one, harness = m["scoring"]
-    match = c["device_type"] == "cuda" and c["model"] == "random:gemma-2b" and c["precision"] == "nf4+dq"
+    match = (m["run"]["device_type"] == "cuda" and cfg.model.source == "random:gemma-2b"
+             and cfg.quant.label == "nf4+dq")
     first = one["cold_seconds"] * SCORE_QUESTIONS / one["questions"]
     rows = [("training steady real tokens/s", ">= 25,000", med["real_tokens_per_s"], 25_000, ">", ""),
             ("training MFU (6N per real token)", ">= 38%", med["mfu"], 0.38, ">", "%"),
@@ -70,11 +78,11 @@ def peer_lines(peers: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def format_report(m: dict[str, Any]) -> str:
-    c = m["conditions"]
-    lines = [f"medcore bench: {c['model']} ({'real' if c['real_weights'] else 'RANDOM'} weights), {c['precision']}, "
-             f"LoRA r={c['lora_r']} {c['lora_targets']}, {c['device_name']}; bf16 matmul "
-             f"{m['matmul_tflops']:.0f} TFLOP/s; model load {c['load_seconds']:.1f} s", "", "training:"]
+def format_report(m: dict[str, Any], cfg) -> str:
+    cfg, run = _config(cfg), m["run"]
+    lines = [f"medcore bench: {cfg.model.source} ({'real' if m['real_weights'] else 'RANDOM'} weights), "
+             f"{cfg.quant.label}, {cfg.lora.method} r={cfg.lora.r} {cfg.lora.targets}, {run['device_name']}; bf16 "
+             f"matmul {m['matmul_tflops']:.0f} TFLOP/s; model load {run['load_seconds']:.1f} s", "", "training:"]
     for r in m["training"]:
         lines.append(f"  {r['recipe']:9s} {_f(r['real_tokens_per_s'])} real tok/s ({r['steps']} steps), "
                      f"MFU {_f(r['mfu'], '%')}, peak {_f(r['peak_memory_bytes'] / 1e9, 'GB')}  [{r['code_path']}]")

@@ -43,7 +43,7 @@ PRECISION_PRESETS = {  # label -> QuantConfig; the footprint/cost comparison of 
 
 
 def precision_label(q: QuantConfig) -> str:
-    return q.precision + ("+dq" if q.double_quant and q.precision in ("nf4", "fp4") else "")
+    return q.label
 
 
 def device() -> torch.device:
