@@ -93,7 +93,8 @@ def _scrub_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    _write_bytes(path, json.dumps(scrub(value), indent=2, allow_nan=False).encode("utf-8") + b"\n")
+    # records name files relative to the checkout (or ~, <tmp>), never as paths of the machine that wrote them
+    _write_bytes(path, json.dumps(portable_paths(scrub(value)), indent=2, allow_nan=False).encode("utf-8") + b"\n")
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -130,14 +131,20 @@ def _git_commit() -> dict[str, Any]:
     return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
 
 
-def environment_info() -> dict[str, Any]:
-    """Python, platform, package versions, CPU/GPU, and the git commit of the medcore checkout (if any)."""
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    """The installed version of each named distribution (None where it is not installed)."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def environment_info() -> dict[str, Any]:
+    """Python, platform, package versions, CPU/GPU, and the git commit of the medcore checkout (if any)."""
+    versions = package_versions()
     info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(), "packages": versions}
     try:

@@ -272,3 +272,15 @@ def test_token_never_reaches_the_executed_notebooks(tmp_path, monkeypatch):
     run_dir = run_pipeline("ci", sets, run_dir=tmp_path / "run", progress=False)
     assert len(list(Path(run_dir).glob("0*.ipynb"))) == 5
     assert _leaks(Path(run_dir)) == []
+
+
+def test_records_name_files_relative_to_the_checkout_whoever_writes_them(tmp_path):
+    import medcore.records
+
+    ROOT = Path(medcore.records.__file__).resolve().parent.parent  # the checkout
+    inside = str(ROOT / "runs" / "demo" / "results")
+    path = write_run_record(tmp_path, "paths", {"results_dir": inside}, {"adapter": Path(ROOT / "runs" / "a")},
+                            extra={"real_weights": False, "source": f"local:{ROOT}/x.json"})
+    assert json.loads((path / "config.json").read_text())["results_dir"] == "runs/demo/results"
+    assert json.loads((path / "metrics.json").read_text())["adapter"] == "runs/a"
+    assert json.loads((path / "environment.json").read_text())["source"] == "local:x.json"

@@ -23,22 +23,17 @@ import importlib.util
 import json
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from medcore.records import package_versions
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "trl", "unsloth",
             "unsloth_zoo", "lm_eval")
 
 
 def versions() -> dict[str, str | None]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions(PACKAGES)
 
 
 def attention_implementation() -> tuple[str, str]:
