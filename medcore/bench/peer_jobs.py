@@ -52,12 +52,11 @@ def _dataset(spec: dict):
 
 
 def _sft_config(spec: dict, output_dir: str):
-    from transformers import TrainingArguments
     from trl import SFTConfig
 
+    from medcore.train import CHECKPOINTING as ckpt  # the argument's name in this transformers version
+
     on_cuda = spec["device"] == "cuda"
-    ckpt = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-            else "gradient_checkpointing")
     return SFTConfig(
         output_dir=output_dir, per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
         max_steps=spec["warmup"] + spec["steps"], learning_rate=spec["learning_rate"], optim=spec["optimizer"],
