@@ -93,8 +93,10 @@ def _scrub_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    # records name files relative to the checkout (or ~, <tmp>), never as paths of the machine that wrote them
-    _write_bytes(path, json.dumps(portable_paths(scrub(value)), indent=2, allow_nan=False).encode("utf-8") + b"\n")
+    # records name files relative to the checkout (or ~), never as paths of the machine that wrote them; scratch
+    # folders under the temporary folder stay as they are unless a caller maps them (portable_paths(tmp=True))
+    text = json.dumps(portable_paths(scrub(value), tmp=False), indent=2, allow_nan=False)
+    _write_bytes(path, text.encode("utf-8") + b"\n")
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -165,18 +167,19 @@ def environment_info() -> dict[str, Any]:
     return info
 
 
-def portable_paths(value: Any, root: str | Path | None = None) -> Any:
+def portable_paths(value: Any, root: str | Path | None = None, tmp: bool = True) -> Any:
     """``value`` (JSON-like) with machine paths in its strings made portable: the repository `root` (default: this
     checkout) relative to it, the home folder as ``~``, the temporary folder as ``<tmp>``. For records whose
     commands and sources name files on the machine that ran them."""
     import tempfile
 
     root = str(Path(root) if root else Path(__file__).resolve().parent.parent)
-    pairs = [(root + "/", ""), (root, "."), (str(Path.home()) + "/", "~/"), (tempfile.gettempdir() + "/", "<tmp>/")]
+    pairs = [(root + "/", ""), (root, "."), (str(Path.home()) + "/", "~/")]
+    pairs += [(tempfile.gettempdir() + "/", "<tmp>/")] if tmp else []
     if isinstance(value, dict):
-        return {k: portable_paths(v, root) for k, v in value.items()}
+        return {k: portable_paths(v, root, tmp) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [portable_paths(v, root) for v in value]
+        return [portable_paths(v, root, tmp) for v in value]
     if isinstance(value, Path):
         value = str(value)
     if isinstance(value, str):

@@ -52,7 +52,7 @@ from medcore.bench.peers import (
 )
 from medcore.bench.real_peers import run_peers
 from medcore.bench.report import format_report, targets
-from medcore.records import write_run_record
+from medcore.records import portable_paths, write_run_record
 
 
 def load_records(source: str | None, seed: int) -> list[dict]:
@@ -185,9 +185,10 @@ def run_bench(cfg, opts: BenchOptions, write: bool = True) -> dict[str, Any]:
         metrics["targets"], metrics["complete"] = targets(metrics, cfg), final
         if write:
             metrics["record"] = str(write_run_record(
-                opts.out, run_id, config=cfg, metrics=metrics, overwrite=True, headline=opts.headline,
-                extra={"real_weights": real_weights, "kind": "bench", "model_source": cfg.model.source,
-                       "options": asdict(opts)}))
+                opts.out, run_id, config=portable_paths(cfg.to_dict()), metrics=portable_paths(metrics),
+                overwrite=True, headline=opts.headline, extra=portable_paths({
+                    "real_weights": real_weights, "kind": "bench", "model_source": cfg.model.source,
+                    "options": asdict(opts)})))
 
     variants = lever_variants(opts.levers, cfg, opts)
     save(final=not variants)

@@ -28,7 +28,7 @@ from typing import Any
 
 from medcore.bench.options import default_source
 from medcore.config import add_config_arguments, config_from_args
-from medcore.records import write_run_record
+from medcore.records import portable_paths, write_run_record
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: medcore/bench/<this file>
 TRAIN_VARIANTS = {  # entry -> overrides on the paper profile (everything else at its defaults)
@@ -208,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(rows: list[dict[str, Any]], final: bool) -> Path:
         passed = sum(r["passed"] for r in rows)
-        return write_run_record(a.out, run_id, config=cfg, metrics={
+        return write_run_record(a.out, run_id, config=portable_paths(cfg.to_dict()), metrics=portable_paths({
             "device": device, "model": a.model, "real_weights": weights, "entries": rows, "passed": passed,
             "total": len(rows), "all_passed": passed == len(rows), "complete": final,
-            "concurrent_entries": 1 if a.paper_epoch else a.jobs},
-            extra={"real_weights": weights, "kind": "gpu-check", "options": options}, overwrite=True)
+            "concurrent_entries": 1 if a.paper_epoch else a.jobs}),
+            extra={"real_weights": weights, "kind": "gpu-check", "options": portable_paths(options)}, overwrite=True)
 
     if a.paper_epoch:
         work = Path(a.work or tempfile.mkdtemp(prefix="medcore-paper-epoch-"))
