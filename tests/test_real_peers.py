@@ -121,3 +121,26 @@ def test_the_report_prints_each_peer_and_its_ratio():
     assert "trl: 5,000 real tok/s steady (batch 40" in text and "ratio 2.50x" in text
     assert "lm_eval: 100 questions in 9.00 s (medcore first pass 1.50 s), ratio 6.00x, letters agree 99.0%" in text
     assert "unsloth: skipped: unsloth needs a CUDA GPU" in text and report.peer_lines([]) == []
+
+
+def test_unsloth_gets_a_copy_whose_embedding_covers_the_tokenizer(model_dir, tmp_path):
+    """A base with fewer embedding rows than its tokenizer has ids (the random Gemma-2B shape with the Gemma 3
+    tokenizer) is copied with zero rows added, the original rows unchanged; a base that fits is used as it is."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medcore.bench.peer_jobs import vocab_fitted
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    short = tmp_path / "short"
+    base.resize_token_embeddings(len(tok) - 40)
+    base.save_pretrained(short)
+    tok.save_pretrained(short)
+    (tmp_path / "work").mkdir()
+    fitted, rows = vocab_fitted(str(short), str(tmp_path / "work"))
+    assert rows == {"from": len(tok) - 40, "to": len(tok)} and fitted != str(short)
+    again = AutoModelForCausalLM.from_pretrained(fitted)
+    emb = again.get_input_embeddings().weight
+    assert emb.shape[0] == len(tok) and torch.equal(emb[-40:], torch.zeros_like(emb[-40:]))
+    assert torch.equal(emb[:-40], base.get_input_embeddings().weight)
+    assert vocab_fitted(fitted, str(tmp_path / "work"))[0] == fitted

@@ -148,14 +148,43 @@ def run_unsloth(spec: dict, tmp: str) -> dict[str, Any]:
 
     lo = spec["lora"]
     t0 = time.perf_counter()
-    model, tokenizer = FastLanguageModel.from_pretrained(spec["model_dir"], max_seq_length=spec["max_seq_length"],
+    model_dir, padded = vocab_fitted(spec["model_dir"], tmp)
+    model, tokenizer = FastLanguageModel.from_pretrained(model_dir, max_seq_length=spec["max_seq_length"],
                                                          dtype=None, load_in_4bit=True)
     model = FastLanguageModel.get_peft_model(
         model, r=lo["r"], lora_alpha=lo["alpha"], lora_dropout=lo["dropout"], target_modules=lo["module_names"],
         bias="none", use_gradient_checkpointing="unsloth", random_state=spec["seed"])
     load = time.perf_counter() - t0
     row = _train(SFTTrainer, model, tokenizer, spec, tmp, {})
-    return {**row, "load_seconds": load, "base": "unsloth load_in_4bit (nf4)", "gradient_checkpointing": "unsloth"}
+    return {**row, "load_seconds": load, "base": "unsloth load_in_4bit (nf4)", "gradient_checkpointing": "unsloth",
+            "embedding_rows_padded": padded}
+
+
+def vocab_fitted(model_dir: str, tmp: str) -> tuple[str, dict | None]:
+    """`model_dir`, or a copy in `tmp` whose embedding is padded with zero rows to the tokenizer's length.
+
+    unsloth refuses a tokenizer with ids past the embedding (it would read out of bounds). A random Gemma-2B shape
+    has Gemma-2B's 256,000 rows but borrows the Gemma 3 tokenizer (262,144 ids, the extra ones special tokens
+    the prompts never use), so the copy adds 6,144 rows: no decoder FLOPs, 2.4 % more output-head rows."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    cfg, n = AutoConfig.from_pretrained(model_dir), len(AutoTokenizer.from_pretrained(model_dir))
+    if n <= cfg.vocab_size:
+        return model_dir, None
+    weights = load_file(str(Path(model_dir) / "model.safetensors"))
+    for name, w in weights.items():
+        if w.dim() == 2 and w.shape[0] == cfg.vocab_size and ("embed" in name or "lm_head" in name):
+            weights[name] = torch.cat([w, w.new_zeros(n - w.shape[0], w.shape[1])])
+    out = Path(tmp) / "model-vocab-fitted"
+    out.mkdir()
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    rows = {"from": cfg.vocab_size, "to": n}
+    cfg.vocab_size = n
+    cfg.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return str(out), rows
 
 
 def run_lm_eval(spec: dict, tmp: str) -> dict[str, Any]:
