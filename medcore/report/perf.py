@@ -6,6 +6,8 @@
   random weights): size, training speed and memory, scoring speed and batch-1 latency;
 - :func:`headline_ratios` - the ratios a reader asks for, each with its conditions and record;
 - :func:`gpu_check_table` - every GPU entry point with its defaults (``results/gpu-check``);
+- :func:`peer_table` / :func:`targets_table` - medcore against the real peer tools in the same run, and the
+  performance targets against what was measured;
 - :func:`paper_epoch_reading` - the time to reproduce the paper: one epoch of a paper-sized file, then evaluation;
 - :func:`scaleout_table` - one GPU against DDP (``results/scaleout``);
 - :func:`lever_history` - the benchmark levers of every bench record (the notes page).
@@ -94,9 +96,95 @@ def precision_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def product_bench(root: Path) -> tuple[str, dict] | None:
-    """The product-path benchmark record named last (``results/bench-product``): its name and metrics."""
+    """The product-path benchmark record the page leads with (``results/bench-product``): the last one named
+    that ``--headline`` marked, else the last one named; its name and metrics."""
     found = _records(root / "results" / "bench-product")
-    return (found[-1][0].name, found[-1][1]["metrics"]) if found else None
+    marked = [f for f in found if f[1]["metrics"].get("headline")]
+    pick = (marked or found)[-1] if found else None
+    return (pick[0].name, pick[1]["metrics"]) if pick else None
+
+
+def _commit(rec: dict) -> str:
+    return str((rec.get("environment") or {}).get("git_commit") or rp.MISSING)[:7]
+
+
+def _peer_rows(root: Path) -> list[tuple[Path, dict, dict]]:
+    return [(path, rec, p) for path, rec in _records(root / "results" / "bench-product")
+            for p in rec["metrics"].get("peers") or []]
+
+
+def peer_table(root: Path) -> pd.DataFrame:
+    """Every real-peer row of every product-path bench record (``--peers``): peer, what it ran, status, the peer's
+    figure and medcore's from the same run, medcore's ratio over it, peak memory of both, record and commit.
+    Training ratios are medcore's steady real tokens/s over the peer's; scoring ratios the peer's seconds over
+    medcore's first pass on the same questions."""
+    rows = []
+    for path, rec, p in _peer_rows(root):
+        med = next((t for t in rec["metrics"].get("training", []) if t.get("recipe") == "medcore"), {})
+        ok = p.get("status") == "ok"
+        if p["peer"] == "lm_eval":
+            figure = f"{p['scoring_wall_seconds']:.1f} s" if ok else rp.MISSING
+            ours = f"{p['medcore_seconds']:.1f} s" if ok else rp.MISSING
+            peaks = rp.MISSING
+        else:
+            figure = f"{p['real_tokens_per_s']:,.0f} tokens/s" if ok else rp.MISSING
+            ours = f"{p.get('medcore_real_tokens_per_s') or med.get('real_tokens_per_s', 0):,.0f} tokens/s"
+            peaks = (f"{rp.gb(med.get('peak_memory_bytes'))} / {rp.gb(p.get('peak_memory_bytes'))}"
+                     if ok else rp.MISSING)
+        if ok:
+            status = "ok"
+        else:
+            last = [x for x in (p.get("error") or p.get("reason") or "").splitlines() if x.strip()]
+            status = f"{p.get('status')}: {last[0] if last else ''}".strip()
+            if len(last) > 1:
+                status += f" ... {last[-1].strip()[-80:]}"
+        rows.append({"peer": p["peer"], "what ran": p.get("code_path", ""), "status": status,
+                     "peer's figure": figure, "medcore, same run": ours,
+                     "medcore / peer": rp.ratio(p["ratio"]) if ok and p.get("ratio") else rp.MISSING,
+                     "peak memory (medcore / peer)": peaks, "record": path.name, "commit": _commit(rec)})
+    return pd.DataFrame(rows, columns=["peer", "what ran", "status", "peer's figure", "medcore, same run",
+                                       "medcore / peer", "peak memory (medcore / peer)", "record", "commit"])
+
+
+PEER_GOALS = {"trl": 2.0, "unsloth": 1.0, "lm_eval": 3.0}  # medcore / peer, the issue's targets against real peers
+
+
+def targets_table(root: Path) -> pd.DataFrame:
+    """The performance targets against what the records measured: the headline bench record's own targets, the
+    last successful ratio against each real peer, and the paper epoch (training plus evaluation, minutes)."""
+    rows = []
+    bench = product_bench(root)
+    if bench:
+        name, m = bench
+        for t in m.get("targets", []):
+            v, unit = t["measured"], t.get("unit", "")
+            shown = (f"{v:.1%}" if unit == "%" else f"{v:,.2f}x" if unit == "x" else f"{v:,.2f} s" if unit == "s" else
+                     f"{v:,.2f} {unit}" if unit else f"{v:,.0f}")
+            rows.append({"target": t["target"], "goal": t["goal"], "measured": shown,
+                         "met": "yes" if t["met"] else "no", "record": name})
+    done = {p["peer"]: (path.name, p["ratio"]) for path, _, p in _peer_rows(root)
+            if p.get("status") == "ok" and p.get("ratio")}  # a record named later replaces an earlier one
+    for peer, goal in PEER_GOALS.items():
+        if peer in done:
+            name, ratio = done[peer]
+            rows.append({"target": f"medcore / {peer}, same run", "goal": f">= {goal:g}x", "measured": rp.ratio(ratio),
+                         "met": "yes" if ratio >= goal else "no", "record": name})
+    minutes = _paper_epoch_minutes(root / "results" / "gpu-check")
+    if minutes:
+        rows.append({"target": "paper epoch + evaluation, wall time", "goal": "<= 15 min",
+                     "measured": f"{minutes[0]:.1f} min", "met": "yes" if minutes[0] <= 15 else "no",
+                     "record": minutes[1]})
+    return pd.DataFrame(rows, columns=["target", "goal", "measured", "met", "record"])
+
+
+def _paper_epoch_minutes(folder: Path) -> tuple[float, str] | None:
+    """Minutes from command to record of the last record that ran the whole paper epoch and its evaluation."""
+    for path, rec in reversed(_records(folder)):
+        entries = {e["entry"]: e for e in rec["metrics"].get("entries", [])}
+        train, done = entries.get("paper epoch: train"), entries.get("paper epoch: evaluate")
+        if train and done and train["passed"] and done["passed"]:
+            return (train["seconds"] + done["seconds"]) / 60, path.name
+    return None
 
 
 def _times(r: float, above: str, below: str) -> str:
@@ -196,11 +284,11 @@ def scaleout_accuracy(folder: Path) -> dict[str, Any] | None:
 
 
 def gpu_check_table(folder: Path) -> pd.DataFrame:
-    """Every entry of every gpu-check record: entry, result, seconds, record."""
+    """Every entry of every gpu-check record: entry, result, seconds, record, commit."""
     rows = [{"entry": e["entry"], "result": "pass" if e["passed"] else e.get("status", "fail"),
-             "seconds": f"{e['seconds']:.0f} s", "record": path.name}
+             "seconds": f"{e['seconds']:.0f} s", "record": path.name, "commit": _commit(rec)}
             for path, rec in _records(folder) for e in rec["metrics"].get("entries", [])]
-    return pd.DataFrame(rows, columns=["entry", "result", "seconds", "record"])
+    return pd.DataFrame(rows, columns=["entry", "result", "seconds", "record", "commit"])
 
 
 def paper_epoch_reading(folder: Path) -> str:
