@@ -150,11 +150,16 @@ class ThroughputCallback(TrainerCallback):
             self.steps.append((seconds, (self.seen["tokens"] if self.seen is not None else 0) - self._tokens))
 
     def steady(self) -> dict[str, Any]:
-        """Real tokens/s over the steps after the first ``min(skip, steps // 4)`` (None if there are none)."""
-        kept = self.steps[min(self.skip, len(self.steps) // 4):]
+        """Real tokens/s over the steps after the first ``min(skip, steps // 4)`` (None if there are none), and
+        ``warmup_seconds``: how much longer those first steps took than steady steps of their tokens would have
+        (compilation, kernel choice, allocator growth; None without steps on both sides)."""
+        first = min(self.skip, len(self.steps) // 4)
+        kept = self.steps[first:]
         seconds = sum(s for s, _ in kept)
-        return {"steady_steps": len(kept), "steady_real_tokens_per_s":
-                sum(t for _, t in kept) / seconds if kept and seconds > 0 and self.seen is not None else None,
+        rate = sum(t for _, t in kept) / seconds if kept and seconds > 0 and self.seen is not None else None
+        warmup = (sum(s for s, _ in self.steps[:first]) - sum(t for _, t in self.steps[:first]) / rate
+                  if rate and first else None)
+        return {"steady_steps": len(kept), "steady_real_tokens_per_s": rate, "warmup_seconds": warmup,
                 "resident_memory_bytes": self.resident_memory_bytes}
 
 

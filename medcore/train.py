@@ -358,6 +358,9 @@ def train(cfg: RunConfig, model: torch.nn.Module, tokenizer, train_ds: datasets.
         **clock.steady(), "optimizer": getattr(args.optim, "value", args.optim), "device": str(args.device),
         **memory.read(), **({"adapter_save_error": save_error} if save_error else {}),
     }
+    if cfg.train.compile and metrics["warmup_seconds"] is not None and trainer.is_world_process_zero():
+        print(f"[train] train.compile: the first steps took {metrics['warmup_seconds']:.1f} s more than steady "
+              f"steps (compilation and warm-up), then {metrics['steady_real_tokens_per_s']:,.0f} real tokens/s")
     result = TrainResult(str(adapter_dir), history, metrics)
     if trainer.is_world_process_zero():
         (output_dir / "train_result.json").write_text(json.dumps(asdict(result), indent=2, default=str))

@@ -64,4 +64,5 @@ def test_steady_rate_leaves_out_the_first_steps():
         clock.steps.append((seconds, tokens))
     steady = clock.steady()
     assert steady["steady_steps"] == 12 and steady["steady_real_tokens_per_s"] == pytest.approx(100.0)
+    assert steady["warmup_seconds"] == pytest.approx(3 * 10.0 - 3 * 1.0)  # what the first steps cost beyond steady
     assert steps.ThroughputCallback(None).steady()["steady_real_tokens_per_s"] is None

@@ -154,12 +154,13 @@ def test_an_8bit_optimizer_leaves_no_reference_to_the_trained_model(tmp_path, da
     assert dropped == [1] and embedding() is None
 
 
-def test_compiled_decoder_layers_train_like_eager_and_are_put_back(tmp_path, tokenizer, data):
+def test_compiled_decoder_layers_train_like_eager_and_are_put_back(tmp_path, tokenizer, data, capsys):
     """train.compile: each decoder layer torch.compile'd for the run, under gradient checkpointing with LoRA
     dropout on; random ops use eager RNG, so the compiled run draws the eager run's dropout masks and its loss
     curve matches step by step; the layers run eager again afterwards."""
     cfg = config(epochs=1, eval_steps=100, gradient_checkpointing=True)
     cfg.lora.dropout = 0.3
+    cfg.train.max_batch_size = 2  # four steps: the first is warm-up (compilation), the rest steady
     ds = data[0].select(range(8))
     eager = train.train(cfg, adapted(lora_cfg=cfg.lora), tokenizer, ds, None, tmp_path / "e")
     cfg.train.compile = True
@@ -170,6 +171,8 @@ def test_compiled_decoder_layers_train_like_eager_and_are_put_back(tmp_path, tok
     counters.clear()
     compiled = train.train(cfg, model, tokenizer, ds, None, tmp_path / "c")
     assert counters["stats"]["unique_graphs"] >= 1  # the layers did run compiled
+    warmup = compiled.metrics["warmup_seconds"]
+    assert warmup > 0 and f"the first steps took {warmup:.1f} s more than steady steps" in capsys.readouterr().out
     assert len(compiled.loss_history) == len(eager.loss_history) >= 2
     for a, b in zip(compiled.loss_history, eager.loss_history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-4)
