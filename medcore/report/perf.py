@@ -26,7 +26,7 @@ import pandas as pd
 from medcore.report import book as rp
 from medcore.report import tables as an
 from medcore.report.position_metrics import scored_exactly
-from medcore.records import load_predictions, load_run, run_dirs
+from medcore.records import headline, load_predictions, load_run, run_dirs
 
 RANDOM = "random weights (Gemma-2B shape)"
 PRECISIONS = (("bf16", "bf16"), ("int8", "int8"), ("nf4", "NF4"), ("nf4+dq", "NF4+DQ"))
@@ -98,9 +98,7 @@ def precision_table(rows: pd.DataFrame) -> pd.DataFrame:
 def product_bench(root: Path) -> tuple[str, dict] | None:
     """The product-path benchmark record the page leads with (``results/bench-product``): the last one named
     that ``--headline`` marked, else the last one named; its name and metrics."""
-    found = _records(root / "results" / "bench-product")
-    marked = [f for f in found if f[1]["metrics"].get("headline")]
-    pick = (marked or found)[-1] if found else None
+    pick = headline(_records(root / "results" / "bench-product"))
     return (pick[0].name, pick[1]["metrics"]) if pick else None
 
 
