@@ -94,3 +94,16 @@ def test_peer_and_target_tables_read_the_headline_record_and_every_peer_row(tmp_
                         [_train_entry(870, True, 1.0), {"entry": "paper epoch: evaluate", "seconds": 184, "passed": True}])
     row = perf.targets_table(tmp_path).set_index("target").loc["paper epoch + evaluation, wall time"]
     assert row.tolist() == ["<= 15 min", "17.6 min", "no", "pe-whole"]
+
+
+def test_scoring_history_lists_each_product_record_s_scoring_rows(tmp_path):
+    from medcore.config import RunConfig
+    from medcore.records import write_run_record
+
+    row = {"scorer": "harness-style (4 requests/question)", "cold_seconds": 22.3, "seconds": 19.4,
+           "questions_per_s": 215.0, "peak_memory_bytes": 30.47e9}
+    write_run_record(tmp_path / "results" / "bench-product", "b", RunConfig(), {"scoring": [row]})
+    table = perf.scoring_history(tmp_path)
+    assert table.iloc[0][["record", "scorer", "first pass", "second pass", "questions/s", "peak memory"]].tolist() == [
+        "b", row["scorer"], "22.30 s", "19.40 s", "215", rp.gb(30.47e9)]
+    assert perf.scoring_history(tmp_path / "none").empty

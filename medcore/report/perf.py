@@ -10,7 +10,8 @@
   performance targets against what was measured;
 - :func:`paper_epoch_reading` - the time to reproduce the paper: one epoch of a paper-sized file, then evaluation;
 - :func:`scaleout_table` - one GPU against DDP (``results/scaleout``);
-- :func:`lever_history` - the benchmark levers of every bench record (the notes page).
+- :func:`lever_history` / :func:`scoring_history` - the benchmark levers of every bench record and the scoring rows
+  of every product-path record (the notes page).
 
 Random-weight records measure size, speed and memory, never accuracy; every table built from them says so.
 """
@@ -183,6 +184,17 @@ def _paper_epoch_minutes(folder: Path) -> tuple[float, str] | None:
         if train and done and train["passed"] and done["passed"]:
             return (train["seconds"] + done["seconds"]) / 60, path.name
     return None
+
+
+def scoring_history(root: Path) -> pd.DataFrame:
+    """The scoring rows of every product-path bench record: record, commit, scorer, first and second pass seconds,
+    questions/s, peak memory (both scorers run on the model ``medcore.train.train`` has just trained)."""
+    rows = [{"record": path.name, "commit": _commit(rec), "scorer": r["scorer"],
+             "first pass": f"{r['cold_seconds']:.2f} s", "second pass": f"{r['seconds']:.2f} s",
+             "questions/s": rp.count(r["questions_per_s"]), "peak memory": rp.gb(r.get("peak_memory_bytes"))}
+            for path, rec in _records(root / "results" / "bench-product") for r in rec["metrics"].get("scoring", [])]
+    return pd.DataFrame(rows, columns=["record", "commit", "scorer", "first pass", "second pass", "questions/s",
+                                       "peak memory"])
 
 
 def _times(r: float, above: str, below: str) -> str:
