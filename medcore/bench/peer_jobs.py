@@ -170,7 +170,8 @@ def vocab_fitted(model_dir: str, tmp: str) -> tuple[str, dict | None]:
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig, AutoTokenizer
 
-    cfg, n = AutoConfig.from_pretrained(model_dir), len(AutoTokenizer.from_pretrained(model_dir))
+    cfg, tokenizer = AutoConfig.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    n = len(tokenizer)
     if n <= cfg.vocab_size:
         return model_dir, None
     weights = load_file(str(Path(model_dir) / "model.safetensors"))
@@ -183,7 +184,7 @@ def vocab_fitted(model_dir: str, tmp: str) -> tuple[str, dict | None]:
     rows = {"from": cfg.vocab_size, "to": n}
     cfg.vocab_size = n
     cfg.save_pretrained(out)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return str(out), rows
 
 

@@ -50,7 +50,8 @@ def targets(m: dict[str, Any], cfg) -> list[dict[str, Any]]:
              "met": bool(value >= bound if op == ">" else value <= bound)} for name, goal, value, bound, op, unit in rows]
 
 
-def _f(v: Any, unit: str = "") -> str:
+def figure(v: Any, unit: str = "") -> str:
+    """A measured value as the report prints it (also the Performance page's targets): %, x, s, GB or a count."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     return {"%": f"{100 * v:.1f}%", "x": f"{v:.2f}x", "s": f"{v:.2f} s", "GB": f"{v:.2f} GB"}.get(
@@ -69,12 +70,12 @@ def peer_lines(peers: list[dict[str, Any]]) -> list[str]:
             lines.append(f"  {r['peer']}: {r['status']}: {why[:160]}")
         elif r["peer"] == "lm_eval":
             lines.append(f"  lm_eval: {r['questions']} questions in {r['scoring_wall_seconds']:.2f} s (medcore first "
-                         f"pass {r['medcore_seconds']:.2f} s), ratio {_f(r['ratio'], 'x')}, letters agree "
-                         f"{_f(r.get('agreement_with_medcore'), '%')}  [{r['code_path']}]")
+                         f"pass {r['medcore_seconds']:.2f} s), ratio {figure(r['ratio'], 'x')}, letters agree "
+                         f"{figure(r.get('agreement_with_medcore'), '%')}  [{r['code_path']}]")
         else:
-            lines.append(f"  {r['peer']}: {_f(r['real_tokens_per_s'])} real tok/s steady (batch {r['batch_size']}, "
-                         f"{_f(r['tokens_per_step'])} tok/step), wall {r['train_wall_seconds']:.1f} s, peak "
-                         f"{_f(r['peak_memory_bytes'] / 1e9, 'GB')}, ratio {_f(r['ratio'], 'x')}  [{r['code_path']}]")
+            lines.append(f"  {r['peer']}: {figure(r['real_tokens_per_s'])} real tok/s steady (batch {r['batch_size']}, "
+                         f"{figure(r['tokens_per_step'])} tok/step), wall {r['train_wall_seconds']:.1f} s, peak "
+                         f"{figure(r['peak_memory_bytes'] / 1e9, 'GB')}, ratio {figure(r['ratio'], 'x')}  [{r['code_path']}]")
     return lines
 
 
@@ -84,24 +85,24 @@ def format_report(m: dict[str, Any], cfg) -> str:
              f"{cfg.quant.label}, {cfg.lora.method} r={cfg.lora.r} {cfg.lora.targets}, {run['device_name']}; bf16 "
              f"matmul {m['matmul_tflops']:.0f} TFLOP/s; model load {run['load_seconds']:.1f} s", "", "training:"]
     for r in m["training"]:
-        lines.append(f"  {r['recipe']:9s} {_f(r['real_tokens_per_s'])} real tok/s ({r['steps']} steps), "
-                     f"MFU {_f(r['mfu'], '%')}, peak {_f(r['peak_memory_bytes'] / 1e9, 'GB')}  [{r['code_path']}]")
+        lines.append(f"  {r['recipe']:9s} {figure(r['real_tokens_per_s'])} real tok/s ({r['steps']} steps), "
+                     f"MFU {figure(r['mfu'], '%')}, peak {figure(r['peak_memory_bytes'] / 1e9, 'GB')}  [{r['code_path']}]")
     med = m["training"][0]
-    lines.append(f"  medcore over every step {_f(med['all_steps_real_tokens_per_s'])} real tok/s; train() wall "
+    lines.append(f"  medcore over every step {figure(med['all_steps_real_tokens_per_s'])} real tok/s; train() wall "
                  f"{med['train_wall_seconds']:.1f} s; row from model load {m['medcore_wall_seconds']:.1f} s")
     lines.append("scoring:")
     for r in m["scoring"]:
         lines.append(f"  {r['scorer']}: first pass {r['cold_seconds']:.2f} s, second {r['seconds']:.2f} s, "
-                     f"{_f(r['questions_per_s'])} q/s, peak {_f(r['peak_memory_bytes'] / 1e9, 'GB')}")
+                     f"{figure(r['questions_per_s'])} q/s, peak {figure(r['peak_memory_bytes'] / 1e9, 'GB')}")
     for r in m.get("levers", []):
         value = f"failed: {r['error'][:100]}" if r.get("error") else (
-            f"{_f(r['real_tokens_per_s'])} real tok/s, peak {_f(r['peak_memory_bytes'] / 1e9, 'GB')}"
+            f"{figure(r['real_tokens_per_s'])} real tok/s, peak {figure(r['peak_memory_bytes'] / 1e9, 'GB')}"
             if "real_tokens_per_s" in r and r["lever"] != SCORE_LEVER else
-            f"first pass {r.get('cold_seconds', float('nan')):.2f} s, {_f(r['questions_per_s'])} q/s")
+            f"first pass {r.get('cold_seconds', float('nan')):.2f} s, {figure(r['questions_per_s'])} q/s")
         lines.append(f"  lever {r['variant']}: {value}")
     lines += peer_lines(m.get("peers", []))
     lines += ["", "targets (conditions: CUDA, random:gemma-2b, nf4+dq):"]
-    lines += [f"  {t['target']}: {_f(t['measured'], t['unit'])} (goal {t['goal']}) "
+    lines += [f"  {t['target']}: {figure(t['measured'], t['unit'])} (goal {t['goal']}) "
               f"{'met' if t['met'] else 'NOT met'}{'' if t['conditions_match'] else ' [other conditions]'}"
               for t in m["targets"]]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medcore.bench.report import figure
 from medcore.report import book as rp
 from medcore.report import tables as an
 from medcore.report.position_metrics import scored_exactly
@@ -156,10 +157,7 @@ def targets_table(root: Path) -> pd.DataFrame:
     if bench:
         name, m = bench
         for t in m.get("targets", []):
-            v, unit = t["measured"], t.get("unit", "")
-            shown = (f"{v:.1%}" if unit == "%" else f"{v:,.2f}x" if unit == "x" else f"{v:,.2f} s" if unit == "s" else
-                     f"{v:,.2f} {unit}" if unit else f"{v:,.0f}")
-            rows.append({"target": t["target"], "goal": t["goal"], "measured": shown,
+            rows.append({"target": t["target"], "goal": t["goal"], "measured": figure(t["measured"], t.get("unit", "")),
                          "met": "yes" if t["met"] else "no", "record": name})
     done = {p["peer"]: (path.name, p["ratio"]) for path, _, p in _peer_rows(root)
             if p.get("status") == "ok" and p.get("ratio")}  # a record named later replaces an earlier one
